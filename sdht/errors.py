@@ -1,0 +1,113 @@
+"""Errors raised by sdht.
+
+Every exception the library raises on purpose derives from :class:`SDHTError`::
+
+    SDHTError
+    ├── ConfigError(ValueError)          bad settings, parameters or addresses
+    ├── InvalidRecord(ValueError)        a record fails validation (types, sizes, work, skew)
+    │   └── ValueTooLarge                a key or value is over its size limit
+    ├── KeyNotFound(KeyError)            ``ring[key]`` on a missing or deleted key
+    ├── RingError                        the ring cannot serve the request
+    │   ├── NoNodes                      the ring has no members, or none could be reached
+    │   ├── RingBusy                     another membership change is in progress
+    │   └── NotAMember                   the named node is not in the ring
+    ├── QuorumError                      fewer replicas answered than ``r`` or ``w`` require
+    ├── WriteConflict                    a higher-priority version holds the key
+    ├── NodeError                        one node answered with an error
+    └── TransportError                   a node could not be reached
+        ├── NodeUnavailable              connection refused, reset or closed
+        └── Timeout                      no answer within the timeout
+
+Each carries the context that helps a caller decide what to do (the key, the node).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+
+class SDHTError(Exception):
+    """Root of every error sdht raises on purpose."""
+
+
+class ConfigError(SDHTError, ValueError):
+    """Raised when settings, cluster parameters or a node address are invalid."""
+
+
+class InvalidRecord(SDHTError, ValueError):
+    """Raised when a record or value fails validation (types, sizes, work, timestamp)."""
+
+
+class ValueTooLarge(InvalidRecord):
+    """Raised when a key or value is larger than the configured limit."""
+
+
+class KeyNotFound(SDHTError, KeyError):
+    """Raised by ``ring[key]`` when the key is missing or deleted."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+class RingError(SDHTError):
+    """Raised when the ring cannot serve a request."""
+
+
+class NoNodes(RingError):
+    """Raised when the ring has no members, or no seed could be reached."""
+
+
+class RingBusy(RingError):
+    """Raised when a membership change is refused because another one is in progress."""
+
+
+class NotAMember(RingError):
+    """Raised when an operation names a node that is not in the ring."""
+
+
+class QuorumError(SDHTError):
+    """Raised when fewer replicas acknowledged than the quorum (``r`` or ``w``) needs."""
+
+    def __init__(self, message: str, key: str | None = None, needed: int = 0, got: int = 0,
+                 errors: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.needed = needed
+        self.got = got
+        self.errors = errors or {}
+
+
+class WriteConflict(SDHTError):
+    """Raised when a write loses to a stored version of higher priority (e.g. rented work)."""
+
+    def __init__(self, message: str, key: str | None = None, score: float | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.score = score
+
+
+class NodeError(SDHTError):
+    """Raised when a node answers a request with an error status."""
+
+    def __init__(self, message: str, node: str | None = None, status: int | None = None,
+                 body: Any = None) -> None:
+        super().__init__(message)
+        self.node = node
+        self.status = status
+        self.body = body
+
+
+class TransportError(SDHTError):
+    """Raised when a node cannot be reached."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
+
+
+class NodeUnavailable(TransportError):
+    """Raised when a connection to a node is refused, reset or closed."""
+
+
+class Timeout(TransportError):
+    """Raised when a node does not answer within the request timeout."""

@@ -1,0 +1,197 @@
+"""Placement on the hash ring: positions, tokens and the successor walk (DESIGN: "The ring").
+
+This module is pure computation (no I/O) and is imported by the storage node too, which keys
+its LMDB records by position so that a ring range is one cursor scan.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator
+
+from .errors import ConfigError
+from .record import DEFAULT_PARAMS
+
+RING_SIZE = 1 << 64
+#: Node states. Readers use normal and leaving nodes; writers also write to joining nodes.
+JOINING, NORMAL, LEAVING = "joining", "normal", "leaving"
+STATES = (JOINING, NORMAL, LEAVING)
+
+
+def position(key: str | bytes) -> int:
+    """Return a key's ring position: the first 8 bytes of blake2b(key), big-endian unsigned."""
+    raw = key.encode("utf-8") if isinstance(key, str) else key
+    return int.from_bytes(hashlib.blake2b(raw).digest()[:8], "big")
+
+
+def token_positions(node_id: str, count: int) -> list[int]:
+    """Return the ``count`` ring positions (virtual nodes) of ``node_id``, derived from its name."""
+    return [position(f"{node_id}#{i}") for i in range(count)]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A node as the ring sees it: its id (``host:port``), state and number of tokens."""
+
+    id: str
+    state: str = NORMAL
+    tokens: int = DEFAULT_PARAMS["tokens"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state, "tokens": self.tokens}
+
+
+@dataclass(frozen=True)
+class RingView:
+    """The ring's membership, cluster parameters and epoch, as every node stores it."""
+
+    epoch: int = 0
+    members: tuple[Member, ...] = ()
+    params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON form stored on nodes and served at ``/v1/ring``."""
+        return {"epoch": self.epoch, "params": self.params,
+                "members": [m.to_json() for m in self.members]}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "RingView":
+        """Parse and check the JSON form.
+
+        :raises ConfigError: when a field is missing or of the wrong type.
+        """
+        try:
+            epoch = obj["epoch"]
+            members = tuple(Member(str(m["id"]), m.get("state", NORMAL),
+                                   int(m.get("tokens", DEFAULT_PARAMS["tokens"])))
+                            for m in obj["members"])
+            params = {**DEFAULT_PARAMS, **obj.get("params", {})}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigError(f"malformed ring: {exc!r}") from None
+        if type(epoch) is not int or epoch < 0:
+            raise ConfigError("ring epoch must be a non-negative integer")
+        for m in members:
+            if m.state not in STATES or not 1 <= m.tokens <= 4096:
+                raise ConfigError(f"member {m.id}: bad state or token count")
+            parse_node_id(m.id)
+        if len({m.id for m in members}) != len(members):
+            raise ConfigError("ring lists a member twice")
+        check_params(params)
+        return cls(epoch, members, params)
+
+    def member(self, node_id: str) -> Member | None:
+        """Return the member with this id, or None."""
+        return next((m for m in self.members if m.id == node_id), None)
+
+    def with_member(self, member: Member) -> "RingView":
+        """Return the next epoch of this ring with ``member`` added or replaced."""
+        others = tuple(m for m in self.members if m.id != member.id)
+        return RingView(self.epoch + 1, tuple(sorted(others + (member,), key=lambda m: m.id)),
+                        self.params)
+
+    def without_member(self, node_id: str) -> "RingView":
+        """Return the next epoch of this ring with ``node_id`` dropped."""
+        return RingView(self.epoch + 1, tuple(m for m in self.members if m.id != node_id),
+                        self.params)
+
+    def placement(self, states: Iterable[str]) -> "Placement":
+        """Return the placement over members in ``states``."""
+        wanted = set(states)
+        return Placement([m for m in self.members if m.state in wanted], self.params["n"])
+
+    @property
+    def readers(self) -> "Placement":
+        """Placement of reads: the members that hold complete data (normal and leaving)."""
+        return self.placement((NORMAL, LEAVING))
+
+    @property
+    def future(self) -> "Placement":
+        """Placement once pending changes complete (normal and joining members)."""
+        return self.placement((NORMAL, JOINING))
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Check cluster parameters for sane types and ranges.
+
+    :raises ConfigError: naming the first bad parameter.
+    """
+    rules = {"decay": (0.0, 1.0), "min_work": (0.0, 60.0), "max_skew": (0.0, 86400.0),
+             "n": (1, 16), "r": (1, 16), "w": (1, 16), "tokens": (1, 4096),
+             "max_key_bytes": (1, 65536), "max_value_bytes": (1, 1 << 30),
+             "tombstone_grace": (0.0, 10 * 365 * 86400.0)}
+    for name, (low, high) in rules.items():
+        value = params.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"cluster parameter {name}={value!r} must be in [{low}, {high}]")
+    if params["r"] > params["n"] or params["w"] > params["n"]:
+        raise ConfigError("r and w must not exceed n")
+
+
+def parse_node_id(text: str) -> tuple[str, int]:
+    """Split ``host:port`` into its parts.
+
+    :raises ConfigError: when it is not of that form or the port is out of range.
+    """
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"not a host:port address: {text!r}")
+    return host, int(port)
+
+
+class Placement:
+    """Sorted tokens of a set of members, and the successor walk over them."""
+
+    def __init__(self, members: list[Member], n: int) -> None:
+        tokens = sorted((pos, m.id) for m in members for pos in token_positions(m.id, m.tokens))
+        self.positions = [pos for pos, _ in tokens]
+        self.owners = [owner for _, owner in tokens]
+        self.node_ids = sorted({m.id for m in members})
+        self.n = min(n, len(self.node_ids))
+
+    def preference(self, pos: int) -> list[str]:
+        """Return the first ``n`` distinct nodes clockwise from ring position ``pos``.
+
+        Walk successors until n distinct nodes (DESIGN: "The ring"); a token at exactly ``pos``
+        owns it.
+        """
+        found: list[str] = []
+        count = len(self.positions)
+        if not count:
+            return found
+        start = bisect.bisect_left(self.positions, pos)
+        for i in range(count):
+            owner = self.owners[(start + i) % count]
+            if owner not in found:
+                found.append(owner)
+                if len(found) == self.n:
+                    break
+        return found
+
+    def for_key(self, key: str) -> list[str]:
+        """Return the preference list of ``key``."""
+        return self.preference(position(key))
+
+    def boundaries(self) -> list[int]:
+        """Return the sorted distinct token positions."""
+        return sorted(set(self.positions))
+
+
+def intervals(boundaries: list[int]) -> Iterator[tuple[int, int, int]]:
+    """Yield ``(start, end, probe)`` half-open ranges ``[start, end)`` that cover the ring.
+
+    Within one range every placement built from ``boundaries`` gives the same preference list,
+    which ``preference(probe)`` returns. Wrapping ranges are split at zero.
+    """
+    if not boundaries:
+        yield 0, RING_SIZE, 0
+        return
+    # A token at position p owns (previous token, p], that is [previous + 1, p + 1).
+    for prev, cur in zip([boundaries[-1]] + boundaries[:-1], boundaries):
+        start, end = (prev + 1) % RING_SIZE, cur + 1
+        if len(boundaries) == 1 or start >= end:   # wraps past zero
+            if start < RING_SIZE and not (len(boundaries) == 1 and start == 0):
+                yield start, RING_SIZE, cur
+            yield 0, end, cur
+        else:
+            yield start, end, cur

@@ -1,0 +1,62 @@
+"""Node settings: one documented defaults mapping, then ``SDHT_*`` environment, then arguments."""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+from sdht.errors import ConfigError
+from sdht.record import DEFAULT_PARAMS
+
+#: Every node setting, its default, and (in the comment) its environment variable.
+DEFAULT_CONFIG: dict[str, Any] = {
+    "DATA_DIR": None,              # SDHT_DATA_DIR: the LMDB directory (required)
+    "NODE_ID": None,               # SDHT_NODE_ID: this node's host:port, as the ring names it
+    "CLUSTER_KEY": None,           # SDHT_CLUSTER_KEY: required on admin routes when set
+    "MAP_SIZE": 4 << 30,           # SDHT_MAP_SIZE: LMDB map size in bytes (4 GiB)
+    "SYNC": True,                  # SDHT_SYNC: fsync every commit (durable acknowledgements)
+    "MAX_BATCH": 10_000,           # SDHT_MAX_BATCH: records or keys in one batch request
+    "MAX_BODY_BYTES": 64 << 20,    # SDHT_MAX_BODY_BYTES: request body limit (64 MiB)
+    "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
+    # Cluster parameters used until the node stores a ring (which then carries its own):
+    # SDHT_DECAY, SDHT_MIN_WORK, SDHT_MAX_SKEW, SDHT_MAX_KEY_BYTES, SDHT_MAX_VALUE_BYTES, ...
+    "PARAMS": {},
+}
+
+_TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int}
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+                raise ValueError(raw)
+            return raw.lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+
+def load_config(config: Mapping[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Merge defaults, ``SDHT_*`` environment variables and ``config``, in that order.
+
+    :raises ConfigError: when a value does not parse or the data directory is missing.
+    """
+    environ = os.environ if environ is None else environ
+    merged = dict(DEFAULT_CONFIG)
+    params: dict[str, Any] = {}
+    for name in DEFAULT_CONFIG:
+        raw = environ.get(f"SDHT_{name}")
+        if raw is not None and name != "PARAMS":
+            merged[name] = _parse(f"SDHT_{name}", raw, _TYPES.get(name, str))
+    for name, default in DEFAULT_PARAMS.items():
+        raw = environ.get(f"SDHT_{name.upper()}")
+        if raw is not None:
+            params[name] = _parse(f"SDHT_{name.upper()}", raw, type(default))
+    explicit = dict(config or {})
+    params.update(explicit.pop("PARAMS", {}) or {})
+    merged.update(explicit)
+    merged["PARAMS"] = params
+    if not merged["DATA_DIR"]:
+        raise ConfigError("no data directory: set SDHT_DATA_DIR or pass DATA_DIR")
+    return merged

@@ -1,0 +1,51 @@
+"""``sdht-storage``: run one storage node under gunicorn.
+
+The command replaces itself with gunicorn (same PID, so a supervisor or test can stop it by PID)
+running ``storage.app:create_app()`` with settings passed through ``SDHT_*`` variables. gunicorn's
+``preload_app`` stays off, so each worker imports the app and opens LMDB after the fork.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from sdht.ring import parse_node_id
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-p", "--port", type=click.IntRange(1, 65535), required=True, help="TCP port.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False),
+              help="LMDB data directory (created if missing).")
+@click.option("--workers", type=click.IntRange(1, 64), default=2, show_default=True,
+              help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
+              help="Threads per worker (gthread keeps client connections alive).")
+@click.option("--node-id", default=None, help="Name in the ring [default: HOST:PORT].")
+@click.option("--timeout", type=click.IntRange(1, 3600), default=60, show_default=True,
+              help="Seconds before gunicorn restarts a silent worker.")
+@click.option("--location", default=None, help="Free-form location label shown in health.")
+def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_id: str | None,
+         timeout: int, location: str | None) -> None:
+    """Start a storage node on HOST:PORT keeping its records in DATA."""
+    node_id = node_id or f"{host}:{port}"
+    try:
+        parse_node_id(node_id)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    os.makedirs(data_dir, exist_ok=True)
+    env = dict(os.environ, SDHT_DATA_DIR=os.path.abspath(data_dir), SDHT_NODE_ID=node_id)
+    if location:
+        env["SDHT_LOCATION"] = location
+    argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+            "--timeout", str(timeout), "--graceful-timeout", "10", "--keep-alive", "30",
+            "--name", f"sdht-storage-{port}", "storage.app:create_app()"]
+    sys.stdout.flush()
+    os.execve(sys.executable, argv, env)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,188 @@
+"""The node's LMDB store: records keyed by ``position || key``, plus the node's metadata.
+
+Sub-databases:
+
+* ``data``: ``position (8 bytes, big-endian) || UTF-8 key`` -> the packed record, so one ring
+  range is one cursor scan;
+* ``meta``: the node's ring view (JSON) and counters (accepted writes, stored bytes).
+
+Every read-compare-write of the accept rule runs inside one LMDB write transaction, which LMDB
+serialises across threads and processes, so concurrent writers cannot lose the higher score.
+Commits are synchronous by default: an acknowledged write survives ``kill -9``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+import lmdb
+
+from sdht.record import Record, beats, from_packed
+from sdht.ring import RING_SIZE, RingView, position
+
+_U64 = struct.Struct(">Q")
+_REVISION, _BYTES, _RING = b"revision", b"bytes", b"ring"
+
+#: Outcomes of a write.
+STORED, SAME, SUPERSEDED = "stored", "same", "superseded"
+
+
+@dataclass
+class WriteResult:
+    """What happened to one incoming record, and the record the node holds afterwards."""
+
+    status: str
+    held: Record
+
+
+def data_key(key: str) -> bytes:
+    """Return the LMDB key of ``key``: its ring position then its UTF-8 bytes."""
+    raw = key.encode("utf-8")
+    return _U64.pack(position(raw)) + raw
+
+
+class Store:
+    """One LMDB environment. Open it in the process that uses it (never across a fork)."""
+
+    def __init__(self, path: str, map_size: int = 4 << 30, sync: bool = True) -> None:
+        os.makedirs(path, exist_ok=True)
+        # map_size is address space, not disk: 4 GiB by default (py-lmdb's own is 10 MiB).
+        self.env = lmdb.open(path, map_size=map_size, max_dbs=4, sync=sync, metasync=sync)
+        self.data = self.env.open_db(b"data")
+        self.meta = self.env.open_db(b"meta")
+        self._ring_cache: tuple[bytes, RingView] | None = None
+
+    def close(self) -> None:
+        """Close the environment."""
+        self.env.close()
+
+    # -- ring view ----------------------------------------------------------------------------
+
+    def ring(self) -> RingView | None:
+        """Return the latest ring view this node has stored, or None."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(_RING)
+        if raw is None:
+            return None
+        cached = self._ring_cache
+        if cached is None or cached[0] != raw:
+            cached = (raw, RingView.from_json(json.loads(raw)))
+            self._ring_cache = cached
+        return cached[1]
+
+    def replace_ring(self, view: RingView) -> tuple[bool, RingView | None]:
+        """Store ``view`` only if its epoch is higher than the stored one's.
+
+        :returns: ``(replaced, view held afterwards)``.
+        """
+        with self.env.begin(db=self.meta, write=True) as txn:
+            raw = txn.get(_RING)
+            current = RingView.from_json(json.loads(raw)) if raw is not None else None
+            if current is not None and view.epoch <= current.epoch:
+                return False, current
+            txn.put(_RING, json.dumps(view.to_json(), sort_keys=True).encode())
+        return True, view
+
+    # -- records ------------------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """Return the packed record of ``key``, or None."""
+        with self.env.begin(db=self.data, buffers=False) as txn:
+            return txn.get(data_key(key))
+
+    def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
+        """Return the packed records of ``keys`` (None for missing), in one read transaction."""
+        with self.env.begin(db=self.data) as txn:
+            return [txn.get(data_key(k)) for k in keys]
+
+    def put_many(self, records: list[Record], params: Mapping[str, Any]) -> list[WriteResult]:
+        """Apply the accept rule to each record in one write transaction.
+
+        Every record must already have passed :func:`sdht.record.check_work` and the time
+        check (the caller validates the whole batch first, so a bad batch changes nothing).
+        """
+        results = []
+        decay = params["decay"]
+        with self.env.begin(write=True) as txn:
+            added_bytes, accepted = 0, 0
+            for rec in records:
+                lkey = data_key(rec.key)
+                old_raw = txn.get(lkey, db=self.data)
+                old = from_packed(old_raw, params) if old_raw is not None else None
+                if old is not None and old.digest == rec.digest:
+                    results.append(WriteResult(SAME, old))
+                elif beats(rec, old, decay):
+                    packed = rec.pack()
+                    txn.put(lkey, packed, db=self.data)
+                    added_bytes += len(packed) + len(lkey) - (len(old_raw) + len(lkey)
+                                                              if old_raw is not None else 0)
+                    accepted += 1
+                    results.append(WriteResult(STORED, rec))
+                else:
+                    results.append(WriteResult(SUPERSEDED, old))
+            if accepted:
+                self._add(txn, _REVISION, accepted)
+                self._add(txn, _BYTES, added_bytes)
+        return results
+
+    def scan(self, start: int, end: int, after: bytes | None = None,
+             limit: int = 1000) -> tuple[list[bytes], bytes | None]:
+        """Return packed records with positions in ``[start, end)``, in LMDB key order.
+
+        :param after: resume after this LMDB key (the cursor a previous page returned).
+        :returns: ``(records, cursor)``; the cursor is None when the range is exhausted.
+        """
+        first = _U64.pack(start)
+        if after is not None and after >= first:
+            first = after + b"\x00"
+        out: list[bytes] = []
+        last = None
+        with self.env.begin(db=self.data) as txn:
+            cursor = txn.cursor()
+            if not cursor.set_range(first):
+                return out, None
+            for lkey, value in cursor:
+                if end < RING_SIZE and _U64.unpack_from(lkey)[0] >= end:
+                    return out, None
+                if len(out) == limit:
+                    return out, last
+                out.append(value)
+                last = lkey
+        return out, None
+
+    def delete_range(self, start: int, end: int) -> int:
+        """Delete every record with a position in ``[start, end)``; return how many."""
+        deleted, freed = 0, 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self.data)
+            if cursor.set_range(_U64.pack(start)):
+                while True:
+                    lkey = cursor.key()
+                    if not lkey or (end < RING_SIZE and _U64.unpack_from(lkey)[0] >= end):
+                        break
+                    freed += len(lkey) + len(cursor.value())
+                    deleted += 1
+                    if not cursor.delete():
+                        break
+            if deleted:
+                self._add(txn, _BYTES, -freed)
+        return deleted
+
+    # -- counters -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """Return ``records`` (count), ``bytes`` (keys and records) and ``revision``."""
+        with self.env.begin() as txn:
+            records = txn.stat(self.data)["entries"]
+            return {"records": records, "bytes": self._read(txn, _BYTES),
+                    "revision": self._read(txn, _REVISION)}
+
+    def _read(self, txn: lmdb.Transaction, name: bytes) -> int:
+        raw = txn.get(name, db=self.meta)
+        return _U64.unpack(raw)[0] if raw else 0
+
+    def _add(self, txn: lmdb.Transaction, name: bytes, delta: int) -> None:
+        txn.put(name, _U64.pack(max(0, self._read(txn, name) + delta)), db=self.meta)

@@ -1,0 +1,154 @@
+"""Shared fixtures: real ``sdht-storage`` processes on free loopback ports with temp LMDB dirs.
+
+Each node runs in its own process group (gunicorn master and workers), is polled for readiness
+with a deadline, and is stopped by PID: SIGTERM to the group, then SIGKILL after a deadline.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago (bound from port 0)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
+             what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """One real storage node: ``python -m storage.server`` (gunicorn) in its own process group."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, workers: int = 2,
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.workers = workers
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def id(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.id}"
+
+    def start(self, timeout: float = 30.0) -> "NodeProcess":
+        """Start the node and wait until it answers its health route."""
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
+        self.log = open(self.data_dir.parent / f"node-{self.port}.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "storage.server", "-p", str(self.port), "--data",
+             str(self.data_dir), "--workers", str(self.workers)],
+            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.healthy, timeout, what=f"node {self.id} to serve")
+        return self
+
+    def healthy(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise AssertionError(f"node {self.id} exited; see {self.log.name}")
+        try:
+            return requests.get(f"{self.url}/v1/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the node's whole process group (master and workers)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9 the whole process group and reap it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._reap_group()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the group, SIGKILL it if it has not exited by ``timeout``."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            try:
+                self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+                self.signal(signal.SIGTERM)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.signal(signal.SIGKILL)
+                self.proc.wait(10)
+            except ProcessLookupError:
+                pass
+        self._reap_group()
+
+    def _reap_group(self) -> None:
+        # Workers orphaned by a killed master must not outlive the test holding LMDB open.
+        assert self.proc is not None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        self.log.close()
+
+
+@pytest.fixture
+def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
+    """Factory fixture: ``start_node(**kw)`` starts a real node; all are stopped at teardown."""
+    started: list[NodeProcess] = []
+
+    def factory(name: str | None = None, **kwargs) -> NodeProcess:
+        data = tmp_path / (name or f"node{len(started)}")
+        node = NodeProcess(data, **kwargs).start()
+        started.append(node)
+        return node
+
+    yield factory
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture
+def node(start_node) -> NodeProcess:
+    """One running storage node."""
+    return start_node()
+
+
+@pytest.fixture
+def app(tmp_path):
+    """An in-process storage app (real ``create_app`` over a real LMDB dir)."""
+    from storage.app import create_app
+    return create_app({"DATA_DIR": str(tmp_path / "lmdb"), "NODE_ID": "127.0.0.1:1"})
+
+
+@pytest.fixture
+def client(app):
+    """A Flask test client of :func:`app`."""
+    return app.test_client()
