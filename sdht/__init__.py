@@ -6,3 +6,6 @@ from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NodeUna
                      TransportError, ValueTooLarge, WriteConflict)
 
 __version__ = "0.1.0"
+from .client import Node, Ring
+from .migration import MigrationReport
+from .api import connect, default_ring, delete, get, join, remove, set, set_default_ring

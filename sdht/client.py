@@ -1,0 +1,346 @@
+"""The ring client: :class:`Ring` places keys, replicates, reads with repair and changes members.
+
+``Ring`` is the API; the module-level functions in :mod:`sdht` are thin wrappers over a default
+``Ring`` bootstrapped from ``SDHT_SEEDS``. The ring itself (members, states, parameters, epoch)
+lives on the nodes, so any process can find it again from one member (DESIGN: "Flows").
+"""
+from __future__ import annotations
+
+import logging
+import math
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+from . import migration
+from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
+                     SDHTError, TransportError, WriteConflict)
+from .pow import mint
+from .record import (DEFAULT_PARAMS, Record, beats, check_key, check_value, check_work,
+                     now_us, winner)
+from .ring import RingView, check_params, parse_node_id
+from .transport import DEFAULT_TIMEOUT, Transport
+
+log = logging.getLogger(__name__)
+
+#: How many times an operation is re-routed after a node reports a newer ring.
+MAX_REROUTES = 3
+#: A write that lost to a stored version re-mints once, unless that needs more than this much
+#: work above ``min_work`` (e**4 ~ 55 times the minimum): beyond it, the key is "rented".
+AUTO_WORK_MARGIN = 4.0
+
+
+@dataclass(frozen=True)
+class Node:
+    """A storage node's address. ``Node("127.0.0.1", 8000)``; the port may be a str."""
+
+    host: str
+    port: int | str
+
+    def __post_init__(self) -> None:
+        try:
+            port = int(self.port)
+        except (TypeError, ValueError):
+            raise ConfigError(f"port must be an integer: {self.port!r}") from None
+        if not 0 < port < 65536 or not self.host:
+            raise ConfigError(f"not a valid node address: {self.host!r}:{self.port!r}")
+        object.__setattr__(self, "port", port)
+
+    @property
+    def id(self) -> str:
+        """The node's name in the ring: ``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, address: "str | Node") -> "Node":
+        """Return a Node for ``host:port`` (or the Node itself)."""
+        if isinstance(address, Node):
+            return address
+        host, port = parse_node_id(address)
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return self.id
+
+
+
+class Ring:
+    """A client's handle on one ring.
+
+    :param seeds: ``host:port`` addresses (or Nodes) to learn the ring from.
+    :param params: cluster parameters for a ring this client creates (ignored when joining an
+        existing ring, whose parameters win).
+    :param timeout: ``(connect, read)`` seconds per request.
+    :param cluster_key: key for admin routes, when the nodes require one.
+    :param transport: an injected :class:`~sdht.transport.Transport` (tests, custom pools).
+    """
+
+    def __init__(self, seeds: Iterable["Node | str"] = (), *,
+                 params: Mapping[str, Any] | None = None,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+                 cluster_key: str | None = None, transport: Transport | None = None) -> None:
+        self.seeds = [Node.parse(s).id for s in seeds]
+        self.new_ring_params = {**DEFAULT_PARAMS, **(params or {})}
+        check_params(self.new_ring_params)
+        self.transport = transport or Transport(timeout, cluster_key)
+        self.view: RingView | None = None
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        self.transport.close()
+
+    def __enter__(self) -> "Ring":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the ring view ------------------------------------------------------------------------
+
+    def refresh(self, prefer: Iterable[str] = ()) -> RingView | None:
+        """Fetch the newest ring from the members and seeds that answer; return it.
+
+        :raises NoNodes: when no member or seed could be reached.
+        """
+        known = [m.id for m in self.view.members] if self.view else []
+        candidates = list(dict.fromkeys([*prefer, *known, *self.seeds]))
+        best, reached = self.view, 0
+        for node in candidates:
+            try:
+                view = self.transport.get_ring(node)
+            except (TransportError, NodeError) as exc:
+                log.debug("ring refresh: %s", exc)
+                continue
+            reached += 1
+            if view is not None and (best is None or view.epoch > best.epoch):
+                best = view
+            if reached >= 3 and best is not None:
+                break
+        if not reached and candidates:
+            raise NoNodes(f"none of {candidates} could be reached")
+        self.view = best
+        return best
+
+    def _current(self) -> RingView:
+        if self.view is None or not self.view.members:
+            self.refresh()
+        if self.view is None or not self.view.members:
+            raise NoNodes("the ring has no members: join a node first")
+        return self.view
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The cluster parameters in force."""
+        return self._current().params
+
+    @property
+    def nodes(self) -> list[str]:
+        """Ids of the ring's members."""
+        return [m.id for m in self._current().members]
+
+    def preference(self, key: str) -> list[str]:
+        """The nodes that serve reads of ``key``, in preference order."""
+        return self._current().readers.for_key(key)
+
+    def _noticed(self, epochs: Iterable[int]) -> bool:
+        """Refresh the ring if any node reported a newer epoch; return whether it moved."""
+        view = self._current()
+        newest = max(epochs, default=0)
+        if newest > view.epoch:
+            before = view.epoch
+            self.refresh()
+            return self._current().epoch > before
+        return False
+
+    # -- reads and writes ---------------------------------------------------------------------
+
+    def set(self, key: str, value: Any, work: float | None = None) -> Record:
+        """Store ``value`` under ``key`` on the key's replicas; return the written record.
+
+        Mints ``min_work`` (or ``work``, to "rent" the key against cheaper writes). When a
+        replica holds a version of higher priority, re-mints once with just enough work to beat
+        it, unless that would cost more than ``AUTO_WORK_MARGIN`` above ``min_work``.
+
+        :raises InvalidRecord: for a bad key or value (``ValueTooLarge`` for one too large).
+        :raises WriteConflict: when a higher-priority version holds the key.
+        :raises QuorumError: when fewer than ``w`` replicas acknowledged.
+        """
+        return self._write(key, value, work, deleted=False)
+
+    def delete(self, key: str, work: float | None = None) -> Record:
+        """Write a tombstone for ``key`` (same rules as :meth:`set`); return it."""
+        return self._write(key, None, work, deleted=True)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """Return the value of ``key``, or ``default`` when it is missing or deleted.
+
+        Reads ``r`` replicas, returns the highest-priority version and writes it back to the
+        replicas that answered with an older one (read repair).
+
+        :raises QuorumError: when fewer than ``r`` replicas answered.
+        """
+        rec = self.get_record(key)
+        return default if rec is None or rec.deleted else rec.value
+
+    def get_record(self, key: str) -> Record | None:
+        """Return the winning record of ``key`` (a tombstone included), or None."""
+        check_key(key, self._current().params)
+        for _ in range(MAX_REROUTES):
+            view = self._current()
+            p = view.params
+            replicas = view.readers.for_key(key)
+            need = min(p["r"], len(replicas))
+            replies, errors, epochs = self._gather(
+                {node: (self.transport.get_record, node, key) for node in replicas}, need)
+            if self._noticed(epochs):
+                continue
+            if len(replies) < need:
+                raise QuorumError(f"read of {key!r}: {len(replies)} of {need} replicas answered",
+                                  key, need, len(replies), errors)
+            found = {node: rec for node, rec in replies.items()
+                     if rec is None or _valid(rec, p)}
+            best = winner(list(found.values()), p["decay"])
+            if best is not None:
+                for node, rec in found.items():
+                    if rec is None or beats(best, rec, p["decay"]):
+                        self.transport.submit(self._repair, node, best)
+            return best
+        raise QuorumError(f"read of {key!r}: the ring kept changing", key)
+
+    def _repair(self, node: str, rec: Record) -> None:
+        try:
+            self.transport.put_record(node, rec)
+        except SDHTError as exc:
+            log.debug("read repair of %r on %s failed: %s", rec.key, node, exc)
+
+    def _write(self, key: str, value: Any, work: float | None, deleted: bool) -> Record:
+        p = self._current().params
+        check_key(key, p)
+        check_value(value, p)
+        w = p["min_work"] if work is None else float(work)
+        if not p["min_work"] <= w <= 60:
+            raise InvalidRecord(f"work {w} must be between min_work ({p['min_work']}) and 60")
+        rec = mint(key, value, w, deleted=deleted)
+        lost = self._replicate(rec)
+        if lost is None:
+            return rec
+        # A replica holds a higher score: mint once more with just enough work to beat it,
+        # at a fresh timestamp (DESIGN: "Flows", set).
+        t = max(now_us(), rec.t + 1)
+        needed = lost - p["decay"] * t / 1e6 + 1e-6
+        budget = (p["min_work"] + AUTO_WORK_MARGIN) if work is None else w
+        if needed > budget:
+            raise WriteConflict(f"{key!r} is held by a version of higher priority (score "
+                                f"{lost:.6f}); beating it needs work {needed:.2f} > {budget:.2f}",
+                                key, lost)
+        rec = mint(key, value, max(w, math.ceil(needed * 1000) / 1000), t=t, deleted=deleted)
+        lost = self._replicate(rec)
+        if lost is not None:
+            raise WriteConflict(f"{key!r}: lost twice to a higher-priority version", key, lost)
+        return rec
+
+    def _replicate(self, rec: Record) -> float | None:
+        """Write ``rec`` to its replicas until ``w`` of the current and of the future
+        placement acknowledged. Returns None on success, or the higher score that beat it.
+        """
+        for _ in range(MAX_REROUTES):
+            view = self._current()
+            w = view.params["w"]
+            now_set = view.readers.for_key(rec.key)
+            next_set = view.future.for_key(rec.key)
+            targets = list(dict.fromkeys(now_set + next_set))
+            replies, errors, epochs = self._gather(
+                {node: (self.transport.put_record, node, rec) for node in targets}, len(targets))
+            if self._noticed(epochs):
+                continue  # placement moved while we wrote: write again where it is now
+            lost = [o.score for o in replies.values() if o.status == "superseded"]
+            if lost:
+                return max(s for s in lost if s is not None)
+            for members in (now_set, next_set):
+                got = sum(1 for n in members if n in replies)
+                need = min(w, len(members))
+                if got < need:
+                    raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
+                                      f"acknowledged", rec.key, need, got, errors)
+            return None
+        raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
+
+    def _gather(self, calls: dict[str, tuple], need: int
+                ) -> tuple[dict[str, Any], dict[str, str], list[int]]:
+        """Run one call per node in parallel; return once ``need`` succeeded or all finished.
+
+        :returns: ``(results by node, errors by node, epochs seen)``.
+        """
+        futures: dict[Future, str] = {self.transport.submit(fn, *args): node
+                                      for node, (fn, *args) in calls.items()}
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        epochs: list[int] = []
+        pending = set(futures)
+        while pending and len(results) < need:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                node = futures[fut]
+                try:
+                    value, epoch = fut.result()
+                except SDHTError as exc:
+                    errors[node] = str(exc)
+                    continue
+                results[node] = value
+                epochs.append(epoch)
+        return results, errors, epochs
+
+    # -- dict-like access ---------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        rec = self.get_record(key)
+        if rec is None or rec.deleted:
+            raise KeyNotFound(key)
+        return rec.value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self.delete(key)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        rec = self.get_record(key)
+        return rec is not None and not rec.deleted
+
+    # -- membership ---------------------------------------------------------------------------
+
+    def join(self, node: "Node | str", tokens: int | None = None,
+             progress: Callable[[int], None] | None = None) -> migration.MigrationReport:
+        """Add ``node`` to the ring and stream it the data of the ranges it gains.
+
+        A node that already belongs to a ring is adopted with its ring (no fork); a join that
+        was interrupted resumes. Reads and writes keep working throughout.
+
+        :param progress: called with the number of records moved so far.
+        :raises RingBusy: when another node is joining or leaving.
+        """
+        return migration.join(self, Node.parse(node).id, tokens, progress)
+
+    def remove(self, node: "Node | str", dead: bool = False,
+               progress: Callable[[int], None] | None = None) -> migration.MigrationReport:
+        """Take ``node`` out of the ring after streaming its ranges to the nodes that gain them.
+
+        :param dead: the node is gone; copy its ranges from the surviving replicas instead.
+        :raises NotAMember: when the node is not in the ring.
+        :raises RingBusy: when another node is joining or leaving.
+        """
+        return migration.remove(self, Node.parse(node).id, dead, progress)
+
+
+def _valid(rec: Record, params: Mapping[str, Any]) -> bool:
+    # A node's answer is checked like any incoming record: a forged one is ignored.
+    try:
+        check_work(rec, params["min_work"])
+        return True
+    except InvalidRecord:
+        log.warning("ignoring a record for %r with invalid work", rec.key)
+        return False
+

@@ -1,0 +1,189 @@
+"""HTTP transport from the ring library to storage nodes.
+
+One :class:`Transport` holds a keep-alive connection pool per node and a small thread pool for
+parallel fan-out to replicas, so a request costs neither a new TCP connection nor a new thread.
+Every call has a timeout (:data:`DEFAULT_TIMEOUT`) and returns the node's ring epoch alongside
+the answer, so callers notice a newer ring (DESIGN: "The ring").
+"""
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, TypeVar
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from .errors import NodeError, NodeUnavailable, Timeout
+from .record import Record, from_wire, packb, unpackb
+from .ring import RingView
+
+log = logging.getLogger(__name__)
+
+#: (connect, read) seconds for every request to a node.
+DEFAULT_TIMEOUT = (2.0, 10.0)
+EPOCH_HEADER = "X-SDHT-Epoch"
+KEY_HEADER = "X-SDHT-Cluster-Key"
+MSGPACK = {"Content-Type": "application/msgpack"}
+
+T = TypeVar("T")
+
+
+@dataclass
+class Reply:
+    """A node's answer: HTTP status, decoded body and the ring epoch the node holds."""
+
+    status: int
+    body: Any
+    epoch: int
+
+
+@dataclass
+class PutOutcome:
+    """What a node did with one written record: ``stored``, ``same`` or ``superseded``.
+
+    For ``superseded`` the score and digest are those of the higher record the node holds.
+    """
+
+    status: str
+    score: float | None = None
+    digest: bytes | None = None
+
+
+class Transport:
+    """Talks HTTP to storage nodes named ``host:port``.
+
+    :param timeout: ``(connect, read)`` seconds for each request.
+    :param cluster_key: sent on admin routes (ring replace, range delete).
+    :param max_parallel: threads for fanning requests out to replicas.
+    """
+
+    def __init__(self, timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+                 cluster_key: str | None = None, max_parallel: int = 16) -> None:
+        self.timeout = timeout
+        self.cluster_key = cluster_key
+        self.session = requests.Session()
+        self.session.trust_env = False  # no proxy/netrc lookups per request
+        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=max_parallel)
+        self.session.mount("http://", adapter)
+        self.pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="sdht-io")
+
+    def close(self) -> None:
+        """Close pooled connections and stop the fan-out threads."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.session.close()
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
+        """Run ``fn(*args)`` on the fan-out pool."""
+        return self.pool.submit(fn, *args)
+
+    # -- the wire -----------------------------------------------------------------------------
+
+    def request(self, node: str, method: str, path: str, *, params: dict | None = None,
+                data: bytes | None = None, admin: bool = False,
+                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
+        """Send one request and decode the answer (msgpack or JSON).
+
+        :raises NodeUnavailable: when the node cannot be reached.
+        :raises Timeout: when it does not answer within the timeout.
+        :raises NodeError: when it answers with a status not in ``ok``.
+        """
+        hdrs = dict(headers or {})
+        if admin and self.cluster_key:
+            hdrs[KEY_HEADER] = self.cluster_key
+        try:
+            resp = self.session.request(method, f"http://{node}{path}", params=params,
+                                        data=data, headers=hdrs, timeout=self.timeout)
+        except requests.Timeout as exc:
+            raise Timeout(f"{node} did not answer {method} {path} in time: {exc}",
+                          node) from None
+        except requests.RequestException as exc:
+            raise NodeUnavailable(f"{node} is unreachable: {exc.__class__.__name__}",
+                                  node) from None
+        body = _decode(resp)
+        try:
+            epoch = int(resp.headers.get(EPOCH_HEADER, "0"))
+        except ValueError:
+            epoch = 0
+        if resp.status_code not in ok:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise NodeError(f"{node} answered {resp.status_code} to {method} {path}: "
+                            f"{message or body!r}", node, resp.status_code, body)
+        return Reply(resp.status_code, body, epoch)
+
+    # -- records ------------------------------------------------------------------------------
+
+    def get_record(self, node: str, key: str) -> tuple[Record | None, int]:
+        """Return the record ``node`` holds for ``key`` (or None) and the node's epoch."""
+        reply = self.request(node, "GET", "/v1/record", params={"key": key}, ok=(200, 404))
+        if reply.status == 404:
+            return None, reply.epoch
+        return from_wire(reply.body), reply.epoch
+
+    def put_record(self, node: str, rec: Record) -> tuple[PutOutcome, int]:
+        """Write one record; return the node's outcome and epoch."""
+        reply = self.request(node, "PUT", "/v1/record", data=rec.pack(), headers=MSGPACK,
+                             ok=(200, 201, 409))
+        if reply.status == 409:
+            return PutOutcome("superseded", reply.body["score"],
+                              bytes.fromhex(reply.body["digest"])), reply.epoch
+        return PutOutcome(reply.body["status"]), reply.epoch
+
+    def get_many(self, node: str, keys: list[str]) -> tuple[list[Record | None], int]:
+        """Batch read: the records ``node`` holds for ``keys`` (None where missing)."""
+        reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
+        return [None if obj is None else from_wire(obj) for obj in reply.body], reply.epoch
+
+    def put_many(self, node: str, records: list[Record]) -> tuple[list[PutOutcome], int]:
+        """Batch write under the accept rule; one outcome per record."""
+        body = packb([r.to_wire() for r in records])
+        reply = self.request(node, "POST", "/v1/records", data=body, headers=MSGPACK)
+        return [PutOutcome(o["s"], o["score"], o["digest"]) for o in reply.body], reply.epoch
+
+    def scan(self, node: str, start: int, end: int, after: str | None = None,
+             limit: int = 1000) -> tuple[list[Record], str | None]:
+        """One page of the records ``node`` holds in ``[start, end)``, and the next cursor."""
+        params: dict[str, Any] = {"start": start, "end": end, "limit": limit}
+        if after:
+            params["after"] = after
+        reply = self.request(node, "GET", "/v1/range", params=params)
+        return [from_wire(obj) for obj in reply.body["records"]], reply.body["next"]
+
+    def delete_range(self, node: str, start: int, end: int) -> int:
+        """Drop every record ``node`` holds in ``[start, end)``; return how many."""
+        reply = self.request(node, "DELETE", "/v1/range", params={"start": start, "end": end},
+                             admin=True)
+        return int(reply.body["deleted"])
+
+    # -- ring and health ----------------------------------------------------------------------
+
+    def get_ring(self, node: str) -> RingView | None:
+        """Return the ring ``node`` stores, or None if it has not joined one."""
+        reply = self.request(node, "GET", "/v1/ring", ok=(200, 404))
+        return None if reply.status == 404 else RingView.from_json(reply.body)
+
+    def put_ring(self, node: str, view: RingView) -> RingView:
+        """Offer ``view`` to ``node``; return the ring it holds afterwards (maybe a newer one)."""
+        reply = self.request(node, "PUT", "/v1/ring", data=json.dumps(view.to_json()).encode(),
+                             headers={"Content-Type": "application/json"}, admin=True,
+                             ok=(200, 409))
+        return view if reply.status == 200 else RingView.from_json(reply.body["ring"])
+
+    def health(self, node: str) -> dict[str, Any]:
+        """Return the node's health JSON."""
+        return self.request(node, "GET", "/v1/health").body
+
+
+def _decode(resp: requests.Response) -> Any:
+    kind = resp.headers.get("Content-Type", "")
+    if kind.startswith("application/msgpack"):
+        return unpackb(resp.content)
+    if kind.startswith("application/json"):
+        try:
+            return resp.json()
+        except ValueError:
+            return resp.text
+    return resp.text
+
