@@ -23,7 +23,8 @@ from sdht.ring import parse_node_id
               help="gunicorn worker processes.")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True,
               help="Threads per worker (gthread keeps client connections alive).")
-@click.option("--node-id", default=None, help="Name in the ring [default: HOST:PORT].")
+@click.option("--node-id", default=None, envvar="SDHT_NODE_ID",
+              help="Name in the ring, or $SDHT_NODE_ID [default: HOST:PORT].")
 @click.option("--timeout", type=click.IntRange(1, 3600), default=60, show_default=True,
               help="Seconds before gunicorn restarts a silent worker.")
 @click.option("--location", default=None, help="Free-form location label shown in health.")
