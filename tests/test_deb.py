@@ -1,0 +1,228 @@
+"""The Debian package, end to end: build, lint, install, run a node as the unit does, purge.
+
+Builds the working tree (what ``git ls-files --cached --others --exclude-standard`` lists, so
+uncommitted work is included) in a temp copy with ``dpkg-buildpackage`` under a Debian-only PATH,
+installs the .deb with apt, checks the unit with ``systemd-analyze verify``, starts a node with the
+unit's own ExecStart line as the ``sdht`` user, writes and reads a key through it with the
+installed library under /usr/bin/python3 (clean env, cwd outside the tree), then purges the
+package and checks that nothing is left. Needs root and dpkg-buildpackage; takes about a minute.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+import requests
+
+from conftest import ROOT, free_port, wait_for
+
+DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+DEBIAN_ENV = {"PATH": DEBIAN_PATH, "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
+UNIT = Path("/lib/systemd/system/sdht-storage@.service")
+DIST = Path("/usr/lib/python3/dist-packages")
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                       reason="installs a .deb: needs root"),
+    pytest.mark.skipif(shutil.which("dpkg-buildpackage", path=DEBIAN_PATH) is None,
+                       reason="dpkg-buildpackage is not installed (see .ci/apt-packages)"),
+]
+
+
+def run(argv: list[str], timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``argv`` under the Debian-only environment; fail with its output if it fails."""
+    kwargs.setdefault("env", DEBIAN_ENV)
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=timeout, **kwargs)
+    assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stdout[-6000:]}"
+    return proc
+
+
+def installed() -> bool:
+    proc = subprocess.run(["dpkg-query", "-W", "-f", "${db:Status-Status}", "sdht"],
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=DEBIAN_ENV)
+    return proc.returncode == 0 and proc.stdout.strip() not in ("", "not-installed")
+
+
+def user_exists(name: str) -> bool:
+    return subprocess.run(["getent", "passwd", name], stdout=subprocess.DEVNULL).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """Build the .deb from a copy of the working tree; return the directory holding it."""
+    if installed():
+        pytest.skip("sdht is already installed here; this test would purge it and its data")
+    out = tmp_path_factory.mktemp("deb")
+    src = out / "sdht"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            cwd=ROOT, stdout=subprocess.PIPE, check=True).stdout
+    for name in filter(None, listed.decode().split("\0")):
+        path = ROOT / name
+        if path.is_file():  # listed but deleted in the working tree: leave it out
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, src / name)
+    run(["dpkg-buildpackage", "-us", "-uc", "-b"], cwd=src)
+    return out
+
+
+@pytest.fixture(scope="module")
+def deb(built: Path) -> Iterator[Path]:
+    """Install the built package; purge it at teardown whatever the tests did."""
+    (path,) = built.glob("sdht_*_all.deb")
+    run(["apt-get", "install", "-y", "--no-install-recommends", f"./{path.name}"], cwd=built)
+    yield path
+    if installed():
+        subprocess.run(["apt-get", "purge", "-y", "sdht"], env=DEBIAN_ENV,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=300)
+
+
+def test_lintian_reports_no_errors(built: Path) -> None:
+    if shutil.which("lintian", path=DEBIAN_PATH) is None:
+        pytest.skip("lintian is not installed (see .ci/apt-packages)")
+    (changes,) = built.glob("sdht_*.changes")
+    proc = subprocess.run(["lintian", "--fail-on", "error", changes.name], cwd=built, env=DEBIAN_ENV,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("E:")]
+    assert proc.returncode == 0 and not errors, proc.stdout
+
+
+def test_installs_library_commands_unit_user_and_conffile(deb: Path) -> None:
+    for name in ("sdht-storage", "sdht"):
+        assert Path("/usr/bin", name).read_text().splitlines()[0] == "#!/usr/bin/python3"
+    assert (DIST / "sdht" / "__init__.py").is_file() and (DIST / "storage" / "app.py").is_file()
+    assert UNIT.is_file()
+    assert "/etc/default/sdht" in run(["dpkg-query", "-W", "-f", "${Conffiles}", "sdht"]).stdout
+    passwd = run(["getent", "passwd", "sdht"]).stdout.strip().split(":")
+    assert int(passwd[2]) < 1000 and passwd[6] in ("/usr/sbin/nologin", "/bin/false"), passwd
+    # A template unit is never enabled by the package: no instance runs until an operator asks.
+    assert not list(Path("/etc/systemd/system").glob("*.wants/sdht-storage@*"))
+
+
+def test_unit_verifies_silently(deb: Path) -> None:
+    # systemd-analyze verify exits 0 on unknown keys and only prints a warning: any output fails.
+    for target in (str(UNIT), "sdht-storage@8000.service"):
+        proc = subprocess.run(["systemd-analyze", "verify", target], cwd="/", env=DEBIAN_ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              timeout=60)
+        assert proc.returncode == 0 and proc.stdout == "", f"{target}:\n{proc.stdout}"
+
+
+def unit_command(port: int, data_dir: Path) -> list[str]:
+    """The unit's ExecStart for instance ``port``, with its default environment and ``data_dir``."""
+    text = UNIT.read_text()
+    (line,) = re.findall(r"^ExecStart=(.+)$", text, re.M)
+    (defaults,) = re.findall(r"^Environment=(.+)$", text, re.M)
+    env = dict(item.split("=", 1) for item in shlex.split(defaults))
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], arg) for arg in shlex.split(line)]
+    assert "/var/lib/sdht/%i" in argv, argv
+    argv[argv.index("/var/lib/sdht/%i")] = str(data_dir)
+    return [arg.replace("%i", str(port)) for arg in argv]
+
+
+@pytest.fixture
+def unit_node(deb: Path) -> Iterator[int]:
+    """A node started with the unit's command line, as the sdht user, from / with a clean env."""
+    port = free_port()
+    top = Path(tempfile.mkdtemp(prefix="sdht-deb-"))
+    shutil.chown(top, "sdht", "sdht")  # mkdtemp makes it 0700: the sdht user's alone
+    log = open(top.parent / f"{top.name}.log", "wb")
+    argv = unit_command(port, top / str(port))
+    assert argv[0] == "/usr/bin/sdht-storage"
+    proc = subprocess.Popen(
+        ["setpriv", "--reuid=sdht", "--regid=sdht", "--init-groups", "--no-new-privs", "--", *argv],
+        cwd="/", env={**DEBIAN_ENV, "HOME": "/var/lib/sdht"}, stdout=log,
+        stderr=subprocess.STDOUT, start_new_session=True)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"node exited {proc.returncode}; see {log.name}")
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_for(healthy, 30, what=f"the packaged node on port {port}")
+        yield port
+    finally:
+        if proc.poll() is None:  # setpriv execs: proc.pid is the gunicorn master, its group the node
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.05)
+        proc.wait(10)
+        log.close()
+        shutil.rmtree(top, ignore_errors=True)
+        os.unlink(log.name)
+
+
+CLIENT = textwrap.dedent("""
+    import sys
+    import requests
+    import sdht
+    from sdht.pow import mint
+    from sdht.record import DEFAULT_PARAMS, from_packed
+
+    assert sdht.__file__ == "/usr/lib/python3/dist-packages/sdht/__init__.py", sdht.__file__
+    port = int(sys.argv[1])
+    url = f"http://127.0.0.1:{port}/v1/record"
+    rec = mint("raw", {"v": 1}, DEFAULT_PARAMS["min_work"])
+    resp = requests.put(url, data=rec.pack(), timeout=10)
+    assert resp.status_code == 201, (resp.status_code, resp.text)
+    resp = requests.get(url, params={"key": "raw"}, timeout=10)
+    assert resp.status_code == 200, (resp.status_code, resp.text)
+    assert from_packed(resp.content).value == {"v": 1}
+    print("raw http ok")
+    if hasattr(sdht, "Ring"):  # the ring API, once sdht/client.py has landed
+        ring = sdht.Ring()
+        ring.join(sdht.Node("127.0.0.1", port))
+        ring.set("k", {"v": 1})
+        assert ring.get("k") == {"v": 1}
+        print("ring ok")
+""")
+
+
+def test_packaged_node_serves_the_installed_library(unit_node: int, tmp_path: Path) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(CLIENT)
+    # -I: isolated mode, no user site-packages, no PYTHON* variables, script dir not on sys.path.
+    proc = run(["/usr/bin/python3", "-I", str(script), str(unit_node)], cwd="/", timeout=120,
+               env={"PATH": DEBIAN_PATH, "LANG": "C.UTF-8"})
+    assert "raw http ok" in proc.stdout
+    import sdht  # the tree under test: when it has the ring API, the packaged one must use it
+    if hasattr(sdht, "Ring"):
+        assert "ring ok" in proc.stdout, proc.stdout
+
+
+def test_purge_leaves_nothing(deb: Path) -> None:
+    # Last in this module: the earlier tests need the package installed.
+    Path("/var/lib/sdht/8000").mkdir(parents=True, exist_ok=True)  # as a unit instance leaves it
+    run(["apt-get", "remove", "-y", "sdht"])
+    assert user_exists("sdht") and Path("/var/lib/sdht/8000").is_dir(), "remove must keep data"
+    run(["apt-get", "purge", "-y", "sdht"])
+    assert not installed()
+    left = [p for p in (DIST / "sdht", DIST / "storage", Path("/usr/bin/sdht-storage"),
+                        Path("/usr/bin/sdht"), UNIT, Path("/var/lib/sdht"), Path("/etc/default/sdht"))
+            if p.exists()]
+    assert not left, left
+    assert not user_exists("sdht")
+    assert subprocess.run(["getent", "group", "sdht"], stdout=subprocess.DEVNULL).returncode != 0
