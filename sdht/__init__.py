@@ -1,11 +1,25 @@
-"""sdht: a ring DHT with proof-of-work priority (see DESIGN.md)."""
+"""sdht: a ring DHT with decaying proof-of-work priority (see DESIGN.md).
+
+``sdht.join/set/get/delete/remove`` work on a default :class:`Ring` (seeded from ``SDHT_SEEDS``);
+``sdht.connect(address)`` returns an explicit one. Every error derives from :class:`SDHTError`.
+"""
 from __future__ import annotations
 
+from .api import (connect, default_ring, delete, get, get_many, join, remove, set, set_default_ring,
+                  set_many)
+from .client import Node, Ring
 from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NodeUnavailable,
                      NoNodes, NotAMember, QuorumError, RingBusy, RingError, SDHTError, Timeout,
                      TransportError, ValueTooLarge, WriteConflict)
+from .migration import MigrationReport
+from .record import Record
 
 __version__ = "0.1.0"
-from .client import Node, Ring
-from .migration import MigrationReport
-from .api import connect, default_ring, delete, get, join, remove, set, set_default_ring
+
+__all__ = [
+    "ConfigError", "InvalidRecord", "KeyNotFound", "MigrationReport", "Node", "NodeError",
+    "NodeUnavailable", "NoNodes", "NotAMember", "QuorumError", "Record", "Ring", "RingBusy",
+    "RingError", "SDHTError", "Timeout", "TransportError", "ValueTooLarge", "WriteConflict",
+    "connect", "default_ring", "delete", "get", "get_many", "join", "remove", "set",
+    "set_default_ring", "set_many",
+]

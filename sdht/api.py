@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Mapping
 
 from .client import Node, Ring
 from .migration import MigrationReport
@@ -72,3 +72,13 @@ def get(key: str, default: Any = None) -> Any:
 def delete(key: str) -> Record:
     """Delete ``key`` in the default ring; see :meth:`Ring.delete`."""
     return default_ring().delete(key)
+
+
+def set_many(items: Mapping[str, Any], work: float | None = None) -> int:
+    """Store many keys in the default ring; see :meth:`Ring.set_many`."""
+    return default_ring().set_many(items, work)
+
+
+def get_many(keys: Iterable[str]) -> dict[str, Any]:
+    """Read many keys from the default ring; see :meth:`Ring.get_many`."""
+    return default_ring().get_many(keys)

@@ -12,7 +12,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
-from . import migration
+from . import migration, sync
 from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
                      SDHTError, TransportError, WriteConflict)
 from .pow import mint
@@ -28,6 +28,8 @@ MAX_REROUTES = 3
 #: A write that lost to a stored version re-mints once, unless that needs more than this much
 #: work above ``min_work`` (e**4 ~ 55 times the minimum): beyond it, the key is "rented".
 AUTO_WORK_MARGIN = 4.0
+#: Records or keys per batch request.
+BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -249,8 +251,13 @@ class Ring:
             now_set = view.readers.for_key(rec.key)
             next_set = view.future.for_key(rec.key)
             targets = list(dict.fromkeys(now_set + next_set))
+            # Return once w of each placement answered: a stopped replica must not hold every
+            # write for a full timeout. Answers already in (a superseded one too) still count.
+            quorum = [(members, min(w, len(members))) for members in (now_set, next_set)]
             replies, errors, epochs = self._gather(
-                {node: (self.transport.put_record, node, rec) for node in targets}, len(targets))
+                {node: (self.transport.put_record, node, rec) for node in targets}, len(targets),
+                enough=lambda got: all(sum(1 for n in members if n in got) >= need
+                                       for members, need in quorum))
             if self._noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
             lost = [o.score for o in replies.values() if o.status == "superseded"]
@@ -265,9 +272,11 @@ class Ring:
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
 
-    def _gather(self, calls: dict[str, tuple], need: int
+    def _gather(self, calls: dict[str, tuple], need: int,
+                enough: Callable[[dict[str, Any]], bool] | None = None
                 ) -> tuple[dict[str, Any], dict[str, str], list[int]]:
-        """Run one call per node in parallel; return once ``need`` succeeded or all finished.
+        """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
+        of the results so far is true) or all finished; the others are left running.
 
         :returns: ``(results by node, errors by node, epochs seen)``.
         """
@@ -277,7 +286,7 @@ class Ring:
         errors: dict[str, str] = {}
         epochs: list[int] = []
         pending = set(futures)
-        while pending and len(results) < need:
+        while pending and not (enough(results) if enough else len(results) >= need):
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 node = futures[fut]
@@ -289,6 +298,121 @@ class Ring:
                 results[node] = value
                 epochs.append(epoch)
         return results, errors, epochs
+
+    # -- batches ------------------------------------------------------------------------------
+
+    def set_many(self, items: Mapping[str, Any], work: float | None = None) -> int:
+        """Store many keys: one batch request per replica node, nodes in parallel.
+
+        Same quorum rule as :meth:`set` for every key; a key that loses to a stored version of
+        higher priority falls back to :meth:`set` (which re-mints once). Returns the number
+        of keys written.
+
+        :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
+        """
+        p = self._current().params
+        w = p["min_work"] if work is None else float(work)
+        records = {}
+        for key, value in items.items():
+            check_key(key, p)
+            check_value(value, p)
+            records[key] = mint(key, value, w)
+        for _ in range(MAX_REROUTES):
+            view = self._current()
+            placed = {k: (view.readers.for_key(k), view.future.for_key(k)) for k in records}
+            by_node: dict[str, list[Record]] = {}
+            for key, (now_set, next_set) in placed.items():
+                for node in dict.fromkeys(now_set + next_set):
+                    by_node.setdefault(node, []).append(records[key])
+            replies, errors, epochs = self._gather_batches(self.transport.put_many, by_node)
+            if self._noticed(epochs):
+                continue
+            acked: dict[str, set[str]] = {}
+            lost: list[str] = []
+            for node, outcomes in replies.items():
+                for rec, outcome in zip(by_node[node], outcomes):
+                    if outcome.status == "superseded":
+                        lost.append(rec.key)
+                    else:
+                        acked.setdefault(rec.key, set()).add(node)
+            short = [k for k, sets in placed.items() if k not in lost and any(
+                len(acked.get(k, set()) & set(members)) < min(p["w"], len(members))
+                for members in sets)]
+            if short:
+                raise QuorumError(f"batch write: {len(short)} keys got fewer than w "
+                                  f"acknowledgements (first: {short[0]!r})", short[0],
+                                  p["w"], 0, errors)
+            for key in dict.fromkeys(lost):
+                rec = records[key]
+                self._write(key, rec.value, work, rec.deleted)
+            return len(records)
+        raise QuorumError("batch write: the ring kept changing")
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
+        """Read many keys: one batch request per replica node, nodes in parallel.
+
+        Returns a dict of the keys found (missing and deleted keys are left out). Same quorum
+        and read-repair rules as :meth:`get`.
+
+        :raises QuorumError: when fewer than ``r`` replicas answered for some key.
+        """
+        keys = list(dict.fromkeys(keys))
+        p = self._current().params
+        for key in keys:
+            check_key(key, p)
+        for _ in range(MAX_REROUTES):
+            view = self._current()
+            placed = {k: view.readers.for_key(k) for k in keys}
+            by_node: dict[str, list[str]] = {}
+            for key, replicas in placed.items():
+                for node in replicas:
+                    by_node.setdefault(node, []).append(key)
+            replies, errors, epochs = self._gather_batches(self.transport.get_many, by_node)
+            if self._noticed(epochs):
+                continue
+            seen: dict[str, dict[str, Record | None]] = {k: {} for k in keys}
+            for node, recs in replies.items():
+                for key, rec in zip(by_node[node], recs):
+                    if rec is None or (rec.key == key and _valid(rec, p)):
+                        seen[key][node] = rec
+            result: dict[str, Any] = {}
+            repairs: dict[str, list[Record]] = {}
+            for key, answers in seen.items():
+                need = min(p["r"], len(placed[key]))
+                if len(answers) < need:
+                    raise QuorumError(f"batch read: {len(answers)} of {need} replicas answered "
+                                      f"for {key!r}", key, need, len(answers), errors)
+                best = winner(list(answers.values()), p["decay"])
+                if best is None:
+                    continue
+                if not best.deleted:
+                    result[key] = best.value
+                for node, rec in answers.items():
+                    if rec is None or beats(best, rec, p["decay"]):
+                        repairs.setdefault(node, []).append(best)
+            for node, recs in repairs.items():
+                self.transport.submit(self._repair_many, node, recs)
+            return result
+        raise QuorumError("batch read: the ring kept changing")
+
+    def _repair_many(self, node: str, records: list[Record]) -> None:
+        try:
+            self.transport.put_many(node, records)
+        except SDHTError as exc:
+            log.debug("read repair of %d keys on %s failed: %s", len(records), node, exc)
+
+    def _gather_batches(self, fn: Callable, by_node: Mapping[str, list]
+                        ) -> tuple[dict[str, list], dict[str, str], list[int]]:
+        """Send each node its batch (in chunks of :data:`BATCH`), nodes in parallel."""
+        def run(node: str, items: list) -> tuple[list, int]:
+            out: list = []
+            epoch = 0
+            for i in range(0, len(items), BATCH):
+                part, epoch = fn(node, items[i:i + BATCH])
+                out += part
+            return out, epoch
+        return self._gather({node: (run, node, items) for node, items in by_node.items()},
+                            len(by_node))
 
     # -- dict-like access ---------------------------------------------------------------------
 
@@ -333,6 +457,17 @@ class Ring:
         :raises RingBusy: when another node is joining or leaving.
         """
         return migration.remove(self, Node.parse(node).id, dead, progress)
+
+    def repair(self, progress: Callable[[int, int], None] | None = None) -> "sync.RepairReport":
+        """Run anti-entropy over the whole ring now: sync every interval's replicas.
+
+        Members holding an older ring (or none, after losing their disk) get the current one.
+
+        :param progress: called with ``(ranges done, ranges in all)``.
+        :returns: a :class:`~sdht.sync.RepairReport` of what was compared and fixed; nodes
+            that could not be reached are listed in its ``errors``.
+        """
+        return sync.repair(self, progress)
 
 
 def _valid(rec: Record, params: Mapping[str, Any]) -> bool:

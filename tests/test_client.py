@@ -1,0 +1,247 @@
+"""The ring library against real gunicorn nodes: the API, replication, repair and conflicts."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import sdht
+from sdht.pow import mint
+from sdht.record import now_us
+
+from conftest import ROOT
+
+MIXED = [None, True, 0, -7, 2**40, 1.5, "text", "ünïcødé", b"\x00bytes", [1, "two", [3]],
+         {"any": ["msgpack", "value"]}, {"nested": {"a": [1, 2, {"b": None}]}}, ""]
+
+
+def value_for(i: int):
+    return MIXED[i % len(MIXED)] if i % 3 else {"i": i, "s": str(i)}
+
+
+@pytest.fixture
+def cluster(start_node):
+    """Factory: ``cluster(count)`` starts ``count`` real nodes joined into one ring."""
+    rings = []
+
+    def make(count: int, **params):
+        nodes = [start_node() for _ in range(count)]
+        ring = sdht.Ring(params=params or None, timeout=(2.0, 10.0))
+        for node in nodes:
+            ring.join(node.id)
+        rings.append(ring)
+        return ring, nodes
+
+    yield make
+    for ring in rings:
+        ring.close()
+
+
+def holders(ring: sdht.Ring, key: str) -> dict[str, bytes | None]:
+    """Ask every member directly which version of ``key`` it holds (digest or None)."""
+    out = {}
+    for node in ring.nodes:
+        rec, _ = ring.transport.get_record(node, key)
+        out[node] = rec.digest if rec else None
+    return out
+
+
+class TestApi:
+    def test_node_accepts_port_as_str_or_int(self):
+        assert sdht.Node("127.0.0.1", "8000") == sdht.Node("127.0.0.1", 8000)
+        assert sdht.Node("127.0.0.1", "8000").id == "127.0.0.1:8000"
+        with pytest.raises(sdht.ConfigError):
+            sdht.Node("127.0.0.1", "http")
+        with pytest.raises(sdht.ConfigError):
+            sdht.Node("127.0.0.1", 70000)
+
+    def test_empty_ring_raises_no_nodes(self):
+        with pytest.raises(sdht.NoNodes):
+            sdht.Ring().get("x")
+
+    def test_unreachable_seed_raises_no_nodes(self):
+        from conftest import free_port
+        with pytest.raises(sdht.NoNodes):
+            sdht.connect(f"127.0.0.1:{free_port()}")
+
+    def test_set_get_delete_and_dict_access(self, cluster):
+        ring, _ = cluster(3)
+        ring.set("a key", {"any": ["msgpack", "value"]})
+        assert ring.get("a key") == {"any": ["msgpack", "value"]}
+        assert ring["a key"] == {"any": ["msgpack", "value"]}
+        assert "a key" in ring and "missing" not in ring
+        assert ring.get("missing") is None and ring.get("missing", default=5) == 5
+        with pytest.raises(sdht.KeyNotFound):
+            ring["missing"]
+        with pytest.raises(KeyError):  # KeyNotFound is a KeyError, as for a dict
+            ring["missing"]
+        ring.delete("a key")
+        assert ring.get("a key", "gone") == "gone"
+        ring["b"] = 2
+        del ring["b"]
+        assert "b" not in ring
+
+    def test_bad_input_raises_typed_errors_and_writes_nothing(self, cluster):
+        ring, _ = cluster(2, max_value_bytes=1000)
+        with pytest.raises(sdht.InvalidRecord):
+            ring.set("", 1)
+        with pytest.raises(sdht.InvalidRecord):
+            ring.set(b"bytes key", 1)  # type: ignore[arg-type]
+        with pytest.raises(sdht.ValueTooLarge):
+            ring.set("k" * 2000, 1)
+        with pytest.raises(sdht.ValueTooLarge):
+            ring.set("big", "x" * 2000)
+        with pytest.raises(sdht.InvalidRecord):
+            ring.set("obj", object())
+        with pytest.raises(sdht.InvalidRecord):
+            ring.set("w", 1, work=1000)
+        assert all(ring.transport.health(n)["records"] == 0 for n in ring.nodes)
+
+    def test_replicas_and_read_repair(self, cluster):
+        ring, _ = cluster(4)
+        rec = ring.set("k", "v1")
+        prefs = ring.preference("k")
+        assert len(prefs) == 3
+        held = holders(ring, "k")
+        assert sum(1 for n in prefs if held[n] == rec.digest) >= 2
+        # Put an old version on one replica behind the ring's back; a read repairs it.
+        stale = mint("k", "old", 3.0, t=rec.t - 10_000_000)
+        assert ring.transport.get_record(prefs[0], "k")[0].digest == rec.digest
+        ring.transport.delete_range(prefs[0], 0, 1 << 64)
+        ring.transport.put_record(prefs[0], stale)
+        assert ring.get("k") == "v1"
+        from conftest import wait_for
+        wait_for(lambda: all(holders(ring, "k")[n] == rec.digest for n in prefs),
+                 what="read repair of every replica")
+
+    def test_remint_beats_a_clock_ahead_version(self, cluster):
+        ring, _ = cluster(3)
+        ahead = mint("k", "from the future", 3.0, t=now_us() + 1_500_000)
+        for node in ring.preference("k"):
+            ring.transport.put_record(node, ahead)
+        ring.set("k", "now")  # first mint loses on every replica, the re-mint wins
+        assert ring.get("k") == "now"
+
+    def test_rented_key_holds_off_cheap_writes(self, cluster):
+        ring, _ = cluster(3)
+        ring.set("rented", "mine", work=3.0 + 7)     # ~e**10 hashes: holds ~19 hours
+        with pytest.raises(sdht.WriteConflict) as info:
+            ring.set("rented", "yours")
+        assert info.value.key == "rented"
+        assert ring.get("rented") == "mine"
+        ring.set("rented", "outbid", work=3.0 + 7.5)
+        assert ring.get("rented") == "outbid"
+
+    def test_module_functions_use_a_default_ring_from_seeds(self, cluster):
+        ring, nodes = cluster(3)
+        code = ("import sdht; sdht.set('m', [1, 2]); print(sdht.get('m'), sdht.get('x', 'd'));"
+                "sdht.delete('m'); print(sdht.get('m'))")
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "SDHT_SEEDS": nodes[1].id}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:2] == ["[1, 2] d", "None"]
+
+    def test_join_of_a_member_adopts_its_ring(self, cluster):
+        ring, nodes = cluster(3)
+        fresh = sdht.Ring()
+        fresh.join(sdht.Node("127.0.0.1", nodes[2].port))
+        assert sorted(fresh.nodes) == sorted(ring.nodes)
+        assert fresh.view.epoch == ring.view.epoch
+
+    def test_batch_set_and_get(self, cluster):
+        ring, _ = cluster(3)
+        items = {f"b{i}": value_for(i) for i in range(2500)}
+        assert ring.set_many(items) == 2500
+        got = ring.get_many(list(items) + ["absent"])
+        assert got == items
+        ring.delete("b7")
+        assert "b7" not in ring.get_many(["b7", "b8"])
+
+
+class TestScenarios:
+    def test_classic_scenario(self, cluster, start_node):
+        """4 nodes, 1,000 keys of mixed types, read back from a fresh process, remove a node,
+        stop it, read back again; a deleted key stays deleted across migrations."""
+        ring, nodes = cluster(4)
+        items = {f"key-{i}": value_for(i) for i in range(1000)}
+        for key, value in items.items():
+            ring.set(key, value)
+        for key in ("key-5", "key-6"):
+            ring.delete(key)
+            del items[key]
+        read_all = (
+            "import json, sys, sdht\n"
+            "ring = sdht.connect(sys.argv[1])\n"
+            "keys = [f'key-{i}' for i in range(1000)]\n"
+            "print(json.dumps({k: repr(ring.get(k, 'MISSING')) for k in keys}))\n")
+
+        def check_from_fresh_process(seed):
+            out = subprocess.run([sys.executable, "-c", read_all, seed], capture_output=True,
+                                 text=True, timeout=120,
+                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert out.returncode == 0, out.stderr
+            seen = json.loads(out.stdout)
+            want = {f"key-{i}": repr(items.get(f"key-{i}", "MISSING")) for i in range(1000)}
+            assert seen == want
+
+        check_from_fresh_process(nodes[3].id)
+        report = ring.remove(nodes[0].id)
+        assert report.moved > 0
+        nodes[0].stop()
+        check_from_fresh_process(nodes[2].id)
+        extra = start_node()
+        ring.join(extra.id)
+        check_from_fresh_process(extra.id)
+
+    def test_concurrent_writers_on_two_rings_converge(self, cluster):
+        ring_a, nodes = cluster(3)
+        ring_b = sdht.connect(nodes[0].id)
+        keys = [f"c{i}" for i in range(40)]
+
+        def write(ring, tag):
+            for round_ in range(5):
+                for key in keys:
+                    try:
+                        ring.set(key, f"{tag}-{round_}")
+                    except sdht.WriteConflict:
+                        pass  # lost to the other writer: allowed, convergence is the point
+
+        threads = [threading.Thread(target=write, args=(r, t))
+                   for r, t in ((ring_a, "a"), (ring_b, "b"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        for key in keys:
+            held = holders(ring_a, key)
+            assert len(set(held.values())) == 1, (key, held)
+            assert ring_a.get(key) == ring_b.get(key)
+        ring_b.close()
+
+    def test_stale_ring_still_reads_and_writes(self, cluster, start_node):
+        ring, nodes = cluster(3)
+        stale = sdht.connect(nodes[0].id)
+        items = {f"s{i}": i for i in range(200)}
+        stale.set_many(items)
+        epoch = stale.view.epoch
+        for _ in range(2):
+            ring.join(start_node().id)   # another client changes the ring twice
+        assert stale.view.epoch == epoch
+        assert all(stale.get(k) == v for k, v in items.items())
+        assert stale.view.epoch > epoch  # it noticed the newer ring and re-routed
+        stale2 = sdht.connect(nodes[1].id)
+        stale2.view = stale.view.__class__(epoch, ring.view.members[:3], ring.view.params)
+        for k in items:
+            stale2.set(k, items[k] + 1000)
+        assert all(ring.get(k) == v + 1000 for k, v in items.items())
+        for k in list(items)[:50]:   # every write landed on its current replicas
+            prefs = ring.preference(k)
+            held = holders(ring, k)
+            assert sum(1 for n in prefs if held[n] is not None) >= 2
+        stale.close()
+        stale2.close()
