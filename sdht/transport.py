@@ -157,6 +157,30 @@ class Transport:
                              admin=True)
         return int(reply.body["deleted"])
 
+    # -- anti-entropy -------------------------------------------------------------------------
+
+    def tree(self, node: str, nodes: list[tuple[int, int]], listed: list[tuple[int, int]] = (),
+             ranges: list[tuple[int, int]] | None = None) -> tuple[Any, int]:
+        """Hash-tree hashes of ``nodes`` and ``(key, digest)`` listings of ``listed`` within
+        ``ranges`` (half-open ``(start, end)`` pairs); see ``POST /v1/tree``.
+
+        :returns: the decoded body and the node's epoch.
+        """
+        body: dict[str, Any] = {"nodes": [list(n) for n in nodes],
+                                "list": [list(n) for n in listed]}
+        if ranges is not None:  # sent as inclusive [first, last]: 2**64 does not fit msgpack
+            body["ranges"] = [[start, end - 1] for start, end in ranges]
+        reply = self.request(node, "POST", "/v1/tree", data=packb(body), headers=MSGPACK)
+        return reply.body, reply.epoch
+
+    def sync_pass(self, node: str, rounds: int, differences: int, purge: bool) -> int:
+        """Report a background sync pass to ``node`` (admin); it purges expired tombstones
+        when ``purge``. Returns how many it purged."""
+        body = json.dumps({"rounds": rounds, "differences": differences, "purge": purge})
+        reply = self.request(node, "POST", "/v1/sync/pass", data=body.encode(), admin=True,
+                             headers={"Content-Type": "application/json"})
+        return int(reply.body["purged"])
+
     # -- ring and health ----------------------------------------------------------------------
 
     def get_ring(self, node: str) -> RingView | None:

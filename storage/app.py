@@ -51,6 +51,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config["STARTED"] = time.time()
     app.extensions["sdht.store"] = None  # opened lazily in the serving process (after fork)
     app.register_blueprint(bp)
+    from .sync_routes import bp as sync_bp  # imported here: it builds on this module's helpers
+    app.register_blueprint(sync_bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.after_request(_stamp_epoch)

@@ -17,12 +17,14 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "MAX_BATCH": 10_000,           # SDHT_MAX_BATCH: records or keys in one batch request
     "MAX_BODY_BYTES": 64 << 20,    # SDHT_MAX_BODY_BYTES: request body limit (64 MiB)
     "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
+    "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
     # Cluster parameters used until the node stores a ring (which then carries its own):
     # SDHT_DECAY, SDHT_MIN_WORK, SDHT_MAX_SKEW, SDHT_MAX_KEY_BYTES, SDHT_MAX_VALUE_BYTES, ...
     "PARAMS": {},
 }
 
-_TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int}
+_TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
+          "SYNC_INTERVAL": float}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

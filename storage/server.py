@@ -43,7 +43,9 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
             "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
             "--timeout", str(timeout), "--graceful-timeout", "10", "--keep-alive", "30",
-            "--name", f"sdht-storage-{port}", "storage.app:create_app()"]
+            "--name", f"sdht-storage-{port}",
+            # Server hooks: the node's background anti-entropy runs in the master.
+            "--config", "python:storage.gunicorn_conf", "storage.app:create_app()"]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
 

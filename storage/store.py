@@ -4,7 +4,9 @@ Sub-databases:
 
 * ``data``: ``position (8 bytes, big-endian) || UTF-8 key`` -> the packed record, so one ring
   range is one cursor scan;
-* ``meta``: the node's ring view (JSON) and counters (accepted writes, stored bytes).
+* ``meta``: the node's ring view (JSON) and counters (accepted writes, stored bytes, sync);
+* ``tree``: the hash tree over positions (:mod:`storage.tree`), updated in the same write
+  transaction as the records, so anti-entropy never rescans the store.
 
 Every read-compare-write of the accept rule runs inside one LMDB write transaction, which LMDB
 serialises across threads and processes, so concurrent writers cannot lose the higher score.
@@ -18,13 +20,19 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+import hashlib
+
 import lmdb
 
-from sdht.record import Record, beats, from_packed
+from sdht.record import DIGEST_PERSON, Record, beats, canonical, from_packed, unpackb
 from sdht.ring import RING_SIZE, RingView, position
+
+from .tree import Tree, node_range
 
 _U64 = struct.Struct(">Q")
 _REVISION, _BYTES, _RING = b"revision", b"bytes", b"ring"
+_SYNC_ROUNDS, _SYNC_DIFFS, _PURGED = b"sync_rounds", b"sync_differences", b"tombstones_purged"
+_TREE_BUILT = b"tree-v1"
 
 #: Outcomes of a write.
 STORED, SAME, SUPERSEDED = "stored", "same", "superseded"
@@ -44,6 +52,15 @@ def data_key(key: str) -> bytes:
     return _U64.pack(position(raw)) + raw
 
 
+def packed_digest(raw: bytes) -> bytes:
+    """Return the digest of a stored (already validated) packed record without re-checking it."""
+    obj = unpackb(raw)
+    h = hashlib.blake2b(canonical(obj["k"], obj["v"], obj["t"], obj["w"], obj["d"]),
+                        digest_size=32, person=DIGEST_PERSON)
+    h.update(obj["n"])
+    return h.digest()
+
+
 class Store:
     """One LMDB environment. Open it in the process that uses it (never across a fork)."""
 
@@ -53,7 +70,18 @@ class Store:
         self.env = lmdb.open(path, map_size=map_size, max_dbs=4, sync=sync, metasync=sync)
         self.data = self.env.open_db(b"data")
         self.meta = self.env.open_db(b"meta")
+        self.tree = Tree(self.env.open_db(b"tree"))
         self._ring_cache: tuple[bytes, RingView] | None = None
+        self._build_tree()
+
+    def _build_tree(self) -> None:
+        """Build the hash tree once for a store written before it had one."""
+        with self.env.begin(write=True) as txn:
+            if txn.get(_TREE_BUILT, db=self.meta) is not None:
+                return
+            for lkey, raw in txn.cursor(db=self.data):
+                self.tree.update(txn, bytes(lkey), None, packed_digest(raw))
+            txn.put(_TREE_BUILT, b"1", db=self.meta)
 
     def close(self) -> None:
         """Close the environment."""
@@ -117,6 +145,8 @@ class Store:
                 elif beats(rec, old, decay):
                     packed = rec.pack()
                     txn.put(lkey, packed, db=self.data)
+                    self.tree.update(txn, lkey, old.digest if old is not None else None,
+                                     rec.digest)
                     added_bytes += len(packed) + len(lkey) - (len(old_raw) + len(lkey)
                                                               if old_raw is not None else 0)
                     accepted += 1
@@ -163,7 +193,9 @@ class Store:
                     lkey = cursor.key()
                     if not lkey or (end < RING_SIZE and _U64.unpack_from(lkey)[0] >= end):
                         break
-                    freed += len(lkey) + len(cursor.value())
+                    raw = cursor.value()
+                    freed += len(lkey) + len(raw)
+                    self.tree.update(txn, bytes(lkey), packed_digest(raw), None)
                     deleted += 1
                     if not cursor.delete():
                         break
@@ -171,14 +203,72 @@ class Store:
                 self._add(txn, _BYTES, -freed)
         return deleted
 
+    # -- anti-entropy -------------------------------------------------------------------------
+
+    def tree_hashes(self, nodes: Iterable[tuple[int, int]]) -> list[bytes]:
+        """Return the hash-tree hash of each ``(level, index)`` node."""
+        with self.env.begin() as txn:
+            return self.tree.hashes(txn, nodes)
+
+    def entries(self, level: int, index: int, ranges: Iterable[tuple[int, int]],
+                limit: int) -> list[tuple[str, bytes]]:
+        """Return ``(key, digest)`` of the records under tree node ``(level, index)`` whose
+        positions fall in one of ``ranges``, in position order, at most ``limit`` of them."""
+        low, high = node_range(level, index)
+        out: list[tuple[str, bytes]] = []
+        with self.env.begin(db=self.data) as txn:
+            cursor = txn.cursor()
+            for start, end in ranges:
+                start, end = max(start, low), min(end, high)
+                if start >= end or not cursor.set_range(_U64.pack(start)):
+                    continue
+                for lkey, raw in cursor:
+                    if _U64.unpack_from(lkey)[0] >= end or len(out) >= limit:
+                        break
+                    out.append((bytes(lkey[8:]).decode("utf-8"), packed_digest(raw)))
+        return out
+
+    def purge_tombstones(self, before_us: int) -> int:
+        """Delete tombstones written before ``before_us`` (past the tombstone grace), keeping
+        the hash tree in step; return how many were purged."""
+        purged, freed = 0, 0
+        with self.env.begin(write=True) as txn:
+            cursor = txn.cursor(db=self.data)
+            if cursor.first():
+                while cursor.key():
+                    lkey, raw = bytes(cursor.key()), cursor.value()
+                    obj = unpackb(raw)
+                    if obj["d"] and obj["t"] < before_us:
+                        self.tree.update(txn, lkey, packed_digest(raw), None)
+                        freed += len(lkey) + len(raw)
+                        purged += 1
+                        if not cursor.delete():  # positioned on the next record, or at the end
+                            break
+                    elif not cursor.next():
+                        break
+            if purged:
+                self._add(txn, _BYTES, -freed)
+                self._add(txn, _PURGED, purged)
+        return purged
+
+    def add_sync_counts(self, rounds: int, differences: int) -> None:
+        """Add to the node's counters of background sync rounds and differences found."""
+        with self.env.begin(write=True) as txn:
+            self._add(txn, _SYNC_ROUNDS, rounds)
+            self._add(txn, _SYNC_DIFFS, differences)
+
     # -- counters -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return ``records`` (count), ``bytes`` (keys and records) and ``revision``."""
+        """Return ``records`` (count), ``bytes`` (keys and records), ``revision`` and the
+        anti-entropy counters ``sync_rounds``, ``sync_differences``, ``tombstones_purged``."""
         with self.env.begin() as txn:
             records = txn.stat(self.data)["entries"]
             return {"records": records, "bytes": self._read(txn, _BYTES),
-                    "revision": self._read(txn, _REVISION)}
+                    "revision": self._read(txn, _REVISION),
+                    "sync_rounds": self._read(txn, _SYNC_ROUNDS),
+                    "sync_differences": self._read(txn, _SYNC_DIFFS),
+                    "tombstones_purged": self._read(txn, _PURGED)}
 
     def _read(self, txn: lmdb.Transaction, name: bytes) -> int:
         raw = txn.get(name, db=self.meta)
