@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import threading
 import time
 from typing import Any, Mapping
 
@@ -28,6 +29,7 @@ KEY_HEADER = "X-SDHT-Cluster-Key"
 MSGPACK = "application/msgpack"
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+_OPEN_LOCK = threading.Lock()
 
 
 class ApiError(Exception):
@@ -69,9 +71,12 @@ def store() -> Store:
     """
     held = current_app.extensions["sdht.store"]
     if held is None or held[0] != os.getpid():
-        cfg = current_app.config
-        held = (os.getpid(), Store(cfg["DATA_DIR"], cfg["MAP_SIZE"], cfg["SYNC"]))
-        current_app.extensions["sdht.store"] = held
+        with _OPEN_LOCK:  # two threads' first requests must not open the environment twice
+            held = current_app.extensions["sdht.store"]
+            if held is None or held[0] != os.getpid():
+                cfg = current_app.config
+                held = (os.getpid(), Store(cfg["DATA_DIR"], cfg["MAP_SIZE"], cfg["SYNC"]))
+                current_app.extensions["sdht.store"] = held
     return held[1]
 
 
