@@ -131,12 +131,12 @@ def unit_command(port: int, data_dir: Path) -> list[str]:
 
 
 @pytest.fixture
-def unit_node(deb: Path) -> Iterator[int]:
+def unit_node(deb: Path, tmp_path: Path) -> Iterator[int]:
     """A node started with the unit's command line, as the sdht user, from / with a clean env."""
     port = free_port()
     top = Path(tempfile.mkdtemp(prefix="sdht-deb-"))
     shutil.chown(top, "sdht", "sdht")  # mkdtemp makes it 0700: the sdht user's alone
-    log = open(top.parent / f"{top.name}.log", "wb")
+    log = open(tmp_path / "node.log", "wb")  # opened here: kept by pytest, written via the fd
     argv = unit_command(port, top / str(port))
     assert argv[0] == "/usr/bin/sdht-storage"
     proc = subprocess.Popen(
@@ -172,7 +172,6 @@ def unit_node(deb: Path) -> Iterator[int]:
         proc.wait(10)
         log.close()
         shutil.rmtree(top, ignore_errors=True)
-        os.unlink(log.name)
 
 
 CLIENT = textwrap.dedent("""
