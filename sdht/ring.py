@@ -6,6 +6,7 @@ its LMDB records by position so that a ring range is one cursor scan.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
@@ -96,16 +97,21 @@ class RingView:
                         self.params)
 
     def placement(self, states: Iterable[str]) -> "Placement":
-        """Return the placement over members in ``states``."""
-        wanted = set(states)
-        return Placement([m for m in self.members if m.state in wanted], self.params["n"])
+        """Return the placement over members in ``states``.
 
-    @property
+        Placements are cached by their members and ``n``: building one sorts every token
+        (hashing 128 names per member), which per key would dominate a client's time (issue 7).
+        """
+        wanted = set(states)
+        return _placement(tuple(m for m in self.members if m.state in wanted),
+                          self.params["n"])
+
+    @functools.cached_property  # a view never changes; works on a frozen dataclass
     def readers(self) -> "Placement":
         """Placement of reads: the members that hold complete data (normal and leaving)."""
         return self.placement((NORMAL, LEAVING))
 
-    @property
+    @functools.cached_property
     def future(self) -> "Placement":
         """Placement once pending changes complete (normal and joining members)."""
         return self.placement((NORMAL, JOINING))
@@ -137,6 +143,11 @@ def parse_node_id(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"not a host:port address: {text!r}")
     return host, int(port)
+
+
+@functools.lru_cache(maxsize=64)
+def _placement(members: tuple[Member, ...], n: int) -> "Placement":
+    return Placement(list(members), n)
 
 
 class Placement:
