@@ -189,7 +189,8 @@ def _stream(ring: "Ring", transfer: Transfer, report: MigrationReport,
             records, cursor = ring.transport.scan(source, transfer.start, transfer.end, cursor,
                                                   PAGE)
             if records:
-                outcomes, _ = ring.transport.put_many(transfer.target, records)
+                outcomes, _ = ring.transport.put_many(transfer.target, records,
+                                                      migration=True)
                 report.moved += len(records)
                 report.stored += sum(1 for o in outcomes if o.status == "stored")
                 if progress:

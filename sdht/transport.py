@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = (2.0, 10.0)
 EPOCH_HEADER = "X-SDHT-Epoch"
 KEY_HEADER = "X-SDHT-Cluster-Key"
+MIGRATION_HEADER = "X-SDHT-Migration"
 MSGPACK = {"Content-Type": "application/msgpack"}
 
 T = TypeVar("T")
@@ -136,10 +137,16 @@ class Transport:
         reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
         return [None if obj is None else from_wire(obj) for obj in reply.body], reply.epoch
 
-    def put_many(self, node: str, records: list[Record]) -> tuple[list[PutOutcome], int]:
-        """Batch write under the accept rule; one outcome per record."""
+    def put_many(self, node: str, records: list[Record],
+                 migration: bool = False) -> tuple[list[PutOutcome], int]:
+        """Batch write under the accept rule; one outcome per record.
+
+        :param migration: mark the batch as records moved by a join or remove, which the node
+            counts in its ``sdht_migration_records_received`` metric.
+        """
         body = packb([r.to_wire() for r in records])
-        reply = self.request(node, "POST", "/v1/records", data=body, headers=MSGPACK)
+        headers = {**MSGPACK, MIGRATION_HEADER: "1"} if migration else MSGPACK
+        reply = self.request(node, "POST", "/v1/records", data=body, headers=headers)
         return [PutOutcome(o["s"], o["score"], o["digest"]) for o in reply.body], reply.epoch
 
     def scan(self, node: str, start: int, end: int, after: str | None = None,

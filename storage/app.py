@@ -20,6 +20,7 @@ from sdht.errors import ConfigError, InvalidRecord, ValueTooLarge
 from sdht.record import DEFAULT_PARAMS, check_key, check_time, check_work, from_wire, unpackb
 from sdht.ring import RING_SIZE, RingView
 
+from . import metrics, web
 from .config import load_config
 from .store import STORED, SAME, Store
 
@@ -58,6 +59,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.after_request(_stamp_epoch)
+    metrics.init_app(app)  # request figures and /metrics (storage/metrics.py)
+    web.init_app(app)      # the page at / and its /v1/ui routes (storage/web.py)
     return app
 
 
@@ -191,7 +194,8 @@ def health() -> Response:
     view = ring_view()
     return jsonify({"node": current_app.config["NODE_ID"], "epoch": view.epoch if view else 0,
                     **store().stats(), "uptime": time.time() - current_app.config["STARTED"],
-                    "location": current_app.config["LOCATION"], "pid": os.getpid()})
+                    "location": current_app.config["LOCATION"], "pid": os.getpid(),
+                    **metrics.current().figures()})
 
 
 @bp.get("/ring")
@@ -242,6 +246,7 @@ def put_record() -> tuple[Response, int]:
     p = params()
     rec = _validate(_body(), p)
     result = store().put_many([rec], p)[0]
+    metrics.current().count_writes([result])
     if result.status == STORED:
         return jsonify({"status": STORED}), 201
     if result.status == SAME:
@@ -272,6 +277,7 @@ def put_records() -> Response:
     p = params()
     records = [_validate(obj, p) for obj in _batch(_body(), "records")]
     results = store().put_many(records, p)
+    metrics.current().count_writes(results)
     out = [{"s": r.status, "score": r.held.score(p["decay"]), "digest": r.held.digest}
            for r in results]
     return _msgpack(msgpack.packb(out, use_bin_type=True))

@@ -7,7 +7,9 @@ running ``storage.app:create_app()`` with settings passed through ``SDHT_*`` var
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import time
 
 import click
 
@@ -40,6 +42,12 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
     env = dict(os.environ, SDHT_DATA_DIR=os.path.abspath(data_dir), SDHT_NODE_ID=node_id)
     if location:
         env["SDHT_LOCATION"] = location
+    # Per-node metrics shared by the workers (storage/metrics.py); stale files from an earlier
+    # run would inflate the counters, so the directory starts empty.
+    metrics_dir = os.path.join(os.path.abspath(data_dir), "prometheus")
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    os.makedirs(metrics_dir)
+    env.update(PROMETHEUS_MULTIPROC_DIR=metrics_dir, SDHT_STARTED=repr(time.time()))
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
             "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
             "--timeout", str(timeout), "--graceful-timeout", "10", "--keep-alive", "30",

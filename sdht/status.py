@@ -1,0 +1,104 @@
+"""The state of a ring as operators see it: each node's share, health and agreement on the ring.
+
+Used by ``sdht status`` and by the node's web page. A node that cannot be reached is reported as
+``down``, never raised.
+"""
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING, Any
+
+from .errors import SDHTError
+from .ring import RING_SIZE, RingView, intervals
+
+if TYPE_CHECKING:
+    from .client import Ring
+
+#: Health fields copied into a node's status, as the node reports them.
+HEALTH_FIELDS = ("records", "bytes", "epoch", "revision", "mean_response_ms", "error_rate",
+                 "requests", "heartbeat", "uptime", "location")
+
+
+def shares(view: RingView) -> dict[str, float]:
+    """Return, for each member, the fraction of ring positions it replicates for reads.
+
+    Within each interval between tokens the preference list is fixed (DESIGN: "The ring"), so
+    summing interval lengths per replica is exact. With ``n`` replicas the shares sum to ``n``
+    (or to the number of readable members, when fewer). Joining members get 0.
+    """
+    placement = view.readers
+    owned = {m.id: 0 for m in view.members}
+    for start, end, probe in intervals(placement.boundaries()):
+        for node in placement.preference(probe):
+            owned[node] += end - start
+    return {node: total / RING_SIZE for node, total in owned.items()}
+
+
+def token_fractions(view: RingView) -> dict[str, list[float]]:
+    """Return each member's token positions as fractions of the ring in [0, 1)."""
+    from .ring import token_positions
+    return {m.id: [p / RING_SIZE for p in token_positions(m.id, m.tokens)] for m in view.members}
+
+
+def cluster_status(ring: "Ring") -> dict[str, Any]:
+    """Refresh ``ring`` and ask every member for its health, in parallel.
+
+    :returns: ``{"epoch", "agree", "nodes": [...]}``; each node has ``id``, ``state`` (the ring
+        state, or ``down``), ``share``, the :data:`HEALTH_FIELDS`, ``agrees`` (its epoch equals
+        the highest seen) and ``error`` when down.
+    :raises NoNodes: when no seed can be reached at all.
+    """
+    view = ring.refresh()
+    if view is None:
+        return {"epoch": 0, "agree": True, "nodes": []}
+    share = shares(view)
+    futures = {m.id: ring.transport.submit(ring.transport.health, m.id) for m in view.members}
+    nodes = []
+    for member in view.members:
+        entry: dict[str, Any] = {"id": member.id, "state": member.state,
+                                 "share": share[member.id], "tokens": member.tokens}
+        try:
+            health = futures[member.id].result()
+            entry.update({k: health.get(k) for k in HEALTH_FIELDS})
+            entry["up"] = True
+        except SDHTError as exc:
+            entry.update({k: None for k in HEALTH_FIELDS})
+            entry.update(up=False, state="down", error=str(exc))
+        nodes.append(entry)
+    newest = max([view.epoch, *(n["epoch"] or 0 for n in nodes)])
+    for entry in nodes:
+        entry["agrees"] = entry["up"] and entry["epoch"] == newest
+    return {"epoch": newest, "agree": all(n["agrees"] for n in nodes if n["up"]),
+            "nodes": nodes}
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` with bytes made JSON-safe (``{"$bytes": base64}``), recursively."""
+    if isinstance(value, bytes):
+        return {"$bytes": base64.b64encode(value).decode()}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def replicas(ring: "Ring", key: str) -> list[dict[str, Any]]:
+    """Ask every node that should hold ``key`` (readers and future writers) what it holds.
+
+    :returns: one ``{"node", "holds", "digest", "deleted"}`` per node (``error`` when down).
+    """
+    view = ring._current()
+    nodes = list(dict.fromkeys(view.readers.for_key(key) + view.future.for_key(key)))
+    futures = {n: ring.transport.submit(ring.transport.get_record, n, key) for n in nodes}
+    out = []
+    for node, fut in futures.items():
+        try:
+            rec, _ = fut.result()
+        except SDHTError as exc:
+            out.append({"node": node, "holds": None, "error": str(exc)})
+            continue
+        out.append({"node": node, "holds": rec is not None,
+                    "digest": rec.digest.hex() if rec else None,
+                    "deleted": bool(rec and rec.deleted)})
+    return out

@@ -1,0 +1,187 @@
+"""Node metrics: Prometheus counters and histograms, and the per-node figures of ``/v1/health``.
+
+Under gunicorn a node is several worker processes, but its figures must be the node's, not one
+worker's. ``sdht-storage`` therefore points ``PROMETHEUS_MULTIPROC_DIR`` at a per-node directory
+(``DATA/prometheus``, cleared at start): every worker writes its counters to memory-mapped files
+there and any worker can sum them all (prometheus_client's multiprocess mode). Without that
+variable (an app made in-process, e.g. by tests) each app keeps its own ``CollectorRegistry``,
+never the global default one, so two apps in one process do not clash.
+
+Gauges of the store (records, bytes, revision, epoch) are read from LMDB at scrape time, which is
+already per node, and so are the anti-entropy counts the store keeps (exported as counters).
+Other parts of the node increment the objects of :class:`Metrics` through :func:`current`, e.g.
+``metrics.current().writes.labels("stored").inc()``.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable
+
+from flask import Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Header a client sends on batch writes that move records between nodes (joins, removes).
+MIGRATION_HEADER = "X-SDHT-Migration"
+#: Routes left out of the health figures (mean response time, error rate): polling a node's
+#: health or scraping it must not dilute the figures of the work it serves.
+QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename>"})
+#: Answers that are normal outcomes rather than errors: a missing key, a superseded write.
+NOT_ERRORS = frozenset({404, 409})
+#: Endpoints whose 4xx answers count as refused (invalid) writes.
+WRITE_ENDPOINTS = frozenset({"v1.put_record", "v1.put_records"})
+
+
+class Metrics:
+    """The metric objects of one node app.
+
+    :param multiprocess_dir: the shared directory of multiprocess mode, or None for a private
+        registry.
+    """
+
+    def __init__(self, multiprocess_dir: str | None) -> None:
+        self.multiprocess_dir = multiprocess_dir
+        # In multiprocess mode the values live in the directory's files, so the objects need
+        # no registry; otherwise this app's own registry (never the global default one).
+        self.registry = None if multiprocess_dir else CollectorRegistry()
+        reg = self.registry
+        self.requests = Counter("sdht_requests", "HTTP requests answered, by route, method and "
+                                "status.", ["route", "method", "status"], registry=reg)
+        self.latency = Histogram("sdht_request_duration_seconds", "Time to answer a request, by "
+                                 "route, method and status.", ["route", "method", "status"],
+                                 registry=reg)
+        self.writes = Counter("sdht_writes", "Records offered for writing, by outcome: stored "
+                              "(accepted), same (already held), superseded (a higher score is "
+                              "held), invalid (refused request).", ["outcome"], registry=reg)
+        self.migrated = Counter("sdht_migration_records_received", "Records received in batch "
+                                "writes marked as migration (join or remove).", registry=reg)
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def source(self) -> Any:
+        """Return a collector of every worker's values (or this app's registry)."""
+        if self.multiprocess_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
+            return MultiProcessCollector(None, self.multiprocess_dir)
+        return self.registry
+
+    def figures(self) -> dict[str, Any]:
+        """Return the node's request figures since it started, summed over its workers.
+
+        ``requests`` and ``errors`` count answers outside :data:`QUIET_ROUTES`; an error is a
+        status of 400 or more other than those in :data:`NOT_ERRORS`.
+        """
+        count = errors = 0
+        seconds = 0.0
+        for family in self.source().collect():
+            for sample in family.samples:
+                if sample.labels.get("route") in QUIET_ROUTES:
+                    continue
+                if sample.name == "sdht_requests_total":
+                    count += int(sample.value)
+                    status = int(sample.labels.get("status", "0"))
+                    if status >= 400 and status not in NOT_ERRORS:
+                        errors += int(sample.value)
+                elif sample.name == "sdht_request_duration_seconds_sum":
+                    seconds += sample.value
+        return {"requests": count, "errors": errors,
+                "error_rate": errors / count if count else 0.0,
+                "mean_response_ms": 1000.0 * seconds / count if count else 0.0,
+                "window": "since_start", "heartbeat": time.time()}
+
+    def exposition(self, stats: dict[str, Any]) -> bytes:
+        """Return the Prometheus text exposition of every metric plus the store's gauges."""
+        node = CollectorRegistry()
+        node.register(_StoreCollector(stats))
+        return generate_latest(self.source()) + generate_latest(node)
+
+    # -- counting -------------------------------------------------------------------------------
+
+    def count_writes(self, results: Iterable[Any]) -> None:
+        """Count the outcomes of the records of one write request (``WriteResult`` objects)."""
+        total = 0
+        for result in results:
+            self.writes.labels(result.status).inc()
+            total += 1
+        if total and request.headers.get(MIGRATION_HEADER) == "1":
+            self.migrated.inc(total)
+
+
+class _StoreCollector:
+    """Gauges read from the node's store at scrape time."""
+
+    def __init__(self, stats: dict[str, Any]) -> None:
+        self.stats = stats
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        for name, key, doc in (("sdht_records", "records", "Records stored (tombstones too)."),
+                               ("sdht_bytes", "bytes", "Bytes of keys and records stored."),
+                               ("sdht_revision", "revision", "Writes this node has accepted."),
+                               ("sdht_ring_epoch", "epoch", "Epoch of the ring the node holds."),
+                               ("sdht_uptime_seconds", "uptime", "Seconds since the node "
+                                                                 "started.")):
+            yield GaugeMetricFamily(name, doc, value=float(self.stats.get(key) or 0))
+        # Anti-entropy keeps its counts in the store (per node already): exported as counters.
+        for name, key, doc in (("sdht_sync_rounds", "sync_rounds", "Anti-entropy rounds "
+                                "reported to this node."),
+                               ("sdht_sync_differences", "sync_differences", "Differing keys "
+                                "anti-entropy reported for this node."),
+                               ("sdht_tombstones_purged", "tombstones_purged", "Expired "
+                                "tombstones this node purged.")):
+            if key in self.stats:
+                yield CounterMetricFamily(name, doc, value=float(self.stats[key]))
+
+
+def current() -> Metrics:
+    """Return the metrics of the app serving the current request."""
+    return current_app.extensions["sdht.metrics"]
+
+
+def init_app(app: Flask) -> Metrics:
+    """Attach metrics to ``app``: request timing hooks and the ``/metrics`` route."""
+    metrics = Metrics(os.environ.get(MULTIPROC_ENV) or None)
+    app.extensions["sdht.metrics"] = metrics
+    started = os.environ.get("SDHT_STARTED")  # set by sdht-storage: the node's, not a worker's
+    if started:
+        try:
+            app.config["STARTED"] = float(started)
+        except ValueError:
+            pass
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.add_url_rule("/metrics", "metrics", _metrics_route)
+    return metrics
+
+
+def _start_timer() -> None:
+    g.sdht_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    began = g.get("sdht_started")
+    if began is None:
+        return response
+    metrics = current()
+    rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    labels = (rule, request.method, str(response.status_code))
+    metrics.requests.labels(*labels).inc()
+    metrics.latency.labels(*labels).observe(time.perf_counter() - began)
+    if (request.endpoint in WRITE_ENDPOINTS and 400 <= response.status_code < 500
+            and response.status_code not in NOT_ERRORS):
+        metrics.writes.labels("invalid").inc()
+    return response
+
+
+def _metrics_route() -> Response:
+    from .app import ring_view, store
+    view = ring_view()
+    stats = {**store().stats(), "epoch": view.epoch if view else 0,
+             "uptime": time.time() - current_app.config["STARTED"]}
+    return Response(current().exposition(stats), mimetype=None,
+                    content_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,146 @@
+"""The node's web page (``GET /``) and the small JSON routes behind it.
+
+The page draws the ring and this node's health, and gets, sets and deletes keys *through the
+ring*: the browser cannot cheaply mint proof of work, so ``/v1/ui/*`` run the ring library
+server-side (a :class:`sdht.Ring` seeded with this node) and answer the value together with the
+key's preference list and what each replica holds. The routes take small JSON bodies only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+
+from sdht.client import Ring
+from sdht.errors import (InvalidRecord, NoNodes, QuorumError, RingError, SDHTError,
+                         TransportError, WriteConflict)
+from sdht.ring import RING_SIZE, position
+from sdht.status import cluster_status, jsonable, replicas, token_fractions
+from sdht.transport import Transport
+
+#: Largest JSON body the page's routes accept (bytes); values are small on this page.
+UI_MAX_BODY = 64 << 10
+#: (connect, read) seconds for the ring operations the page asks for.
+UI_TIMEOUT = (1.0, 5.0)
+
+ui = Blueprint("ui", __name__)
+_lock = threading.Lock()
+
+
+def init_app(app: Flask) -> None:
+    """Register the page and its routes on ``app``."""
+    app.register_blueprint(ui)
+
+
+def _ring() -> Ring:
+    """This process's ring client, seeded with this node (made once per worker process)."""
+    with _lock:
+        held = current_app.extensions.get("sdht.ui_ring")
+        if held is None or held[0] != os.getpid():
+            node = current_app.config["NODE_ID"]
+            if not node:
+                raise NoNodes("this node has no NODE_ID, so it cannot reach the ring")
+            transport = Transport(UI_TIMEOUT, current_app.config["CLUSTER_KEY"], max_parallel=8)
+            held = (os.getpid(), Ring([node], transport=transport))
+            current_app.extensions["sdht.ui_ring"] = held
+        return held[1]
+
+
+def _error(status: int, code: str, message: str) -> tuple[Response, int]:
+    return jsonify({"error": code, "message": message}), status
+
+
+def _request_json() -> dict[str, Any]:
+    if (request.content_length or 0) > UI_MAX_BODY:
+        raise _UiError(413, "too_large", f"the body must be at most {UI_MAX_BODY} bytes")
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("key"), str) or not body["key"]:
+        raise _UiError(400, "bad_request", 'send a JSON object with a non-empty "key" string')
+    return body
+
+
+class _UiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@ui.errorhandler(_UiError)
+def _ui_error(exc: _UiError) -> tuple[Response, int]:
+    return _error(exc.status, exc.code, exc.message)
+
+
+@ui.errorhandler(SDHTError)
+def _sdht_error(exc: SDHTError) -> tuple[Response, int]:
+    if isinstance(exc, InvalidRecord):
+        return _error(400, "invalid", str(exc))
+    if isinstance(exc, WriteConflict):
+        return _error(409, "conflict", str(exc))
+    if isinstance(exc, (RingError, QuorumError, TransportError)):
+        return _error(503, "unavailable", str(exc))
+    return _error(502, "ring_error", str(exc))
+
+
+def _answer(ring: Ring, key: str, **extra: Any) -> Response:
+    return jsonify({"key": key, "position": position(key) / RING_SIZE,
+                    "preference": ring.preference(key),
+                    "replicas": replicas(ring, key), "epoch": ring.view.epoch if ring.view
+                    else 0, **extra})
+
+
+@ui.get("/")
+def index() -> str:
+    """The node's page."""
+    return render_template("index.html", node=current_app.config["NODE_ID"] or "this node")
+
+
+@ui.get("/v1/ui/ring")
+def ring_state() -> Response:
+    """The ring as the page draws it: members, token fractions, shares and health."""
+    ring = _ring()
+    try:
+        state = cluster_status(ring)
+    except NoNodes:
+        return jsonify({"self": current_app.config["NODE_ID"], "epoch": 0, "nodes": []})
+    tokens = token_fractions(ring.view) if ring.view else {}
+    for node in state["nodes"]:
+        node["positions"] = tokens.get(node["id"], [])
+    return jsonify({"self": current_app.config["NODE_ID"], **state})
+
+
+@ui.post("/v1/ui/get")
+def ui_get() -> Response:
+    """Read ``{"key"}`` through the ring: ``{"found", "value", "preference", "replicas"}``."""
+    key = _request_json()["key"]
+    ring = _ring()
+    rec = ring.get_record(key)
+    found = rec is not None and not rec.deleted
+    return _answer(ring, key, found=found, value=jsonable(rec.value) if found else None)
+
+
+@ui.post("/v1/ui/set")
+def ui_set() -> Response:
+    """Write ``{"key", "value"}`` through the ring; ``"raw": true`` keeps a string as is,
+    otherwise a string that parses as JSON is stored as the parsed value."""
+    body = _request_json()
+    value = body.get("value")
+    if isinstance(value, str) and not body.get("raw"):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            pass
+    ring = _ring()
+    rec = ring.set(body["key"], value)
+    return _answer(ring, body["key"], found=True, value=jsonable(rec.value), work=rec.w)
+
+
+@ui.post("/v1/ui/delete")
+def ui_delete() -> Response:
+    """Delete ``{"key"}`` through the ring (writes a tombstone)."""
+    key = _request_json()["key"]
+    ring = _ring()
+    ring.delete(key)
+    return _answer(ring, key, found=False, value=None)
