@@ -1,0 +1,174 @@
+"""Anti-entropy: the hash tree kept by the store, the tree route, sync_range and repair."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import wait_for
+
+import sdht
+from sdht.pow import mint
+from sdht.record import DEFAULT_PARAMS, now_us
+from sdht.ring import RING_SIZE
+from sdht.sync import sync_range
+from sdht.transport import Transport
+from storage.store import Store, packed_digest
+from storage.tree import ZERO, contribution, xor
+
+FULL = (0, RING_SIZE)
+
+
+def rebuilt_root(store: Store) -> bytes:
+    """The root hash recomputed from scratch over every stored record."""
+    h = ZERO
+    with store.env.begin(db=store.data) as txn:
+        for lkey, raw in txn.cursor():
+            h = xor(h, contribution(bytes(lkey), packed_digest(raw)))
+    return h
+
+
+def root(transport: Transport, node: str) -> bytes:
+    return transport.tree(node, [(0, 0)])[0]["hashes"][0]
+
+
+class TestTree:
+    def test_incremental_tree_matches_a_rebuild(self, tmp_path):
+        store = Store(str(tmp_path / "db"), 1 << 26, sync=False)
+        store.put_many([mint(f"k{i}", i, 3.0) for i in range(300)], DEFAULT_PARAMS)
+        store.put_many([mint(f"k{i}", "new", 3.0) for i in range(0, 300, 3)], DEFAULT_PARAMS)
+        old = mint("gone", None, 3.0, t=now_us() - 10**12, deleted=True)
+        store.put_many([old, mint("k1", None, 3.0, deleted=True)], DEFAULT_PARAMS)
+        assert store.tree_hashes([(0, 0)])[0] == rebuilt_root(store)
+        assert store.purge_tombstones(now_us() - 10**9) == 1      # only the old tombstone
+        assert store.tree_hashes([(0, 0)])[0] == rebuilt_root(store)
+        assert store.delete_range(0, 1 << 62) > 0
+        assert store.tree_hashes([(0, 0)])[0] == rebuilt_root(store)
+        level1 = store.tree_hashes([(1, i) for i in range(16)])
+        assert xor_all(level1) == store.tree_hashes([(0, 0)])[0]
+        store.close()
+        reopened = Store(str(tmp_path / "db"), 1 << 26, sync=False)
+        assert reopened.tree_hashes([(0, 0)])[0] == rebuilt_root(reopened)
+
+    def test_tree_route_checks_its_input(self, client):
+        from sdht.record import packb
+        post = lambda body: client.post("/v1/tree", data=packb(body),  # noqa: E731
+                                        content_type="application/msgpack")
+        assert post({"nodes": [[5, 0]]}).status_code == 400
+        assert post({"nodes": [[1, 16]]}).status_code == 400
+        assert post({"ranges": [[5, 4]]}).status_code == 400
+        assert post([1, 2]).status_code == 400
+        ok = post({"nodes": [[0, 0]], "list": [[4, 7]], "ranges": [[0, RING_SIZE - 1]]})
+        assert ok.status_code == 200
+
+
+def xor_all(hashes):
+    out = ZERO
+    for h in hashes:
+        out = xor(out, h)
+    return out
+
+
+@pytest.fixture
+def cluster(start_node):
+    """``cluster(count, params=..., interval=...)``: real nodes joined into one ring."""
+    rings = []
+
+    def make(count, params=None, interval="0", timeout=(0.5, 2.0)):
+        nodes = [start_node(workers=1, env={"SDHT_SYNC_INTERVAL": interval})
+                 for _ in range(count)]
+        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout)
+        rings.append(ring)
+        for node in nodes:
+            ring.join(node.id)
+        return ring, nodes
+    yield make
+    for ring in rings:
+        ring.close()
+
+
+class TestSyncRange:
+    def test_cost_is_a_constant_factor_of_k_log_n(self, start_node, capsys):
+        a, b = start_node(workers=1), start_node(workers=1)
+        t = Transport((1.0, 30.0))
+        n = 10_000
+        base = [mint(f"key-{i}", i, 3.0) for i in range(n)]
+        for node in (a, b):
+            for i in range(0, n, 5000):
+                t.put_many(node.id, base[i:i + 5000])
+        assert root(t, a.id) == root(t, b.id)
+        figures = []
+        for k in (1, 10, 100):
+            extra = [mint(f"new-{k}-{i}", i, 3.0) for i in range(k)]
+            t.put_many(b.id, extra)
+            report = sync_range(t, a.id, b.id, *FULL)
+            assert (report.differences, report.pushed_to_a, report.pushed_to_b) == (k, k, 0)
+            bound = k * math.log2(n)
+            figures.append((k, report.hashes, report.compared, round(bound), report.rounds))
+            assert report.hashes <= 12 * bound, figures
+            assert root(t, a.id) == root(t, b.id)
+        again = sync_range(t, a.id, b.id, *FULL)
+        assert (again.differences, again.hashes, again.rounds) == (0, 2, 1)
+        with capsys.disabled():
+            print("\nsync cost at n=10k: (k, hashes, tree nodes compared, k*log2 n, rounds)",
+                  figures)
+        t.close()
+
+    def test_range_is_respected_and_both_directions_merge(self, start_node):
+        a, b = start_node(workers=1), start_node(workers=1)
+        t = Transport()
+        recs = [mint(f"k{i}", i, 3.0) for i in range(400)]
+        t.put_many(a.id, recs[:200])
+        t.put_many(b.id, recs[200:])
+        newer = mint("k5", "newer", 3.0)          # a holds k5's older version, b the newer
+        t.put_many(b.id, [newer])
+        start, end = 1 << 62, 3 << 62
+        inside = lambda key: start <= sdht.ring.position(key) < end  # noqa: E731
+        report = sync_range(t, a.id, b.id, start, end)
+        assert report.pushed_to_a + report.pushed_to_b == sum(1 for r in recs if inside(r.key))
+        for i, rec in enumerate(recs):
+            held = [t.get_record(node.id, rec.key)[0] is not None for node in (a, b)]
+            assert held == ([True, True] if inside(rec.key) or i == 5 else [i < 200, i >= 200])
+        sync_range(t, a.id, b.id, *FULL)
+        assert root(t, a.id) == root(t, b.id)
+        assert t.get_record(a.id, "k5")[0] == newer
+        t.close()
+
+
+class TestRepair:
+    def test_repair_converges_every_replica_and_reports_progress(self, cluster):
+        ring, nodes = cluster(3)
+        for i in range(100):
+            ring.set(f"k{i}", i)
+        t = ring.transport
+        t.delete_range(nodes[1].id, 0, RING_SIZE)
+        t.put_record(nodes[2].id, mint("only-here", "x", 3.0))
+        seen = []
+        report = ring.repair(progress=lambda done, total: seen.append((done, total)))
+        assert report.errors == [] and report.differences >= 101
+        assert seen[-1][0] == seen[-1][1] == report.ranges
+        assert len({root(t, n.id) for n in nodes}) == 1
+        assert ring.repair().differences == 0
+
+
+class TestBackgroundSync:
+    def test_nodes_refill_a_replica_by_themselves(self, cluster):
+        ring, nodes = cluster(3, interval="0.3")
+        ring.set_many({f"k{i}": i for i in range(200)})
+        t = ring.transport
+        assert t.delete_range(nodes[0].id, 0, RING_SIZE) > 0
+        wait_for(lambda: len({root(t, n.id) for n in nodes}) == 1, 20,
+                 what="anti-entropy to refill the emptied replica")
+        health = [t.health(n.id) for n in nodes]
+        assert sum(h["sync_rounds"] for h in health) > 0
+        assert sum(h["sync_differences"] for h in health) >= 200
+
+    def test_tombstones_are_purged_after_the_grace(self, cluster):
+        ring, nodes = cluster(3, params={"tombstone_grace": 1.0}, interval="0.3")
+        ring.set("doomed", 1)
+        ring.set("kept", 2)
+        ring.delete("doomed")
+        t = ring.transport
+        wait_for(lambda: all(t.get_record(n.id, "doomed")[0] is None for n in nodes), 20,
+                 what="every replica to purge the expired tombstone")
+        assert ring.get("doomed") is None and ring.get("kept") == 2
+        assert len({root(t, n.id) for n in nodes}) == 1
