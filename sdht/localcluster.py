@@ -1,0 +1,225 @@
+"""A local demo cluster: storage nodes on loopback ports, started and stopped by ``sdht cluster``.
+
+Each node is ``python -m storage.server`` (gunicorn) in its own session and process group, with
+its LMDB data in ``DIR/PORT`` and its log in ``DIR/PORT.log``. The state file ``DIR/cluster.json``
+records each node's port, PID and process start time, so ``stop`` signals exactly those process
+groups and never a process that merely reused a PID.
+
+The default directory is ``$SDHT_CLUSTER_DIR``, else ``$XDG_STATE_HOME/sdht/cluster`` (that is
+``~/.local/state/sdht/cluster``): one place, whatever the current directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from .errors import ConfigError, SDHTError
+
+STATE_FILE = "cluster.json"
+#: Seconds to wait for a node to answer its health route, and for a stopped node to exit.
+START_DEADLINE = 30.0
+STOP_DEADLINE = 10.0
+
+
+class ClusterError(SDHTError):
+    """Raised when the demo cluster cannot be started or stopped as asked."""
+
+
+def default_dir() -> Path:
+    """Return the demo cluster's directory (see the module docstring)."""
+    if os.environ.get("SDHT_CLUSTER_DIR"):
+        return Path(os.environ["SDHT_CLUSTER_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return Path(state) / "sdht" / "cluster"
+
+
+def read_state(data_dir: Path) -> dict[str, Any] | None:
+    """Return the state file's contents, or None when there is none."""
+    try:
+        return json.loads((data_dir / STATE_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as exc:
+        raise ClusterError(f"{data_dir / STATE_FILE} is not valid JSON: {exc}") from None
+
+
+def seeds(data_dir: Path) -> list[str]:
+    """Return the node ids of the demo cluster recorded in ``data_dir`` (empty if none)."""
+    state = read_state(data_dir)
+    return [n["id"] for n in state["nodes"]] if state else []
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_ports(count: int, base_port: int) -> list[int]:
+    """Return ``count`` ports from ``base_port`` up, or free ones chosen by the OS when 0.
+
+    :raises ClusterError: when a port in the range is taken.
+    """
+    if base_port == 0:
+        ports: list[int] = []
+        while len(ports) < count:
+            port = _free_port()
+            if port not in ports:
+                ports.append(port)
+        return ports
+    ports = list(range(base_port, base_port + count))
+    if ports[-1] > 65535:
+        raise ConfigError(f"ports {ports[0]}..{ports[-1]} run past 65535")
+    taken = [p for p in ports if not _port_free(p)]
+    if taken:
+        raise ClusterError(f"port(s) {', '.join(map(str, taken))} are in use; pick another "
+                           f"--base-port (0 picks free ports)")
+    return ports
+
+
+def _start_time(pid: int) -> str | None:
+    """Return the kernel's start time of ``pid`` (Linux ``/proc``), or None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _ours(node: dict[str, Any]) -> bool:
+    """Whether the process recorded for ``node`` is still the one we started (not a reuse)."""
+    pid = node["pid"]
+    try:
+        if os.getpgid(pid) != pid:
+            return False
+    except ProcessLookupError:
+        return False
+    started = _start_time(pid)
+    return started is None or node.get("start_time") in (None, started)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process remains in process group ``pgid``."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
+          deadline: float = START_DEADLINE) -> dict[str, Any]:
+    """Spawn ``count`` nodes, record them in the state file, and wait until all answer.
+
+    The nodes are not joined here (see ``sdht cluster start``).
+
+    :raises ClusterError: when a cluster is already running there, a port is taken, or a node
+        does not come up in time (the ones started are stopped again).
+    """
+    data_dir.mkdir(parents=True, exist_ok=True)
+    old = read_state(data_dir)
+    if old and any(_ours(n) and _group_alive(n["pid"]) for n in old["nodes"]):
+        raise ClusterError(f"a demo cluster is already running from {data_dir}; "
+                           f"stop it first (sdht cluster stop --data {data_dir})")
+    ports = pick_ports(count, base_port)
+    state: dict[str, Any] = {"data": str(data_dir.resolve()), "nodes": []}
+    for port in ports:
+        log = open(data_dir / f"{port}.log", "ab")
+        with log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "storage.server", "-p", str(port), "--data",
+                 str(data_dir / str(port)), "--workers", str(workers)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True)
+        state["nodes"].append({"id": f"127.0.0.1:{port}", "port": port, "pid": proc.pid,
+                               "start_time": _start_time(proc.pid),
+                               "log": str(data_dir / f"{port}.log")})
+        # Written after each spawn, so that stop finds every node even if start fails midway.
+        (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    try:
+        _wait_healthy(state, time.monotonic() + deadline)
+    except ClusterError:
+        stop(data_dir)
+        raise
+    return state
+
+
+def _wait_healthy(state: dict[str, Any], deadline: float) -> None:
+    waiting = list(state["nodes"])
+    while waiting:
+        for node in list(waiting):
+            if not _group_alive(node["pid"]):
+                raise ClusterError(f"node {node['id']} exited while starting; see {node['log']}")
+            try:
+                if requests.get(f"http://{node['id']}/v1/health", timeout=1).ok:
+                    waiting.remove(node)
+            except requests.RequestException:
+                pass
+        if waiting and time.monotonic() > deadline:
+            raise ClusterError(f"node(s) {', '.join(n['id'] for n in waiting)} did not answer "
+                               f"in time; see their logs in {state['data']}")
+        if waiting:
+            time.sleep(0.1)
+
+
+def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:
+    """Stop the nodes recorded in ``data_dir``: SIGTERM to each process group, SIGKILL to
+    those still running after ``deadline`` seconds. Returns the ids of the nodes stopped.
+
+    :raises ClusterError: when there is no state file.
+    """
+    state = read_state(data_dir)
+    if state is None:
+        raise ClusterError(f"no demo cluster recorded in {data_dir}")
+    running = [n for n in state["nodes"] if _ours(n) and _group_alive(n["pid"])]
+    for node in running:
+        _signal(node["pid"], signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        _signal(node["pid"], signal.SIGTERM)
+    ends = time.monotonic() + deadline
+    while any(_group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
+        time.sleep(0.05)
+    for node in running:
+        if _group_alive(node["pid"]):
+            _signal(node["pid"], signal.SIGKILL)
+    ends = time.monotonic() + deadline
+    while any(_group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
+        time.sleep(0.05)
+    (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return [n["id"] for n in running]
+
+
+def _signal(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
