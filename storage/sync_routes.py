@@ -59,8 +59,9 @@ def tree() -> Response:
     """Hashes of ``nodes`` and ``(key, digest)`` listings of ``list`` within ``ranges``.
 
     Body: ``{"nodes": [[level, index], ...], "list": [[level, index], ...],
-    "ranges": [[first, last], ...]}`` (inclusive position ranges; the whole ring by default). Answer: ``{"hashes": [bytes, ...],
-    "entries": [[[key, digest], ...], ...], "truncated": bool}``.
+    "ranges": [[first, last], ...]}`` (inclusive position ranges; the whole ring by default).
+    Answer: ``{"hashes": [bytes, ...], "entries": [[[key, digest], ...], ...],
+    "truncated": bool}``.
     """
     obj = _body()
     if not isinstance(obj, dict):

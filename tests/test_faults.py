@@ -160,3 +160,15 @@ def test_root_hash_covers_the_whole_ring(cluster):
     ring.set("x", 1)
     body, _ = ring.transport.tree(nodes[0].id, [(0, 0)], [(0, 0)], [(0, RING_SIZE)])
     assert [k for k, _ in body["entries"][0]] == ["x"]
+
+
+def test_soak_smoke():
+    """bench/soak.py runs a few seconds of writers, readers and faults and finds no loss."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "4",
+                          "--spares", "0", "--fault-every", "1", "2", "--seed", "1"],
+                         capture_output=True, text=True, timeout=170)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "acknowledged writes lost: 0; replicas divergent: 0" in out.stdout
