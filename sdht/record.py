@@ -121,12 +121,16 @@ def unpackb(data: bytes) -> Any:
     :raises InvalidRecord: on malformed, truncated or trailing data, or extension types.
     """
     try:
+        # max_ext_len=0: msgpack decodes extension type -1 (timestamp) itself, without asking
+        # ext_hook, so the length limit is what refuses it; ext_hook catches empty extensions.
         return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext,
-                               timestamp=0)
+                               max_ext_len=0, timestamp=0)
     except InvalidRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError) as exc:  # the msgpack errors all derive from ValueError
+        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
+            raise InvalidRecord("msgpack extension types are not allowed") from None
         raise InvalidRecord(f"malformed msgpack: {exc}") from None
 
 
