@@ -137,7 +137,9 @@ def _int_arg(name: str, low: int, high: int, default: int | None = None) -> int:
         if default is None:
             raise ApiError(400, "missing_argument", f"query argument {name!r} is required")
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    # isascii: str.isdigit() also accepts digits such as "²" that int() refuses; the length
+    # bound keeps int() away from its 4300-digit limit (both were 500s).
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 20) or not low <= int(raw) <= high:
         raise ApiError(400, "bad_argument", f"{name} must be an integer in [{low}, {high}]")
     return int(raw)
 
@@ -213,10 +215,10 @@ def put_ring() -> tuple[Response, int]:
     _require_cluster_key()
     try:
         view = RingView.from_json(request.get_json(force=True, silent=False))
-    except HTTPException:
+    except (HTTPException, RecursionError):  # json nests deeper than Python's recursion limit
         raise ApiError(400, "malformed_body", "the ring must be a JSON object") from None
-    except ConfigError as exc:
-        raise ApiError(400, "bad_ring", str(exc)) from None
+    except (ConfigError, OverflowError) as exc:  # OverflowError: "tokens": Infinity
+        raise ApiError(400, "bad_ring", str(exc) or "malformed ring") from None
     replaced, held = store().replace_ring(view)
     if not replaced:
         return jsonify({"error": "stale_epoch", "message": f"epoch {view.epoch} is not newer "
@@ -265,6 +267,8 @@ def get_records() -> Response:
     for key in keys:
         try:
             check_key(key, p)
+        except ValueTooLarge as exc:  # as GET /v1/record answers it
+            raise ApiError(413, "too_large", str(exc)) from None
         except InvalidRecord as exc:
             raise ApiError(400, "bad_key", str(exc)) from None
     return _msgpack(_packed_array(store().get_many(keys)))

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from sdht.errors import ConfigError
 from sdht.record import DEFAULT_PARAMS
+from sdht.ring import check_params
 
 #: Every node setting, its default, and (in the comment) its environment variable.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -61,4 +62,7 @@ def load_config(config: Mapping[str, Any] | None = None,
     merged["PARAMS"] = params
     if not merged["DATA_DIR"]:
         raise ConfigError("no data directory: set SDHT_DATA_DIR or pass DATA_DIR")
+    # The same checks a ring's parameters get: SDHT_DECAY=inf, say, would give NaN scores and
+    # break the total order that replicas rely on.
+    check_params({**DEFAULT_PARAMS, **params})
     return merged

@@ -15,6 +15,7 @@ Commits are synchronous by default: an acknowledged write survives ``kill -9``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -24,7 +25,8 @@ import hashlib
 
 import lmdb
 
-from sdht.record import DIGEST_PERSON, Record, beats, canonical, from_packed, unpackb
+from sdht.record import (DEFAULT_PARAMS, DIGEST_PERSON, Record, beats, canonical, from_packed,
+                         unpackb)
 from sdht.ring import RING_SIZE, RingView, position
 
 from .tree import Tree, node_range
@@ -59,6 +61,16 @@ def packed_digest(raw: bytes) -> bytes:
                         digest_size=32, person=DIGEST_PERSON)
     h.update(obj["n"])
     return h.digest()
+
+
+#: Stored records were checked on the way in; a later ring may lower the size limits, and
+#: that must not make the records already held unreadable (it made writes over them 500s).
+_HELD_LIMITS = {**DEFAULT_PARAMS, "max_key_bytes": math.inf, "max_value_bytes": math.inf}
+
+
+def stored_record(raw: bytes) -> Record:
+    """Decode a record this node already holds, whatever the size limits in force now."""
+    return from_packed(raw, _HELD_LIMITS)
 
 
 class Store:
@@ -139,7 +151,7 @@ class Store:
             for rec in records:
                 lkey = data_key(rec.key)
                 old_raw = txn.get(lkey, db=self.data)
-                old = from_packed(old_raw, params) if old_raw is not None else None
+                old = stored_record(old_raw) if old_raw is not None else None
                 if old is not None and old.digest == rec.digest:
                     results.append(WriteResult(SAME, old))
                 elif beats(rec, old, decay):
