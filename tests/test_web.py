@@ -134,7 +134,8 @@ def test_page_sets_and_reads_a_key_through_the_ring(start_node, browser, tmp_pat
     assert '"hello": "world"' in browser.text("#value-out")
     replicas = browser.text("#replicas")
     assert replicas.count("holds it") == 3, replicas
-    assert sdht.connect(nodes[1].id).get("greeting") == {"hello": "world", "n": 42}
+    with sdht.connect(nodes[1].id) as other:
+        assert other.get("greeting") == {"hello": "world", "n": 42}
 
     shot = browser.screenshot()
     assert shot.startswith(b"\x89PNG")
