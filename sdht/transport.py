@@ -2,19 +2,23 @@
 
 One :class:`Transport` holds a keep-alive connection pool per node and a small thread pool for
 parallel fan-out to replicas, so a request costs neither a new TCP connection nor a new thread.
+The pool is a few :class:`http.client.HTTPConnection` per node rather than ``requests``: a bare
+round trip to a gunicorn node costs about half as much that way (issue 7, ``bench/bench.py``).
 Every call has a timeout (:data:`DEFAULT_TIMEOUT`) and returns the node's ring epoch alongside
 the answer, so callers notice a newer ring (DESIGN: "The ring").
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
+import threading
+import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, TypeVar
-
-import requests
-from requests.adapters import HTTPAdapter
+from urllib.parse import urlencode
 
 from .errors import NodeError, NodeUnavailable, Timeout
 from .record import Record, from_wire, packb, unpackb
@@ -65,16 +69,20 @@ class Transport:
                  cluster_key: str | None = None, max_parallel: int = 16) -> None:
         self.timeout = timeout
         self.cluster_key = cluster_key
-        self.session = requests.Session()
-        self.session.trust_env = False  # no proxy/netrc lookups per request
-        adapter = HTTPAdapter(pool_connections=64, pool_maxsize=max_parallel)
-        self.session.mount("http://", adapter)
+        self.max_idle = max_parallel
+        self._idle: dict[str, list[http.client.HTTPConnection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+        # A transport dropped without close() still closes its idle sockets.
+        weakref.finalize(self, _close_idle, self._idle)
         self.pool = ThreadPoolExecutor(max_parallel, thread_name_prefix="sdht-io")
 
     def close(self) -> None:
         """Close pooled connections and stop the fan-out threads."""
         self.pool.shutdown(wait=False, cancel_futures=True)
-        self.session.close()
+        with self._lock:
+            self._closed = True
+            _close_idle(self._idle)
 
     def submit(self, fn: Callable[..., T], *args: Any) -> "Future[T]":
         """Run ``fn(*args)`` on the fan-out pool."""
@@ -94,25 +102,68 @@ class Transport:
         hdrs = dict(headers or {})
         if admin and self.cluster_key:
             hdrs[KEY_HEADER] = self.cluster_key
+        if params:
+            query = urlencode([(k, v) for k, v in params.items() if v is not None])
+            target = f"{path}?{query}" if query else path
+        else:
+            target = path
+        # A pooled connection the node closed while idle (keep-alive expiry, restart) fails
+        # before any answer was read; retry such a request once on a fresh connection. Writes
+        # are safe to resend: the accept rule makes them idempotent (DESIGN: "The record").
+        for attempt in (0, 1):
+            conn, fresh = self._checkout(node, reuse=not attempt)
+            try:
+                if fresh:
+                    conn.connect()
+                    conn.sock.settimeout(self.timeout[1])
+                conn.request(method, target, body=data, headers=hdrs)
+                resp = conn.getresponse()
+                raw = resp.read()
+            except (TimeoutError, socket.timeout) as exc:
+                conn.close()
+                raise Timeout(f"{node} did not answer {method} {path} in time: {exc}",
+                              node) from None
+            except (OSError, http.client.HTTPException) as exc:
+                conn.close()
+                if fresh or attempt:
+                    raise NodeUnavailable(f"{node} is unreachable: {exc.__class__.__name__}",
+                                          node) from None
+                continue
+            break
+        if resp.will_close:
+            conn.close()
+        else:
+            self._checkin(node, conn)
+        body = _decode(resp.getheader("Content-Type", ""), raw)
         try:
-            resp = self.session.request(method, f"http://{node}{path}", params=params,
-                                        data=data, headers=hdrs, timeout=self.timeout)
-        except requests.Timeout as exc:
-            raise Timeout(f"{node} did not answer {method} {path} in time: {exc}",
-                          node) from None
-        except requests.RequestException as exc:
-            raise NodeUnavailable(f"{node} is unreachable: {exc.__class__.__name__}",
-                                  node) from None
-        body = _decode(resp)
-        try:
-            epoch = int(resp.headers.get(EPOCH_HEADER, "0"))
+            epoch = int(resp.getheader(EPOCH_HEADER, "0"))
         except ValueError:
             epoch = 0
-        if resp.status_code not in ok:
+        if resp.status not in ok:
             message = body.get("message") if isinstance(body, dict) else None
-            raise NodeError(f"{node} answered {resp.status_code} to {method} {path}: "
-                            f"{message or body!r}", node, resp.status_code, body)
-        return Reply(resp.status_code, body, epoch)
+            raise NodeError(f"{node} answered {resp.status} to {method} {path}: "
+                            f"{message or body!r}", node, resp.status, body)
+        return Reply(resp.status, body, epoch)
+
+    def _checkout(self, node: str, reuse: bool = True) -> tuple[http.client.HTTPConnection, bool]:
+        """Take an idle connection to ``node`` (newest first) when ``reuse``, else or when
+        there is none a new one, not yet connected. Returns it and whether it is new."""
+        with self._lock:
+            idle = self._idle.get(node)
+            if idle and reuse:
+                return idle.pop(), False
+        host, _, port = node.rpartition(":")
+        return http.client.HTTPConnection(host, int(port), timeout=self.timeout[0]), True
+
+    def _checkin(self, node: str, conn: http.client.HTTPConnection) -> None:
+        """Keep ``conn`` for reuse, up to ``max_idle`` per node; close the rest (and any that
+        a fan-out thread returns after :meth:`close`)."""
+        with self._lock:
+            idle = self._idle.setdefault(node, [])
+            if len(idle) < self.max_idle and not self._closed:
+                idle.append(conn)
+                return
+        conn.close()
 
     # -- records ------------------------------------------------------------------------------
 
@@ -207,14 +258,21 @@ class Transport:
         return self.request(node, "GET", "/v1/health").body
 
 
-def _decode(resp: requests.Response) -> Any:
-    kind = resp.headers.get("Content-Type", "")
+def _close_idle(idle: dict[str, list[http.client.HTTPConnection]]) -> None:
+    for conns in list(idle.values()):
+        for conn in conns:
+            conn.close()
+    idle.clear()
+
+
+def _decode(kind: str, raw: bytes) -> Any:
+    """Decode a body by its content type: msgpack, JSON, else text."""
     if kind.startswith("application/msgpack"):
-        return unpackb(resp.content)
+        return unpackb(raw)
+    text = raw.decode("utf-8", "replace")
     if kind.startswith("application/json"):
         try:
-            return resp.json()
+            return json.loads(text)
         except ValueError:
-            return resp.text
-    return resp.text
-
+            return text
+    return text
