@@ -38,7 +38,11 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
         parse_node_id(node_id)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    os.makedirs(data_dir, exist_ok=True)
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+    except OSError as exc:  # one line for the operator, not a traceback
+        raise click.BadParameter(f"cannot create {data_dir!r}: {exc.strerror}",
+                                 param_hint="'--data'") from None
     env = dict(os.environ, SDHT_DATA_DIR=os.path.abspath(data_dir), SDHT_NODE_ID=node_id)
     if location:
         env["SDHT_LOCATION"] = location
