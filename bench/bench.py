@@ -1,0 +1,626 @@
+#!/usr/bin/env python3
+"""sdht benchmark (issue 7): sdht and its peers measured side by side in one run, as ratios.
+
+Run from the repository root::
+
+    python bench/bench.py                    # full run: 20,000 keys, median of 3 runs
+    python bench/bench.py --quick            # smaller sizes, same table
+    python bench/bench.py --install-peers    # first apt/pip-install the peers, then run
+
+Workload: one client process, keys of 16 bytes, values of 100 bytes. sdht runs on a local ring of
+three real ``sdht-storage`` processes (n=3, w=2, r=2, durable LMDB, default min work) on free
+127.0.0.1 ports in a temporary directory. Single ``set``/``get`` use fewer keys (``--single-keys``,
+2,000 by default) so that the run stays bounded; batches use ``--keys`` (20,000). The join starts
+from a fresh three-node ring holding ``--join-keys`` (100,000) and reports
+``MigrationReport.moved / seconds`` of joining a fourth node (removed again between runs).
+
+Peers, each measured only when installed (imported lazily; the servers are started here on free
+loopback ports and stopped at the end): Redis through redis-py, three memcached servers through
+pymemcache's ``HashClient``, the PyPI ``kademlia`` DHT with three peers, and a bare Flask app
+under gunicorn (same worker class and settings as sdht's nodes) reached through sdht's own
+transport. Every figure is the median of ``--runs`` runs, with the spread (min-max) beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import sdht  # noqa: E402
+from sdht.pow import find_nonce  # noqa: E402
+from sdht.record import DIGEST_PERSON, canonical  # noqa: E402
+from sdht.transport import Transport  # noqa: E402
+
+VALUE = bytes(range(100))  # 100 bytes
+START_DEADLINE = 30.0      # seconds for a server to start answering
+STOP_DEADLINE = 10.0       # seconds between SIGTERM and SIGKILL
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """Return a loopback port that was free a moment ago (bound from port 0)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Proc:
+    """A server in its own process group, stopped SIGTERM then SIGKILL after a deadline."""
+
+    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
+                 cwd: Path = ROOT) -> None:
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})},
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def wait_ready(self, ready: Callable[[], bool], what: str) -> "Proc":
+        deadline = time.monotonic() + START_DEADLINE
+        while not ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{what} exited; see {self.log.name}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not start in {START_DEADLINE}s")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(STOP_DEADLINE)
+                except subprocess.TimeoutExpired:
+                    pass
+            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(STOP_DEADLINE)
+        self.log.close()
+
+
+class Procs:
+    """Every process the bench started, stopped in reverse order on exit."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.started: list[Proc] = []
+
+    def start(self, name: str, argv: list[str], ready: Callable[[], bool],
+              env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(argv, self.tmp / f"{name}.log", env)
+        self.started.append(proc)
+        return proc.wait_ready(ready, name)
+
+    def stop(self, proc: Proc) -> None:
+        proc.stop()
+        self.started.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            proc.stop()
+        self.started.clear()
+
+
+def start_node(procs: Procs, name: str) -> tuple[Proc, str]:
+    """Start one ``sdht-storage`` node (the same command as tests/conftest.py)."""
+    port = free_port()
+    transport = Transport(timeout=(0.5, 1.0))
+
+    def ready() -> bool:
+        try:
+            transport.health(f"127.0.0.1:{port}")
+            return True
+        except sdht.SDHTError:
+            return False
+    try:
+        proc = procs.start(name, [sys.executable, "-m", "storage.server", "-p", str(port),
+                                  "--data", str(procs.tmp / name)],
+                           ready, env={"PYTHONPATH": str(ROOT)})
+    finally:
+        transport.close()
+    return proc, f"127.0.0.1:{port}"
+
+
+# -- measuring ------------------------------------------------------------------------------------
+
+class Table:
+    """Rows of ``(workload, system, median, spread, unit, note)``; ratios below them."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.ratios: list[dict[str, Any]] = []
+
+    def add(self, workload: str, system: str, values: list[float], unit: str = "ops/s",
+            note: str = "") -> float:
+        med = statistics.median(values)
+        self.rows.append({"workload": workload, "system": system, "median": med,
+                          "min": min(values), "max": max(values), "unit": unit, "note": note})
+        print(f"  {system:<10} {workload:<34} {_fmt(med):>10} {unit}", flush=True)
+        return med
+
+    def get(self, workload: str, system: str) -> float | None:
+        for row in self.rows:
+            if row["workload"] == workload and row["system"] == system:
+                return row["median"]
+        return None
+
+    def ratio(self, what: str, num: tuple[str, str], den: tuple[str, str], target: float,
+              at_most: bool = False, scale: float = 1.0) -> None:
+        a, b = self.get(*num), self.get(*den)
+        if a is None or b is None or b == 0:
+            return
+        value = a / b / scale
+        met = value <= target if at_most else value >= target
+        self.ratios.append({"what": what, "ratio": value, "target": target,
+                            "at_most": at_most, "met": met})
+
+    def render(self) -> str:
+        out = ["| workload | system | median | spread (min–max) | unit | note |",
+               "|---|---|---:|---:|---|---|"]
+        for r in self.rows:
+            out.append(f"| {r['workload']} | {r['system']} | {_fmt(r['median'])} | "
+                       f"{_fmt(r['min'])}–{_fmt(r['max'])} | {r['unit']} | {r['note']} |")
+        if self.ratios:
+            out += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
+            for r in self.ratios:
+                sign = "≤" if r["at_most"] else "≥"
+                out.append(f"| {r['what']} | {r['ratio']:.2f}× | {sign} {r['target']}× | "
+                           f"{'yes' if r['met'] else '**no**'} |")
+        return "\n".join(out)
+
+
+def _fmt(x: float) -> str:
+    if x >= 100:
+        return f"{x:,.0f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an already sorted list."""
+    index = min(len(sorted_values) - 1, max(0, round(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def single_ops(table: Table, system: str, name: str, op: Callable[[int], Any], count: int,
+               runs: int) -> None:
+    """Time ``op(i)`` for ``i < count``, one at a time: ops/s and p50/p99/p999 latency (ms)."""
+    rates, p50, p99, p999 = [], [], [], []
+    for _ in range(runs):
+        lat = []
+        clock = time.perf_counter
+        start = clock()
+        for i in range(count):
+            t0 = clock()
+            op(i)
+            lat.append(clock() - t0)
+        total = clock() - start
+        lat.sort()
+        rates.append(count / total)
+        p50.append(percentile(lat, 0.50) * 1e3)
+        p99.append(percentile(lat, 0.99) * 1e3)
+        p999.append(percentile(lat, 0.999) * 1e3)
+    note = f"{count:,} keys"
+    table.add(name, system, rates, note=note)
+    table.add(f"{name} p50", system, p50, "ms", note)
+    table.add(f"{name} p99", system, p99, "ms", note)
+    table.add(f"{name} p999", system, p999, "ms", note)
+
+
+def batched_ops(table: Table, system: str, name: str, op: Callable[[list[str]], Any],
+                keys: list[str], size: int, runs: int) -> None:
+    """Time ``op(chunk)`` over ``keys`` in chunks of ``size``: keys per second."""
+    chunks = [keys[i:i + size] for i in range(0, len(keys), size)]
+    rates = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        for chunk in chunks:
+            op(chunk)
+        rates.append(len(keys) / (time.perf_counter() - start))
+    table.add(f"{name} {size}", system, rates, "keys/s", f"{len(keys):,} keys")
+
+
+def make_keys(prefix: str, count: int) -> list[str]:
+    """``count`` distinct keys of exactly 16 bytes."""
+    width = 16 - len(prefix)
+    return [f"{prefix}{i:0{width}d}" for i in range(count)]
+
+
+# -- sdht -----------------------------------------------------------------------------------------
+
+def bench_sdht(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    nodes = [start_node(procs, f"sdht{i}")[1] for i in range(3)]
+    ring = sdht.Ring()
+    try:
+        for node in nodes:
+            ring.join(node)
+        p = ring.params
+        print(f"  ring n={p['n']} w={p['w']} r={p['r']} min_work={p['min_work']}", flush=True)
+        single = make_keys("s", args.single_keys)
+        single_ops(table, "sdht", "set", lambda i: ring.set(single[i], VALUE),
+                   len(single), args.runs)
+        single_ops(table, "sdht", "get", lambda i: ring.get(single[i]), len(single), args.runs)
+        keys = make_keys("b", args.keys)
+        for size in (100, 1000):
+            batched_ops(table, "sdht", "set_many", lambda c: ring.set_many(
+                dict.fromkeys(c, VALUE)), keys, size, args.runs)
+            batched_ops(table, "sdht", "get_many", ring.get_many, keys, size, args.runs)
+    finally:
+        ring.close()
+
+
+def bench_join(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    """Join a fourth node to a fresh ring holding ``--join-keys`` keys; remove it between runs."""
+    first = [start_node(procs, f"join{i}") for i in range(3)]
+    ring = sdht.Ring()
+    try:
+        for _, node in first:
+            ring.join(node)
+        keys = make_keys("j", args.join_keys)
+        start = time.perf_counter()
+        for i in range(0, len(keys), 1000):
+            ring.set_many(dict.fromkeys(keys[i:i + 1000], VALUE))
+        print(f"  loaded {len(keys):,} keys in {time.perf_counter() - start:.1f}s", flush=True)
+        rates = []
+        for run in range(args.runs):
+            proc, node = start_node(procs, f"join-new{run}")
+            report = ring.join(node)
+            rates.append(report.moved / report.seconds)
+            print(f"  join run {run}: moved {report.moved:,} in {report.seconds:.2f}s", flush=True)
+            ring.remove(node)
+            procs.stop(proc)
+        table.add("join migration", "sdht", rates, "records/s",
+                  f"4th node, ring of {len(keys):,} keys")
+    finally:
+        ring.close()
+        for proc, _ in first:
+            procs.stop(proc)
+
+
+def bench_pow(table: Table, args: argparse.Namespace) -> None:
+    """sdht's nonce search vs a bare blake2b loop over the same prefix (hashes per second)."""
+    prefix = canonical("k" * 16, VALUE, 1, 50.0, False)
+    tries = args.pow_tries
+    rates, raw = [], []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        assert find_nonce(prefix, 200.0, start=0, limit=tries) is None  # never meets w=200
+        rates.append(tries / (time.perf_counter() - start))
+        base = hashlib.blake2b(prefix, digest_size=32, person=DIGEST_PERSON)
+        start = time.perf_counter()
+        for i in range(tries):
+            h = base.copy()
+            h.update(i.to_bytes(8, "big"))
+            h.digest()
+        raw.append(tries / (time.perf_counter() - start))
+    table.add("mint search", "sdht", rates, "hashes/s", f"{tries:,} tries")
+    table.add("mint search", "blake2b", raw, "hashes/s", "bare copy/update/digest loop")
+    mints = []
+    for _ in range(args.runs):
+        count = 2000
+        start = time.perf_counter()
+        for i in range(count):
+            sdht.pow.mint(f"m{i:015d}", VALUE, 3.0)
+        mints.append(count / (time.perf_counter() - start))
+    table.add("mint at min_work 3", "sdht", mints, "records/s", "2,000 records")
+
+
+# -- peers ----------------------------------------------------------------------------------------
+
+def _optional(module: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        print(f"  {module} is not installed: skipped (see --install-peers)", flush=True)
+        return None
+
+
+def bench_redis(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    redis = _optional("redis")
+    server = shutil.which("redis-server")
+    if redis is None or server is None:
+        print("  redis skipped", flush=True)
+        return
+    port = free_port()
+    proc = procs.start("redis", [server, "--bind", "127.0.0.1", "--port", str(port),
+                                 "--save", "", "--appendonly", "no", "--dir", str(procs.tmp)],
+                       lambda: _port_open(port))
+    client = redis.Redis("127.0.0.1", port, socket_timeout=10, socket_connect_timeout=2)
+    try:
+        single = make_keys("s", args.single_keys)
+        single_ops(table, "redis", "set", lambda i: client.set(single[i], VALUE),
+                   len(single), args.runs)
+        single_ops(table, "redis", "get", lambda i: client.get(single[i]), len(single),
+                   args.runs)
+        keys = make_keys("b", args.keys)
+        batched_ops(table, "redis", "set_many", lambda c: client.mset(dict.fromkeys(c, VALUE)),
+                    keys, 1000, args.runs)
+        batched_ops(table, "redis", "get_many", client.mget, keys, 1000, args.runs)
+    finally:
+        client.close()
+        procs.stop(proc)
+
+
+def bench_memcached(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    hash_mod = _optional("pymemcache.client.hash")
+    server = shutil.which("memcached")
+    if hash_mod is None or server is None:
+        print("  memcached skipped", flush=True)
+        return
+    started, servers = [], []
+    user = ["-u", "root"] if os.geteuid() == 0 else []  # memcached refuses root without -u
+    for i in range(3):
+        port = free_port()
+        started.append(procs.start(f"memcached{i}", [server, "-l", "127.0.0.1", "-p", str(port),
+                                                     "-U", "0", "-m", "256", *user],
+                                   lambda port=port: _port_open(port)))
+        servers.append(("127.0.0.1", port))
+    client = hash_mod.HashClient(servers, connect_timeout=2, timeout=10)
+    try:
+        single = make_keys("s", args.single_keys)
+        single_ops(table, "memcached", "set", lambda i: client.set(single[i], VALUE),
+                   len(single), args.runs)
+        single_ops(table, "memcached", "get", lambda i: client.get(single[i]), len(single),
+                   args.runs)
+        keys = make_keys("b", args.keys)
+        for size in (100, 1000):
+            batched_ops(table, "memcached", "set_many",
+                        lambda c: client.set_many(dict.fromkeys(c, VALUE)), keys, size, args.runs)
+            batched_ops(table, "memcached", "get_many", client.get_many, keys, size, args.runs)
+    finally:
+        client.close()
+        for proc in started:
+            procs.stop(proc)
+
+
+KADEMLIA_PEERS = """
+import asyncio, sys
+from kademlia.network import Server
+async def main(ports):
+    servers = []
+    for port in ports:
+        s = Server()
+        await s.listen(port, interface="127.0.0.1")
+        if servers:
+            await s.bootstrap([("127.0.0.1", ports[0])])
+        servers.append(s)
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main([int(p) for p in sys.argv[1:]]))
+"""
+
+
+def bench_kademlia(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    if _optional("kademlia") is None:
+        return
+    from kademlia.network import Server
+    from kademlia.storage import ForgetfulStorage
+
+    class NoStorage(ForgetfulStorage):
+        """The client keeps nothing, so every get asks the three peers (a local hit would
+        measure a dict lookup, not the DHT)."""
+
+        def __setitem__(self, key: Any, value: Any) -> None:
+            pass
+
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(3)]
+    log = procs.tmp / "kademlia.log"
+    proc = procs.start("kademlia", [sys.executable, "-c", KADEMLIA_PEERS, *map(str, ports)],
+                       lambda: b"ready" in log.read_bytes())
+    loop = asyncio.new_event_loop()
+    client = Server(storage=NoStorage())
+    try:
+        loop.run_until_complete(client.listen(free_port(socket.SOCK_DGRAM), "127.0.0.1"))
+        found = loop.run_until_complete(client.bootstrap([("127.0.0.1", p) for p in ports]))
+        if len(found) < 3:
+            raise RuntimeError(f"kademlia bootstrap found {len(found)} of 3 peers")
+        single = make_keys("s", args.kademlia_keys)
+        single_ops(table, "kademlia", "set", lambda i: loop.run_until_complete(
+            client.set(single[i], VALUE)), len(single), args.runs)
+        single_ops(table, "kademlia", "get", lambda i: loop.run_until_complete(
+            client.get(single[i])), len(single), args.runs)
+    finally:
+        client.stop()
+        loop.close()
+        procs.stop(proc)
+
+
+BARE_APP = """
+from flask import Flask
+app = Flask(__name__)
+@app.get("/ping")
+def ping():
+    return "ok"
+"""
+
+
+def bench_bare_http(table: Table, procs: Procs, args: argparse.Namespace) -> None:
+    """A trivial Flask app under gunicorn, configured as storage/server.py runs sdht's nodes,
+    reached through sdht's own Transport (and, for reference, requests and http.client)."""
+    import http.client
+
+    import requests
+    app_dir = procs.tmp / "bareapp"
+    app_dir.mkdir()
+    (app_dir / "bareapp.py").write_text(BARE_APP)
+    port = free_port()
+    proc = procs.start("bare-gunicorn", [
+        sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+        "--worker-class", "gthread", "--threads", "4", "--keep-alive", "30",
+        "--chdir", str(app_dir), "bareapp:app"], lambda: _port_open(port))
+    node = f"127.0.0.1:{port}"
+    transport = Transport()
+    session = requests.Session()
+    session.trust_env = False
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+
+    def via_http_client(_: int) -> None:
+        conn.request("GET", "/ping")
+        conn.getresponse().read()
+    try:
+        count = args.single_keys
+        single_ops(table, "bare http", "round trip (sdht Transport)",
+                   lambda i: transport.request(node, "GET", "/ping"), count, args.runs)
+        single_ops(table, "bare http", "round trip (requests.Session)",
+                   lambda i: session.get(f"http://{node}/ping", timeout=10).content,
+                   count, args.runs)
+        single_ops(table, "bare http", "round trip (http.client)", via_http_client,
+                   count, args.runs)
+    finally:
+        conn.close()
+        session.close()
+        transport.close()
+        procs.stop(proc)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for dist in ("requests", "urllib3", "flask", "gunicorn", "lmdb", "msgpack", "redis",
+                 "pymemcache", "kademlia"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{dist} {importlib.metadata.version(dist)}")
+    for server, flag in (("redis-server", "--version"), ("memcached", "-V")):
+        path = shutil.which(server)
+        if path:
+            out = subprocess.run([path, flag], capture_output=True, text=True, timeout=10)
+            versions.append(out.stdout.strip().split("\n")[0])
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu, "cores": str(os.cpu_count()),
+        "load average": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "os": platform.platform(), "python": platform.python_version(),
+        "sdht commit": subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                                      capture_output=True, text=True).stdout.strip(),
+        "packages": ", ".join(versions)}
+
+
+def install_peers() -> None:
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    for argv in (sudo + ["apt-get", "install", "-y", "redis-server", "memcached"],
+                 [sys.executable, "-m", "pip", "install", "redis", "pymemcache", "kademlia"]):
+        print("+", " ".join(argv), flush=True)
+        subprocess.run(argv, check=False, timeout=900)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="smaller sizes: 5,000 batch keys, 500 single, 20,000 join keys")
+    parser.add_argument("--install-peers", action="store_true",
+                        help="apt-get install redis-server memcached; pip install redis "
+                             "pymemcache kademlia; then run")
+    parser.add_argument("--no-peers", action="store_true", help="measure sdht only")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure (median, spread)")
+    parser.add_argument("--keys", type=int, default=20_000, help="keys for batched runs")
+    parser.add_argument("--single-keys", type=int, default=2_000, help="keys for single ops")
+    parser.add_argument("--kademlia-keys", type=int, default=500,
+                        help="keys for kademlia's sequential set/get (slow: bounded lower)")
+    parser.add_argument("--join-keys", type=int, default=100_000, help="keys in the joined ring")
+    parser.add_argument("--pow-tries", type=int, default=200_000, help="hashes per PoW run")
+    parser.add_argument("--json", type=Path, help="also write the rows and ratios here")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.keys, args.single_keys = min(args.keys, 5_000), min(args.single_keys, 500)
+        args.join_keys, args.kademlia_keys = min(args.join_keys, 20_000), min(
+            args.kademlia_keys, 200)
+        args.pow_tries = min(args.pow_tries, 100_000)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.install_peers:
+        install_peers()
+    info = machine()
+    for name, value in info.items():
+        print(f"{name}: {value}", flush=True)
+    print(f"sizes: {args.keys:,} batch keys, {args.single_keys:,} single-op keys, "
+          f"{args.kademlia_keys:,} kademlia keys, {args.join_keys:,} join keys, "
+          f"median of {args.runs} runs{' (quick)' if args.quick else ''}", flush=True)
+    table = Table()
+    tmp = Path(tempfile.mkdtemp(prefix="sdht-bench-"))
+    procs = Procs(tmp)
+    try:
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("sdht", lambda: bench_sdht(table, procs, args)),
+            ("sdht join", lambda: bench_join(table, procs, args)),
+            ("proof of work", lambda: bench_pow(table, args))]
+        if not args.no_peers:
+            steps += [("bare flask/gunicorn", lambda: bench_bare_http(table, procs, args)),
+                      ("memcached", lambda: bench_memcached(table, procs, args)),
+                      ("redis", lambda: bench_redis(table, procs, args)),
+                      ("kademlia", lambda: bench_kademlia(table, procs, args))]
+        for name, step in steps:
+            print(f"[{name}]", flush=True)
+            step()
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    add_ratios(table)
+    print()
+    print(table.render())
+    if args.json:
+        args.json.write_text(json.dumps({"machine": info, "args": vars(args) | {"json": None},
+                                         "rows": table.rows, "ratios": table.ratios},
+                                        indent=1, default=str))
+    return 0
+
+
+def add_ratios(table: Table) -> None:
+    """The issue's targets, each as sdht's figure over its peer's, from this run only."""
+    for op in ("set_many", "get_many"):
+        table.ratio(f"sdht {op} 1000 / memcached {op} 1000", (f"{op} 1000", "sdht"),
+                    (f"{op} 1000", "memcached"), 1.0)
+    for op in ("get", "set"):
+        table.ratio(f"sdht {op} / kademlia {op}", (op, "sdht"), (op, "kademlia"), 1.0)
+    table.ratio("sdht get / bare round trip (sdht Transport)", ("get", "sdht"),
+                ("round trip (sdht Transport)", "bare http"), 0.9)
+    table.ratio("sdht join migration / sdht set_many 1000", ("join migration", "sdht"),
+                ("set_many 1000", "sdht"), 0.5)
+    for op in ("set", "get"):
+        table.ratio(f"sdht {op} p99 / p50", (f"{op} p99", "sdht"), (f"{op} p50", "sdht"), 5.0,
+                    at_most=True)
+    table.ratio("sdht mint search / bare blake2b loop", ("mint search", "sdht"),
+                ("mint search", "blake2b"), 0.9)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

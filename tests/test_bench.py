@@ -1,0 +1,31 @@
+"""Smoke test of ``bench/bench.py``: it runs end to end with tiny sizes and no peers.
+
+No timing is asserted (the machine is shared and noisy); this only keeps the bench from rotting.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class TestBench:
+    def test_tiny_run_prints_a_table_and_writes_json(self, tmp_path: Path) -> None:
+        out = tmp_path / "bench.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "bench.py"), "--no-peers", "--runs", "1",
+             "--keys", "200", "--single-keys", "20", "--join-keys", "300",
+             "--pow-tries", "2000", "--json", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "| workload | system |" in proc.stdout
+        assert "cpu:" in proc.stdout and "python:" in proc.stdout
+        result = json.loads(out.read_text())
+        figures = {(r["workload"], r["system"]) for r in result["rows"]}
+        for name in ("set", "get", "set_many 1000", "get_many 1000", "join migration"):
+            assert (name, "sdht") in figures
+        assert all(r["median"] > 0 for r in result["rows"])
+        assert any(r["what"].startswith("sdht join migration") for r in result["ratios"])
