@@ -238,7 +238,8 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
     """Sync every ring interval's replicas now (see :meth:`sdht.Ring.repair`).
 
     Members holding an older ring (or none: a node that lost its disk) are given the current
-    one first. Each interval's replicas are synced against the first of them that answers.
+    one first. Each interval's replicas are synced against the first of them that answers
+    (the hub), then those that missed what the hub learned from later ones, once more.
     """
     began = time.monotonic()
     view = ring.refresh()
@@ -263,21 +264,34 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
         progress(0, total)
     for replicas, (ranges, count) in sorted(groups.items(), key=lambda item: item[1][0][0]):
         alive = sorted(replicas - down)
-        for other in alive[1:]:
-            try:
-                rep = sync_ranges(ring.transport, alive[0], other, ranges, view.params)
-            except SDHTError as exc:
-                report.errors.append(f"sync {alive[0]} / {other}: {exc}")
-                continue
-            report.syncs += 1
-            report.hashes += rep.hashes
-            report.differences += rep.differences
-            report.pushed += rep.pushed_to_a + rep.pushed_to_b
+        if len(alive) > 1:
+            hub, others = alive[0], alive[1:]
+            # First sweep: the hub gathers every replica's records. Those synced before the
+            # last one that brought the hub something new lack it: sync them once more.
+            gains = [_repair_pair(ring, view, hub, other, ranges, report) for other in others]
+            last = max((i for i, gained in enumerate(gains) if gained), default=0)
+            for other in others[:last]:
+                _repair_pair(ring, view, hub, other, ranges, report)
         done += count
         if progress:
             progress(done, total)
     report.seconds = time.monotonic() - began
     return report
+
+
+def _repair_pair(ring: "Ring", view: RingView, hub: str, other: str,
+                 ranges: list[tuple[int, int]], report: RepairReport) -> bool:
+    """Sync ``hub`` with ``other``; add to ``report``; return whether the hub stored anything."""
+    try:
+        rep = sync_ranges(ring.transport, hub, other, ranges, view.params)
+    except SDHTError as exc:
+        report.errors.append(f"sync {hub} / {other}: {exc}")
+        return False
+    report.syncs += 1
+    report.hashes += rep.hashes
+    report.differences += rep.differences
+    report.pushed += rep.pushed_to_a + rep.pushed_to_b
+    return rep.pushed_to_a > 0
 
 
 __all__ = ["RepairReport", "SyncReport", "merge_ranges", "repair", "shared_ranges", "sync_range",
