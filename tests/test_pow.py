@@ -1,4 +1,4 @@
-"""Minting: the nonce search finds exactly the proofs a brute force finds, in one or more processes."""
+"""Minting: the nonce search finds the proofs a brute force finds, in one or more processes."""
 from __future__ import annotations
 
 import hashlib
@@ -18,7 +18,7 @@ UNREACHABLE = 200.0
 
 
 def valid_counters(prefix: bytes, w: float, start: int, count: int) -> list[int]:
-    """Brute force: the counters in ``[start, start + count)`` (mod 2**64) whose nonce shows ``w``."""
+    """Brute force: the counters in ``[start, start + count)`` (mod 2**64) that show ``w``."""
     target = int.from_bytes(target_bytes(w), "big")
     found = []
     for i in range(count):

@@ -276,7 +276,8 @@ class TestData:
         got = msgpack.unpackb(client.post("/v1/records/get", data=pack(keys)).get_data())
         assert got[-1] is None
         held = {r.key: r for r in records} | {r.key: r for r in newer}
-        assert [from_packed(pack(g)).digest for g in got[:-1]] == [held[k].digest for k in keys[:-1]]
+        assert ([from_packed(pack(g)).digest for g in got[:-1]]
+                == [held[k].digest for k in keys[:-1]])
         health = client.get("/v1/health").get_json()
         assert health["records"] == 40 and health["revision"] == 45
 
