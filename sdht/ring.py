@@ -68,7 +68,8 @@ class RingView:
                                    int(m.get("tokens", DEFAULT_PARAMS["tokens"])))
                             for m in obj["members"])
             params = {**DEFAULT_PARAMS, **obj.get("params", {})}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # OverflowError: int(float("inf")), as from a JSON "tokens": Infinity
             raise ConfigError(f"malformed ring: {exc!r}") from None
         if type(epoch) is not int or epoch < 0:
             raise ConfigError("ring epoch must be a non-negative integer")

@@ -217,7 +217,7 @@ def put_ring() -> tuple[Response, int]:
         view = RingView.from_json(request.get_json(force=True, silent=False))
     except (HTTPException, RecursionError):  # json nests deeper than Python's recursion limit
         raise ApiError(400, "malformed_body", "the ring must be a JSON object") from None
-    except (ConfigError, OverflowError) as exc:  # OverflowError: "tokens": Infinity
+    except ConfigError as exc:
         raise ApiError(400, "bad_ring", str(exc) or "malformed ring") from None
     replaced, held = store().replace_ring(view)
     if not replaced:

@@ -104,6 +104,8 @@ class TestRingView:
         {"epoch": 1, "members": [{"id": "h:1"}, {"id": "h:1"}]},
         {"epoch": 1, "members": [], "params": {"n": 0}},
         {"epoch": 1, "members": [], "params": {"r": 4}},
+        {"epoch": 1, "members": [{"id": "h:1", "tokens": float("inf")}]},
+        {"epoch": 1, "members": [], "params": "not a map"},
     ])
     def test_malformed_rings_are_refused(self, bad):
         with pytest.raises(ConfigError):
