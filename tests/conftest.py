@@ -136,6 +136,27 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
 
 @pytest.fixture
+def cluster(start_node) -> Iterator[Callable[..., tuple]]:
+    """Factory: ``cluster(count, params=None, timeout=(2, 10), workers=2, env=None)`` starts
+    ``count`` real nodes, joins them into one ring and returns ``(ring, nodes)``."""
+    import sdht
+    rings = []
+
+    def make(count: int, params: dict | None = None, timeout: tuple = (2.0, 10.0),
+             workers: int = 2, env: dict[str, str] | None = None) -> tuple:
+        nodes = [start_node(workers=workers, env=env) for _ in range(count)]
+        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout)
+        rings.append(ring)
+        for n in nodes:
+            ring.join(n.id)
+        return ring, nodes
+
+    yield make
+    for ring in rings:
+        ring.close()
+
+
+@pytest.fixture
 def node(start_node) -> NodeProcess:
     """One running storage node."""
     return start_node()

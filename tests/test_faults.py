@@ -26,20 +26,11 @@ def converged(ring, nodes) -> bool:
 
 
 @pytest.fixture
-def cluster(start_node):
-    rings = []
-
+def cluster(cluster):
+    """Single-worker nodes syncing every INTERVAL seconds, and a short client timeout."""
     def make(count, params=None, timeout=(0.5, 1.0)):
-        nodes = [start_node(workers=1, env={"SDHT_SYNC_INTERVAL": INTERVAL})
-                 for _ in range(count)]
-        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout)
-        rings.append(ring)
-        for node in nodes:
-            ring.join(node.id)
-        return ring, nodes
-    yield make
-    for ring in rings:
-        ring.close()
+        return cluster(count, params, timeout, workers=1, env={"SDHT_SYNC_INTERVAL": INTERVAL})
+    return make
 
 
 class Writer(threading.Thread):

@@ -11,28 +11,11 @@ import sdht
 from sdht.errors import RingBusy
 
 
-@pytest.fixture
-def ring_of(start_node):
-    rings = []
-
-    def make(count):
-        nodes = [start_node() for _ in range(count)]
-        ring = sdht.Ring()
-        for node in nodes:
-            ring.join(node.id)
-        rings.append(ring)
-        return ring, nodes
-
-    yield make
-    for ring in rings:
-        ring.close()
-
-
 class TestLiveMigration:
-    def test_writer_and_reader_across_joins_and_removes(self, ring_of, start_node):
+    def test_writer_and_reader_across_joins_and_removes(self, cluster, start_node):
         """No acknowledged write is lost and every acknowledged key stays readable while
         nodes join and leave (ANCHORS: riak_kv#1754 lost writes during handoff)."""
-        admin, nodes = ring_of(3)
+        admin, nodes = cluster(3)
         spare = [start_node() for _ in range(2)]
         acked: dict[str, int] = {}
         failures: list[str] = []
@@ -94,8 +77,8 @@ class TestLiveMigration:
             assert all(r is not None and r.value == acked[key] for r in held), key
         check.close()
 
-    def test_interrupted_join_resumes_and_changes_do_not_overlap(self, ring_of, start_node):
-        ring, nodes = ring_of(3)
+    def test_interrupted_join_resumes_and_changes_do_not_overlap(self, cluster, start_node):
+        ring, nodes = cluster(3)
         ring.set_many({f"k{i}": i for i in range(300)})
         newcomer = start_node()
         # Stage the join by hand, as a client that crashed after publishing it would leave it.
@@ -110,9 +93,9 @@ class TestLiveMigration:
         assert ring.view.member(newcomer.id).state == "normal"
         assert ring.get_many([f"k{i}" for i in range(300)]) == {f"k{i}": i for i in range(300)}
 
-    def test_cost_of_a_join_is_the_new_nodes_fair_share(self, ring_of, start_node):
+    def test_cost_of_a_join_is_the_new_nodes_fair_share(self, cluster, start_node):
         """20k keys on 4 nodes (n=3): a 5th node receives about keys*n/5 records."""
-        ring, nodes = ring_of(4)
+        ring, nodes = cluster(4)
         keys = 20_000
         ring.set_many({f"key-{i}": i for i in range(keys)})
         report = ring.join(start_node().id)

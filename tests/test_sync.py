@@ -69,21 +69,11 @@ def xor_all(hashes):
 
 
 @pytest.fixture
-def cluster(start_node):
-    """``cluster(count, params=..., interval=...)``: real nodes joined into one ring."""
-    rings = []
-
+def cluster(cluster):
+    """``cluster(count, params=..., interval=...)``: single-worker nodes in one ring."""
     def make(count, params=None, interval="0", timeout=(0.5, 2.0)):
-        nodes = [start_node(workers=1, env={"SDHT_SYNC_INTERVAL": interval})
-                 for _ in range(count)]
-        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout)
-        rings.append(ring)
-        for node in nodes:
-            ring.join(node.id)
-        return ring, nodes
-    yield make
-    for ring in rings:
-        ring.close()
+        return cluster(count, params, timeout, workers=1, env={"SDHT_SYNC_INTERVAL": interval})
+    return make
 
 
 class TestSyncRange:
