@@ -64,7 +64,7 @@ def now_us() -> int:
 class Record:
     """One version of a key. Immutable by convention; the digest is computed once, on demand."""
 
-    __slots__ = ("key", "value", "t", "w", "nonce", "deleted", "_digest")
+    __slots__ = ("key", "value", "t", "w", "nonce", "deleted", "_digest", "_packed")
 
     def __init__(self, key: str, value: Any, t: int, w: float, nonce: bytes,
                  deleted: bool = False) -> None:
@@ -75,15 +75,14 @@ class Record:
         self.nonce = nonce
         self.deleted = deleted
         self._digest: bytes | None = None
+        self._packed: bytes | None = None  # the bytes it arrived as, when it came off the wire
 
     @property
     def digest(self) -> bytes:
         """The record's 32-byte blake2b digest, which its work is checked against."""
         if self._digest is None:
-            h = hashlib.blake2b(canonical(self.key, self.value, self.t, self.w, self.deleted),
-                                digest_size=32, person=DIGEST_PERSON)
-            h.update(self.nonce)
-            self._digest = h.digest()
+            self._digest = digest_of(canonical(self.key, self.value, self.t, self.w,
+                                               self.deleted), self.nonce)
         return self._digest
 
     def score(self, decay: float) -> float:
@@ -96,8 +95,11 @@ class Record:
                 "n": self.nonce, "d": self.deleted}
 
     def pack(self) -> bytes:
-        """Return the record encoded as a msgpack map, as it travels and rests."""
-        return packb(self.to_wire())
+        """Return the record encoded as a msgpack map, as it travels and rests (the bytes it
+        was decoded from, when it came off the wire: they decode to this very record)."""
+        if self._packed is None:
+            self._packed = packb(self.to_wire())
+        return self._packed
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Record) and self.key == other.key and self.digest == other.digest
@@ -121,26 +123,72 @@ def unpackb(data: bytes) -> Any:
     :raises InvalidRecord: on malformed, truncated or trailing data, or extension types.
     """
     try:
-        # max_ext_len=0: msgpack decodes extension type -1 (timestamp) itself, without asking
-        # ext_hook, so the length limit is what refuses it; ext_hook catches empty extensions.
-        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_refuse_ext,
-                               max_ext_len=0, timestamp=0)
+        return msgpack.unpackb(data, **_STRICT)
     except InvalidRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError) as exc:  # the msgpack errors all derive from ValueError
-        if "max_ext_len" in str(exc) or "timestamp" in str(exc):
-            raise InvalidRecord("msgpack extension types are not allowed") from None
-        raise InvalidRecord(f"malformed msgpack: {exc}") from None
+        raise _malformed(exc) from None
+
+
+def unpack_items(data: bytes) -> list[tuple[Any, bytes]]:
+    """Decode a msgpack array as strictly as :func:`unpackb`, keeping each item's own bytes.
+
+    A node stores a record as the bytes it arrived as, so it never encodes it again.
+
+    :raises InvalidRecord: when ``data`` is not exactly one well-formed array.
+    """
+    unpacker = msgpack.Unpacker(**_STRICT, max_buffer_size=max(len(data), 1))
+    unpacker.feed(data)
+    try:
+        count = unpacker.read_array_header()
+    except (ValueError, msgpack.OutOfData):
+        raise InvalidRecord("the body must be a msgpack array") from None
+    try:
+        items = []
+        for _ in range(count):
+            start = unpacker.tell()
+            obj = unpacker.unpack()
+            items.append((obj, data[start:unpacker.tell()]))
+    except InvalidRecord:
+        raise
+    except (ValueError, TypeError, msgpack.OutOfData, msgpack.FormatError,
+            msgpack.StackError) as exc:
+        raise _malformed(exc) from None
+    if unpacker.tell() != len(data):
+        raise InvalidRecord("malformed msgpack: trailing bytes after the array")
+    return items
+
+
+# max_ext_len=0: msgpack decodes extension type -1 (timestamp) itself, without asking
+# ext_hook, so the length limit is what refuses it; ext_hook catches empty extensions.
+_STRICT: dict[str, Any] = {"raw": False, "strict_map_key": False, "max_ext_len": 0,
+                           "timestamp": 0}
+
+
+def _malformed(exc: Exception) -> InvalidRecord:
+    if "max_ext_len" in str(exc) or "timestamp" in str(exc):
+        return InvalidRecord("msgpack extension types are not allowed")
+    return InvalidRecord(f"malformed msgpack: {exc or exc.__class__.__name__}")
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise InvalidRecord(f"msgpack extension type {code} is not allowed")
 
 
+_STRICT["ext_hook"] = _refuse_ext
+
+
 def canonical(key: str, value: Any, t: int, w: float, deleted: bool) -> bytes:
     """Return the canonical bytes of ``(key, v, t, w, d)`` that the digest covers."""
     return packb([key, value, t, float(w), bool(deleted)])
+
+
+def digest_of(canonical_bytes: bytes, nonce: bytes) -> bytes:
+    """Return ``blake2b-256(canonical_bytes + nonce)`` personalised with :data:`DIGEST_PERSON`."""
+    h = hashlib.blake2b(canonical_bytes, digest_size=32, person=DIGEST_PERSON)
+    h.update(nonce)
+    return h.digest()
 
 
 def score(w: float, t: int, decay: float) -> float:
@@ -166,10 +214,14 @@ def beats(a: Record, b: Record | None, decay: float) -> bool:
     """
     if b is None:
         return True
-    sa, sb = a.score(decay), b.score(decay)
-    if sa != sb:
-        return sa > sb
-    return a.digest < b.digest
+    return outranks(a.score(decay), a.digest, b.score(decay), b.digest)
+
+
+def outranks(score_a: float, digest_a: bytes, score_b: float, digest_b: bytes) -> bool:
+    """The order itself, on scores and digests: higher score first, then smaller digest."""
+    if score_a != score_b:
+        return score_a > score_b
+    return digest_a < digest_b
 
 
 def winner(records: list[Record | None], decay: float) -> Record | None:
@@ -246,13 +298,22 @@ def from_wire(obj: Any, params: Mapping[str, Any] = DEFAULT_PARAMS) -> Record:
         raise InvalidRecord("d must be a boolean")
     if deleted and value is not None:
         raise InvalidRecord("a tombstone (d=true) must have v=nil")
-    check_value(value, params)
-    return Record(key, value, t, w, nonce, deleted)
+    # Encode the value once: the canonical bytes give both its size and the digest.
+    _check_plain(value, 0)
+    canon = _encode(canonical, key, value, t, w, deleted)
+    size = len(canon) - len(canonical(key, None, t, w, deleted)) + 1   # nil packs as 1 byte
+    if size > params["max_value_bytes"]:
+        raise ValueTooLarge(f"value is {size} bytes; the limit is {params['max_value_bytes']}")
+    rec = Record(key, value, t, w, nonce, deleted)
+    rec._digest = digest_of(canon, nonce)
+    return rec
 
 
 def from_packed(data: bytes, params: Mapping[str, Any] = DEFAULT_PARAMS) -> Record:
     """Decode a packed record (the inverse of :meth:`Record.pack`)."""
-    return from_wire(unpackb(data), params)
+    rec = from_wire(unpackb(data), params)
+    rec._packed = bytes(data)
+    return rec
 
 
 def check_key(key: Any, params: Mapping[str, Any] = DEFAULT_PARAMS) -> bytes:
@@ -279,13 +340,17 @@ def check_value(value: Any, params: Mapping[str, Any] = DEFAULT_PARAMS) -> int:
     :raises ValueTooLarge: when its encoding is over the limit.
     """
     _check_plain(value, 0)
-    try:
-        size = len(packb(value))
-    except (ValueError, OverflowError, UnicodeEncodeError) as exc:
-        raise InvalidRecord(f"value cannot be encoded: {exc}") from None
+    size = len(_encode(packb, value))
     if size > params["max_value_bytes"]:
         raise ValueTooLarge(f"value is {size} bytes; the limit is {params['max_value_bytes']}")
     return size
+
+
+def _encode(encoder: Any, *args: Any) -> bytes:
+    try:
+        return encoder(*args)
+    except (ValueError, OverflowError, UnicodeEncodeError) as exc:
+        raise InvalidRecord(f"value cannot be encoded: {exc}") from None
 
 
 _SCALARS = (type(None), bool, int, float, str, bytes)

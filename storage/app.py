@@ -17,7 +17,8 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from sdht.errors import ConfigError, InvalidRecord, ValueTooLarge
-from sdht.record import DEFAULT_PARAMS, check_key, check_time, check_work, from_wire, unpackb
+from sdht.record import (DEFAULT_PARAMS, check_key, check_time, check_work, from_wire,
+                         unpack_items, unpackb)
 from sdht.ring import RING_SIZE, RingView
 
 from . import metrics, web
@@ -120,13 +121,14 @@ def _msgpack(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=MSGPACK)
 
 
-def _body() -> Any:
-    """Decode the request body as strict msgpack."""
+def _body(items: bool = False) -> Any:
+    """Decode the request body as strict msgpack (with ``items``: an array, each item with
+    its own bytes, see :func:`sdht.record.unpack_items`)."""
     data = request.get_data(cache=False)
     if not data:
         raise ApiError(400, "empty_body", "the request needs a msgpack body")
     try:
-        return unpackb(data)
+        return unpack_items(data) if items else unpackb(data)
     except InvalidRecord as exc:
         raise ApiError(400, "malformed_body", str(exc)) from None
 
@@ -279,7 +281,11 @@ def put_records() -> Response:
     """Batch write: every record is checked first (one bad record refuses the whole batch),
     then all are merged in one transaction. Answers one ``{s, score, digest}`` per record."""
     p = params()
-    records = [_validate(obj, p) for obj in _batch(_body(), "records")]
+    records = []
+    for obj, raw in _batch(_body(items=True), "records"):
+        rec = _validate(obj, p)
+        rec._packed = raw   # stored as it came: it decodes to this very record
+        records.append(rec)
     results = store().put_many(records, p)
     metrics.current().count_writes(results)
     out = [{"s": r.status, "score": r.held.score(p["decay"]), "digest": r.held.digest}

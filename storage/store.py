@@ -2,8 +2,9 @@
 
 Sub-databases:
 
-* ``data``: ``position (8 bytes, big-endian) || UTF-8 key`` -> the packed record, so one ring
-  range is one cursor scan;
+* ``data``: ``position (8 bytes, big-endian) || UTF-8 key`` -> a 49-byte header ``t, w, digest,
+  tombstone flag`` then the packed record, so one ring range is one cursor scan and the accept
+  rule, the hash tree and anti-entropy read the header alone, never decoding a stored record;
 * ``meta``: the node's ring view (JSON) and counters (accepted writes, stored bytes, sync);
 * ``tree``: the hash tree over positions (:mod:`storage.tree`), updated in the same write
   transaction as the records, so anti-entropy never rescans the store.
@@ -15,18 +16,15 @@ Commits are synchronous by default: an acknowledged write survives ``kill -9``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
-
-import hashlib
+from typing import Any, Iterable, Mapping, NamedTuple
 
 import lmdb
 
-from sdht.record import (DEFAULT_PARAMS, DIGEST_PERSON, Record, beats, canonical, from_packed,
-                         unpackb)
+from sdht.errors import ConfigError
+from sdht.record import Record, outranks, score
 from sdht.ring import RING_SIZE, RingView, position
 
 from .tree import Tree, node_range
@@ -34,7 +32,6 @@ from .tree import Tree, node_range
 _U64 = struct.Struct(">Q")
 _REVISION, _BYTES, _RING = b"revision", b"bytes", b"ring"
 _SYNC_ROUNDS, _SYNC_DIFFS, _PURGED = b"sync_rounds", b"sync_differences", b"tombstones_purged"
-_TREE_BUILT = b"tree-v1"
 
 #: Outcomes of a write.
 STORED, SAME, SUPERSEDED = "stored", "same", "superseded"
@@ -42,10 +39,10 @@ STORED, SAME, SUPERSEDED = "stored", "same", "superseded"
 
 @dataclass
 class WriteResult:
-    """What happened to one incoming record, and the record the node holds afterwards."""
+    """What happened to one incoming record, and what the node holds afterwards."""
 
     status: str
-    held: Record
+    held: Held
 
 
 def data_key(key: str) -> bytes:
@@ -54,23 +51,39 @@ def data_key(key: str) -> bytes:
     return _U64.pack(position(raw)) + raw
 
 
-def packed_digest(raw: bytes) -> bytes:
-    """Return the digest of a stored (already validated) packed record without re-checking it."""
-    obj = unpackb(raw)
-    h = hashlib.blake2b(canonical(obj["k"], obj["v"], obj["t"], obj["w"], obj["d"]),
-                        digest_size=32, person=DIGEST_PERSON)
-    h.update(obj["n"])
-    return h.digest()
+#: The header before every stored record: t (int64), w (float64), digest (32 bytes), deleted.
+_HEAD = struct.Struct(">qd32s?")
+HEADER_BYTES = _HEAD.size
+#: Version of the on-disk layout, kept in meta; a store of another layout is refused.
+FORMAT = b"2"
 
 
-#: Stored records were checked on the way in; a later ring may lower the size limits, and
-#: that must not make the records already held unreadable (it made writes over them 500s).
-_HELD_LIMITS = {**DEFAULT_PARAMS, "max_key_bytes": math.inf, "max_value_bytes": math.inf}
+class Held(NamedTuple):
+    """What a node holds for a key, as read from the stored header alone."""
+
+    t: int
+    w: float
+    digest: bytes
+    deleted: bool
+
+    def score(self, decay: float) -> float:
+        """The held record's score (see :func:`sdht.record.score`)."""
+        return score(self.w, self.t, decay)
 
 
-def stored_record(raw: bytes) -> Record:
-    """Decode a record this node already holds, whatever the size limits in force now."""
-    return from_packed(raw, _HELD_LIMITS)
+def held(raw: bytes) -> Held:
+    """Return the header of a stored value."""
+    return Held(*_HEAD.unpack_from(raw))
+
+
+def packed(raw: bytes) -> bytes:
+    """Return the packed record of a stored value (what travels on the wire)."""
+    return bytes(raw[_HEAD.size:])
+
+
+def stored(rec: Record) -> bytes:
+    """Return the stored value of ``rec``: its header then its packed bytes."""
+    return _HEAD.pack(rec.t, rec.w, rec.digest, rec.deleted) + rec.pack()
 
 
 class Store:
@@ -84,16 +97,17 @@ class Store:
         self.meta = self.env.open_db(b"meta")
         self.tree = Tree(self.env.open_db(b"tree"))
         self._ring_cache: tuple[bytes, RingView] | None = None
-        self._build_tree()
+        self._check_format()
 
-    def _build_tree(self) -> None:
-        """Build the hash tree once for a store written before it had one."""
+    def _check_format(self) -> None:
+        """Mark a new store with :data:`FORMAT`; refuse one written in another layout."""
         with self.env.begin(write=True) as txn:
-            if txn.get(_TREE_BUILT, db=self.meta) is not None:
-                return
-            for lkey, raw in txn.cursor(db=self.data):
-                self.tree.update(txn, bytes(lkey), None, packed_digest(raw))
-            txn.put(_TREE_BUILT, b"1", db=self.meta)
+            found = txn.get(b"format", db=self.meta)
+            if found is None and txn.stat(self.data)["entries"] == 0:
+                txn.put(b"format", FORMAT, db=self.meta)
+            elif found != FORMAT:
+                raise ConfigError(f"{self.env.path()} holds data in another sdht layout "
+                                  f"({found!r}, this version reads {FORMAT!r})")
 
     def close(self) -> None:
         """Close the environment."""
@@ -130,13 +144,13 @@ class Store:
 
     def get(self, key: str) -> bytes | None:
         """Return the packed record of ``key``, or None."""
-        with self.env.begin(db=self.data, buffers=False) as txn:
-            return txn.get(data_key(key))
+        return self.get_many([key])[0]
 
     def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
         """Return the packed records of ``keys`` (None for missing), in one read transaction."""
         with self.env.begin(db=self.data) as txn:
-            return [txn.get(data_key(k)) for k in keys]
+            raws = [txn.get(data_key(k)) for k in keys]
+        return [None if raw is None else packed(raw) for raw in raws]
 
     def put_many(self, records: list[Record], params: Mapping[str, Any]) -> list[WriteResult]:
         """Apply the accept rule to each record in one write transaction.
@@ -146,26 +160,28 @@ class Store:
         """
         results = []
         decay = params["decay"]
+        tree_changes = []
         with self.env.begin(write=True) as txn:
             added_bytes, accepted = 0, 0
             for rec in records:
                 lkey = data_key(rec.key)
                 old_raw = txn.get(lkey, db=self.data)
-                old = stored_record(old_raw) if old_raw is not None else None
+                old = held(old_raw) if old_raw is not None else None
                 if old is not None and old.digest == rec.digest:
                     results.append(WriteResult(SAME, old))
-                elif beats(rec, old, decay):
-                    packed = rec.pack()
-                    txn.put(lkey, packed, db=self.data)
-                    self.tree.update(txn, lkey, old.digest if old is not None else None,
-                                     rec.digest)
-                    added_bytes += len(packed) + len(lkey) - (len(old_raw) + len(lkey)
-                                                              if old_raw is not None else 0)
+                elif old is None or outranks(rec.score(decay), rec.digest, old.score(decay),
+                                             old.digest):
+                    value = stored(rec)
+                    txn.put(lkey, value, db=self.data)
+                    tree_changes.append((lkey, old.digest if old else None, rec.digest))
+                    added_bytes += (len(value) - len(old_raw) if old_raw is not None
+                                    else len(lkey) + len(value))
                     accepted += 1
-                    results.append(WriteResult(STORED, rec))
+                    results.append(WriteResult(STORED, held(value)))
                 else:
                     results.append(WriteResult(SUPERSEDED, old))
             if accepted:
+                self.tree.update_many(txn, tree_changes)
                 self._add(txn, _REVISION, accepted)
                 self._add(txn, _BYTES, added_bytes)
         return results
@@ -191,13 +207,14 @@ class Store:
                     return out, None
                 if len(out) == limit:
                     return out, last
-                out.append(value)
+                out.append(packed(value))
                 last = lkey
         return out, None
 
     def delete_range(self, start: int, end: int) -> int:
         """Delete every record with a position in ``[start, end)``; return how many."""
         deleted, freed = 0, 0
+        tree_changes: list[tuple[bytes, bytes | None, bytes | None]] = []
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor(db=self.data)
             if cursor.set_range(_U64.pack(start)):
@@ -207,11 +224,12 @@ class Store:
                         break
                     raw = cursor.value()
                     freed += len(lkey) + len(raw)
-                    self.tree.update(txn, bytes(lkey), packed_digest(raw), None)
+                    tree_changes.append((bytes(lkey), held(raw).digest, None))
                     deleted += 1
                     if not cursor.delete():
                         break
             if deleted:
+                self.tree.update_many(txn, tree_changes)
                 self._add(txn, _BYTES, -freed)
         return deleted
 
@@ -237,7 +255,7 @@ class Store:
                 for lkey, raw in cursor:
                     if _U64.unpack_from(lkey)[0] >= end or len(out) >= limit:
                         break
-                    out.append((bytes(lkey[8:]).decode("utf-8"), packed_digest(raw)))
+                    out.append((bytes(lkey[8:]).decode("utf-8"), held(raw).digest))
         return out
 
     def purge_tombstones(self, before_us: int) -> int:
@@ -249,9 +267,9 @@ class Store:
             if cursor.first():
                 while cursor.key():
                     lkey, raw = bytes(cursor.key()), cursor.value()
-                    obj = unpackb(raw)
-                    if obj["d"] and obj["t"] < before_us:
-                        self.tree.update(txn, lkey, packed_digest(raw), None)
+                    head = held(raw)
+                    if head.deleted and head.t < before_us:
+                        self.tree.update(txn, lkey, head.digest, None)
                         freed += len(lkey) + len(raw)
                         purged += 1
                         if not cursor.delete():  # positioned on the next record, or at the end

@@ -16,6 +16,7 @@ from sdht.pow import mint
 from sdht.record import DEFAULT_PARAMS, from_packed, now_us
 from sdht.ring import RING_SIZE, position
 from storage.app import EPOCH_HEADER, KEY_HEADER, create_app
+from storage.store import HEADER_BYTES
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 LIMITS = {"max_key_bytes": 32, "max_value_bytes": 64}
@@ -307,7 +308,7 @@ class TestData:
         assert [position(r.key) for r in left] == positions[:10] + positions[40:]
         health = client.get("/v1/health").get_json()
         assert health["records"] == 30
-        total = sum(len(r.pack()) + 8 + len(r.key) for r in left)
+        total = sum(HEADER_BYTES + len(r.pack()) + 8 + len(r.key) for r in left)
         assert health["bytes"] == total
         assert client.delete(f"/v1/range?start=0&end={RING_SIZE}").get_json() == {"deleted": 30}
         assert client.get("/v1/health").get_json()["bytes"] == 0

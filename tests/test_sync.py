@@ -12,18 +12,20 @@ from sdht.record import DEFAULT_PARAMS, now_us
 from sdht.ring import RING_SIZE
 from sdht.sync import sync_range
 from sdht.transport import Transport
-from storage.store import Store, packed_digest
+from sdht.record import from_packed
+from storage.store import Store, packed
 from storage.tree import ZERO, contribution, xor
 
 FULL = (0, RING_SIZE)
 
 
 def rebuilt_root(store: Store) -> bytes:
-    """The root hash recomputed from scratch over every stored record."""
+    """The root hash recomputed from scratch over every stored record's content (not its
+    stored header, so a header out of step with its record shows)."""
     h = ZERO
     with store.env.begin(db=store.data) as txn:
         for lkey, raw in txn.cursor():
-            h = xor(h, contribution(bytes(lkey), packed_digest(raw)))
+            h = xor(h, contribution(bytes(lkey), from_packed(packed(raw)).digest))
     return h
 
 
