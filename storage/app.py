@@ -46,13 +46,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build a storage node application.
 
     :param config: settings that override ``SDHT_*`` environment variables and defaults.
-    :raises ConfigError: when the settings are invalid.
+    :raises ConfigError: when the settings are invalid or the data directory holds another
+        sdht data layout.
     """
     app = Flask(__name__)
     settings = load_config(config)
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
     app.config["STARTED"] = time.time()
+    # Fail at start, not on the first request, when the data dir is unusable (e.g. another
+    # layout); the environment is closed again, as LMDB must not cross a fork.
+    Store(settings["DATA_DIR"], settings["MAP_SIZE"], settings["SYNC"]).close()
     app.extensions["sdht.store"] = None  # opened lazily in the serving process (after fork)
     app.register_blueprint(bp)
     from .sync_routes import bp as sync_bp  # imported here: it builds on this module's helpers

@@ -377,3 +377,13 @@ class TestConfig:
                              "PARAMS": {"max_value_bytes": 200}}).test_client()
         assert client.put("/v1/record", data=mint("k", "x" * 100, 3.0).pack()).status_code == 201
         assert json.loads(client.get("/v1/health").get_data())["records"] == 1
+
+    def test_a_data_dir_of_another_layout_is_refused_at_start(self, tmp_path):
+        from storage.store import Store
+        store = Store(str(tmp_path))
+        store.put_many([mint("k", 1, 3.0)], DEFAULT_PARAMS)
+        with store.env.begin(write=True) as txn:
+            txn.put(b"format", b"1", db=store.meta)   # as an older sdht would have left it
+        store.close()
+        with pytest.raises(ConfigError, match="another sdht layout"):
+            create_app({"DATA_DIR": str(tmp_path)})
