@@ -10,11 +10,12 @@ import logging
 import math
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import migration, sync
 from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
                      SDHTError, TransportError, WriteConflict)
+from .health import NodeHealth
 from .pow import mint
 from .record import (DEFAULT_PARAMS, Record, beats, check_key, check_value, check_work,
                      now_us, winner)
@@ -22,6 +23,7 @@ from .ring import RingView, check_params, parse_node_id
 from .transport import DEFAULT_TIMEOUT, Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 #: How many times an operation is re-routed after a node reports a newer ring.
 MAX_REROUTES = 3
@@ -85,6 +87,8 @@ class Ring:
         self.new_ring_params = {**DEFAULT_PARAMS, **(params or {})}
         check_params(self.new_ring_params)
         self.transport = transport or Transport(timeout, cluster_key)
+        #: Which nodes failed lately; requests avoid them while others can make the quorum.
+        self.health = NodeHealth()
         self.view: RingView | None = None
 
     def close(self) -> None:
@@ -278,15 +282,29 @@ class Ring:
         """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
         of the results so far is true) or all finished; the others are left running.
 
+        Suspect nodes (:mod:`sdht.health`) are called only if the others fall short.
+
         :returns: ``(results by node, errors by node, epochs seen)``.
         """
-        futures: dict[Future, str] = {self.transport.submit(fn, *args): node
-                                      for node, (fn, *args) in calls.items()}
+        held_back = {n: c for n, c in calls.items() if self.health.avoid(n)}
+        futures: dict[Future, str] = {}
         results: dict[str, Any] = {}
         errors: dict[str, str] = {}
         epochs: list[int] = []
+
+        def start(batch: dict[str, tuple]) -> None:
+            for node, (fn, *args) in batch.items():
+                futures[self.transport.submit(self._call, node, fn, *args)] = node
+
+        start({n: c for n, c in calls.items() if n not in held_back})
         pending = set(futures)
-        while pending and not (enough(results) if enough else len(results) >= need):
+        while not (enough(results) if enough else len(results) >= need):
+            if not pending:
+                if not held_back:
+                    break
+                start(held_back)   # the healthy nodes fell short: try the suspects too
+                pending = {f for f, n in futures.items() if n in held_back}
+                held_back = {}
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 node = futures[fut]
@@ -400,6 +418,16 @@ class Ring:
             self.transport.put_many(node, records)
         except SDHTError as exc:
             log.debug("read repair of %d keys on %s failed: %s", len(records), node, exc)
+
+    def _call(self, node: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run one request to ``node``, noting in :attr:`health` whether it answered."""
+        try:
+            result = fn(*args)
+        except TransportError:
+            self.health.failed(node)
+            raise
+        self.health.answered(node)
+        return result
 
     def _gather_batches(self, fn: Callable, by_node: Mapping[str, list]
                         ) -> tuple[dict[str, list], dict[str, str], list[int]]:

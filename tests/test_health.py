@@ -1,0 +1,54 @@
+"""Node health: a failed node is avoided for a cooldown, probed once per cooldown, then trusted
+again when it answers; with a hung replica, requests stop waiting on it."""
+from __future__ import annotations
+
+import signal
+
+import sdht
+from sdht.health import NodeHealth
+
+from conftest import wait_for
+
+
+class TestNodeHealth:
+    def test_a_failed_node_is_avoided_then_probed_once_per_cooldown(self):
+        health = NodeHealth(cooldown=0.2)
+        assert not health.avoid("a:1")
+        health.failed("a:1")
+        assert health.avoid("a:1") and health.suspects() == ["a:1"]
+        wait_for(lambda: not health.avoid("a:1"), timeout=5, what="the probe")
+        assert health.avoid("a:1")          # one probe per cooldown, not a flood
+        health.answered("a:1")
+        assert not health.avoid("a:1") and health.suspects() == []
+
+
+def handled(ring: sdht.Ring, node: str) -> int:
+    """Data requests ``node`` has answered, from its own health figures."""
+    return ring.transport.health(node)["requests"]
+
+
+class TestHungReplica:
+    def test_requests_stop_waiting_on_a_stopped_replica(self, cluster):
+        ring, nodes = cluster(3, timeout=(0.5, 0.5), env={"SDHT_SYNC_INTERVAL": "0"})
+        ring.health.cooldown = 30.0          # no probes during the test: count exactly
+        hung = nodes[2]
+        before = handled(ring, hung.id)
+        hung.signal(signal.SIGSTOP)
+        try:
+            # Until its first request times out, writes still go to it (at most one each).
+            found_out = []
+            wait_for(lambda: found_out.append(ring.set(f"early{len(found_out)}", 1))
+                     or ring.health.suspects() == [hung.id], what="the hung node to be suspect")
+            keys = [f"k{i}" for i in range(40)]
+            for key in keys:
+                ring.set(key, key)         # n=3 on 3 nodes: every key has a replica on it
+            assert all(ring.get(k) == k for k in keys)
+            assert ring.health.suspects() == [hung.id]
+        finally:
+            hung.signal(signal.SIGCONT)
+        # None of the 80 operations after it was found out was sent to it.
+        wait_for(lambda: ring.transport.health(hung.id), what="the node to resume")
+        assert handled(ring, hung.id) - before <= len(found_out)
+        ring.health.cooldown = 0.05         # it answers again: the next probe clears it
+        wait_for(lambda: ring.set("probe", 1) and not ring.health.suspects(),
+                 what="the recovered node to be trusted again")
