@@ -11,7 +11,6 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -245,22 +244,20 @@ def delete(ctx: click.Context, key: str) -> None:
 @cli.command("fill")
 @click.argument("count", type=click.IntRange(1, 10_000_000))
 @click.option("--prefix", default="demo-", show_default=True, help="Key prefix.")
-@click.option("--parallel", type=click.IntRange(1, 64), default=8, show_default=True,
-              help="Writes in flight.")
+@click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True,
+              help="Keys per batch write (one request per replica node).")
 @click.pass_context
-def fill(ctx: click.Context, count: int, prefix: str, parallel: int) -> None:
+def fill(ctx: click.Context, count: int, prefix: str, batch: int) -> None:
     """Write COUNT demo keys PREFIX000000... with small JSON values."""
     ring = _ring(ctx)
     ring.refresh()
     progress = Progress("writing", count, "keys")
     width = max(6, len(str(count - 1)))
-
-    def one(i: int) -> None:
-        ring.set(f"{prefix}{i:0{width}d}", {"n": i, "note": "demo"})
-
-    with ThreadPoolExecutor(parallel) as pool:
-        for done, fut in enumerate(pool.map(one, range(count)), 1):
-            progress.update(done)
+    for start in range(0, count, batch):
+        stop = min(count, start + batch)
+        ring.set_many({f"{prefix}{i:0{width}d}": {"n": i, "note": "demo"}
+                       for i in range(start, stop)})
+        progress.update(stop)
     progress.finish()
 
 

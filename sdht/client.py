@@ -131,7 +131,8 @@ class Ring:
         if self.view is None or not self.view.members:
             self.refresh()
         if self.view is None or not self.view.members:
-            raise NoNodes("the ring has no members: join a node first")
+            raise NoNodes("the ring has no members: join a node first, or name a member "
+                          "(sdht.connect('HOST:PORT') or SDHT_SEEDS=HOST:PORT)")
         return self.view
 
     @property

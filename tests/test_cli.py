@@ -75,8 +75,9 @@ def test_set_get_delete_json_and_raw_values(demo):
 
 def test_fill_and_status(demo):
     cluster_dir, state, _ = demo
-    filled = run(cluster_dir, "fill", "150", "--prefix", "f-")
+    filled = run(cluster_dir, "fill", "150", "--prefix", "f-", "--batch", "40")  # 4 batches
     assert "150 keys" in filled.stderr
+    assert json.loads(run(cluster_dir, "get", "f-000149").stdout) == {"n": 149, "note": "demo"}
     table = run(cluster_dir, "status").stdout.splitlines()
     assert table[0].split()[:4] == ["NODE", "STATE", "SHARE", "RECORDS"]
     for node in state["nodes"]:
