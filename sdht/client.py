@@ -20,7 +20,7 @@ from .pow import mint
 from .record import (DEFAULT_PARAMS, Record, beats, check_key, check_value, check_work,
                      now_us, winner)
 from .ring import RingView, check_params, parse_node_id
-from .transport import DEFAULT_TIMEOUT, Transport
+from .transport import DEFAULT_TIMEOUT, PutOutcome, Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -197,8 +197,13 @@ class Ring:
             p = view.params
             replicas = view.readers.for_key(key)
             need = min(p["r"], len(replicas))
+            # Ask r replicas (DESIGN: "Flows", get), healthy ones first; the others only if
+            # one of those fails.
+            calls = {node: (self.transport.get_record, node, key)
+                     for node in self.health.order(replicas)}
+            first = dict(list(calls.items())[:need])
             replies, errors, epochs = self._gather(
-                {node: (self.transport.get_record, node, key) for node in replicas}, need)
+                first, need, spares={n: c for n, c in calls.items() if n not in first})
             if self._noticed(epochs):
                 continue
             if len(replies) < need:
@@ -259,8 +264,10 @@ class Ring:
             # Return once w of each placement answered: a stopped replica must not hold every
             # write for a full timeout. Answers already in (a superseded one too) still count.
             quorum = [(members, min(w, len(members))) for members in (now_set, next_set)]
+            calls = {node: (self.transport.put_record, node, rec) for node in targets}
+            suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
             replies, errors, epochs = self._gather(
-                {node: (self.transport.put_record, node, rec) for node in targets}, len(targets),
+                calls, len(targets), spares=suspects,
                 enough=lambda got: all(sum(1 for n in members if n in got) >= need
                                        for members, need in quorum))
             if self._noticed(epochs):
@@ -278,34 +285,36 @@ class Ring:
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
 
     def _gather(self, calls: dict[str, tuple], need: int,
-                enough: Callable[[dict[str, Any]], bool] | None = None
+                enough: Callable[[dict[str, Any]], bool] | None = None,
+                spares: dict[str, tuple] | None = None
                 ) -> tuple[dict[str, Any], dict[str, str], list[int]]:
         """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
         of the results so far is true) or all finished; the others are left running.
 
-        Suspect nodes (:mod:`sdht.health`) are called only if the others fall short.
-
+        :param spares: calls started only when ``calls`` can no longer succeed without them
+            (replicas beyond the first ``r`` of a read, suspect nodes of a write).
         :returns: ``(results by node, errors by node, epochs seen)``.
         """
-        held_back = {n: c for n, c in calls.items() if self.health.avoid(n)}
         futures: dict[Future, str] = {}
         results: dict[str, Any] = {}
         errors: dict[str, str] = {}
         epochs: list[int] = []
+        spares = dict(spares or {})
 
-        def start(batch: dict[str, tuple]) -> None:
-            for node, (fn, *args) in batch.items():
-                futures[self.transport.submit(self._call, node, fn, *args)] = node
+        def start(batch: dict[str, tuple]) -> set[Future]:
+            started = {self.transport.submit(self._call, node, fn, *args): node
+                       for node, (fn, *args) in batch.items()}
+            futures.update(started)
+            return set(started)
 
-        start({n: c for n, c in calls.items() if n not in held_back})
-        pending = set(futures)
+        pending = start(calls)
         while not (enough(results) if enough else len(results) >= need):
+            short = not pending or (enough is None and len(results) + len(pending) < need)
+            if short and spares:
+                pending |= start(spares)
+                spares = {}
             if not pending:
-                if not held_back:
-                    break
-                start(held_back)   # the healthy nodes fell short: try the suspects too
-                pending = {f for f, n in futures.items() if n in held_back}
-                held_back = {}
+                break
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for fut in done:
                 node = futures[fut]
@@ -339,24 +348,26 @@ class Ring:
         for _ in range(MAX_REROUTES):
             view = self._current()
             placed = {k: (view.readers.for_key(k), view.future.for_key(k)) for k in records}
-            by_node: dict[str, list[Record]] = {}
+
+            def settled(key: str, got: dict[str, PutOutcome]) -> bool:
+                """w of each placement acknowledged, or a replica holds a higher version."""
+                ok = {n for n, o in got.items() if o.status != "superseded"}
+                return len(ok) < len(got) or all(
+                    len(ok & set(members)) >= min(p["w"], len(members))
+                    for members in placed[key])
+
+            plans = {}
             for key, (now_set, next_set) in placed.items():
-                for node in dict.fromkeys(now_set + next_set):
-                    by_node.setdefault(node, []).append(records[key])
-            replies, errors, epochs = self._gather_batches(self.transport.put_many, by_node)
+                targets = list(dict.fromkeys(now_set + next_set))
+                suspect = [n for n in targets if self.health.is_suspect(n)]
+                plans[key] = ([n for n in targets if n not in suspect], suspect)
+            answers, errors, epochs = self._batch_rounds(
+                self.transport.put_many, plans, records.__getitem__, settled)
             if self._noticed(epochs):
                 continue
-            acked: dict[str, set[str]] = {}
-            lost: list[str] = []
-            for node, outcomes in replies.items():
-                for rec, outcome in zip(by_node[node], outcomes):
-                    if outcome.status == "superseded":
-                        lost.append(rec.key)
-                    else:
-                        acked.setdefault(rec.key, set()).add(node)
-            short = [k for k, sets in placed.items() if k not in lost and any(
-                len(acked.get(k, set()) & set(members)) < min(p["w"], len(members))
-                for members in sets)]
+            lost = [k for k, got in answers.items()
+                    if any(o.status == "superseded" for o in got.values())]
+            short = [k for k, got in answers.items() if k not in lost and not settled(k, got)]
             if short:
                 raise QuorumError(f"batch write: {len(short)} keys got fewer than w "
                                   f"acknowledgements (first: {short[0]!r})", short[0],
@@ -381,32 +392,31 @@ class Ring:
             check_key(key, p)
         for _ in range(MAX_REROUTES):
             view = self._current()
-            placed = {k: view.readers.for_key(k) for k in keys}
-            by_node: dict[str, list[str]] = {}
-            for key, replicas in placed.items():
-                for node in replicas:
-                    by_node.setdefault(node, []).append(key)
-            replies, errors, epochs = self._gather_batches(self.transport.get_many, by_node)
+            placed = {k: self.health.order(view.readers.for_key(k)) for k in keys}
+            need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
+            # Ask each key's first r replicas (healthy first); keys whose replicas failed are
+            # asked of their other replicas in a second round.
+            answers, errors, epochs = self._batch_rounds(
+                self.transport.get_many,
+                {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
+                lambda k: k, lambda k, got: len(got) >= need[k])
             if self._noticed(epochs):
                 continue
-            seen: dict[str, dict[str, Record | None]] = {k: {} for k in keys}
-            for node, recs in replies.items():
-                for key, rec in zip(by_node[node], recs):
-                    if rec is None or (rec.key == key and _valid(rec, p)):
-                        seen[key][node] = rec
+            seen = {key: {node: rec for node, rec in got.items()
+                          if rec is None or (rec.key == key and _valid(rec, p))}
+                    for key, got in answers.items()}
             result: dict[str, Any] = {}
             repairs: dict[str, list[Record]] = {}
-            for key, answers in seen.items():
-                need = min(p["r"], len(placed[key]))
-                if len(answers) < need:
-                    raise QuorumError(f"batch read: {len(answers)} of {need} replicas answered "
-                                      f"for {key!r}", key, need, len(answers), errors)
-                best = winner(list(answers.values()), p["decay"])
+            for key, found in seen.items():
+                if len(found) < need[key]:
+                    raise QuorumError(f"batch read: {len(found)} of {need[key]} replicas "
+                                      f"answered for {key!r}", key, need[key], len(found), errors)
+                best = winner(list(found.values()), p["decay"])
                 if best is None:
                     continue
                 if not best.deleted:
                     result[key] = best.value
-                for node, rec in answers.items():
+                for node, rec in found.items():
                     if rec is None or beats(best, rec, p["decay"]):
                         repairs.setdefault(node, []).append(best)
             for node, recs in repairs.items():
@@ -430,9 +440,21 @@ class Ring:
         self.health.answered(node)
         return result
 
-    def _gather_batches(self, fn: Callable, by_node: Mapping[str, list]
-                        ) -> tuple[dict[str, list], dict[str, str], list[int]]:
-        """Send each node its batch (in chunks of :data:`BATCH`), nodes in parallel."""
+    def _batch_rounds(self, fn: Callable, plans: Mapping[str, tuple[list[str], list[str]]],
+                      item: Callable[[str], Any], satisfied: Callable[[str, dict], bool]
+                      ) -> tuple[dict[str, dict[str, Any]], dict[str, str], list[int]]:
+        """Batch requests in up to two rounds: each key to its first nodes, then the keys
+        not yet ``satisfied`` to their other nodes. One batch per node per round (in chunks of
+        :data:`BATCH`), nodes in parallel.
+
+        :param plans: per key, ``(nodes of the first round, nodes of the second)``.
+        :param item: what to send for a key (the key itself, or its record).
+        :returns: ``(answers by key then node, errors by node, epochs seen)``.
+        """
+        answers: dict[str, dict[str, Any]] = {key: {} for key in plans}
+        errors: dict[str, str] = {}
+        epochs: list[int] = []
+
         def run(node: str, items: list) -> tuple[list, int]:
             out: list = []
             epoch = 0
@@ -440,8 +462,24 @@ class Ring:
                 part, epoch = fn(node, items[i:i + BATCH])
                 out += part
             return out, epoch
-        return self._gather({node: (run, node, items) for node, items in by_node.items()},
-                            len(by_node))
+
+        for round_ in (0, 1):
+            by_node: dict[str, list[str]] = {}
+            for key, nodes in plans.items():
+                if round_ == 0 or not satisfied(key, answers[key]):
+                    for node in nodes[round_]:
+                        by_node.setdefault(node, []).append(key)
+            if not by_node:
+                break
+            replies, failed, seen = self._gather(
+                {node: (run, node, [item(k) for k in ks]) for node, ks in by_node.items()},
+                len(by_node))
+            errors.update(failed)
+            epochs += seen
+            for node, values in replies.items():
+                for key, value in zip(by_node[node], values):
+                    answers[key][node] = value
+        return answers, errors, epochs
 
     # -- dict-like access ---------------------------------------------------------------------
 

@@ -3,7 +3,8 @@
 A node that could not be reached or timed out is *suspect* for a cooldown. Requests go to
 healthy replicas first and reach a suspect only when the healthy ones cannot make the quorum,
 so a hung replica (SIGSTOP, a stalled disk) stops costing every request its full timeout.
-Once per cooldown one request is let through to a suspect as a probe: an answer clears it.
+After the cooldown the node is asked again like any other: an answer clears it, a failure
+starts another cooldown.
 A skipped replica misses writes meanwhile; anti-entropy brings it back in step (DESIGN:
 "anti-entropy"), as Dynamo's hinted handoff and Merkle repair do for short outages.
 """
@@ -19,7 +20,7 @@ DEFAULT_COOLDOWN = 2.0
 class NodeHealth:
     """Failure memory per node, shared by every request of one :class:`~sdht.Ring`.
 
-    :param cooldown: seconds a failed node is avoided before it is probed again.
+    :param cooldown: seconds a failed node is avoided before it is asked again.
     """
 
     def __init__(self, cooldown: float = DEFAULT_COOLDOWN) -> None:
@@ -38,18 +39,16 @@ class NodeHealth:
             with self._lock:
                 self._until.pop(node, None)
 
-    def avoid(self, node: str) -> bool:
-        """Return True while ``node`` is suspect. When its cooldown has run out, return False
-        once (that request is the probe) and start a new cooldown."""
-        with self._lock:
-            until = self._until.get(node)
-            if until is None:
-                return False
-            now = time.monotonic()
-            if now < until:
-                return True
-            self._until[node] = now + self.cooldown
-            return False
+    def is_suspect(self, node: str) -> bool:
+        """Return True while ``node`` is within the cooldown of its last failure. Afterwards
+        it is asked again like any node: that request is the probe, and a new failure starts
+        a new cooldown."""
+        until = self._until.get(node)
+        return until is not None and time.monotonic() < until
+
+    def order(self, nodes: list[str]) -> list[str]:
+        """Return ``nodes`` healthy first, each group in its given (preference) order."""
+        return sorted(nodes, key=self.is_suspect)
 
     def suspects(self) -> list[str]:
         """Return the nodes currently avoided."""

@@ -11,15 +11,17 @@ from conftest import wait_for
 
 
 class TestNodeHealth:
-    def test_a_failed_node_is_avoided_then_probed_once_per_cooldown(self):
+    def test_a_failed_node_is_avoided_for_a_cooldown(self):
         health = NodeHealth(cooldown=0.2)
-        assert not health.avoid("a:1")
+        assert not health.is_suspect("a:1")
         health.failed("a:1")
-        assert health.avoid("a:1") and health.suspects() == ["a:1"]
-        wait_for(lambda: not health.avoid("a:1"), timeout=5, what="the probe")
-        assert health.avoid("a:1")          # one probe per cooldown, not a flood
+        assert health.is_suspect("a:1") and health.suspects() == ["a:1"]
+        assert health.order(["a:1", "b:2", "c:3"]) == ["b:2", "c:3", "a:1"]
+        wait_for(lambda: not health.is_suspect("a:1"), timeout=5, what="the cooldown to end")
+        health.failed("a:1")                 # the probe after the cooldown failed again
+        assert health.is_suspect("a:1")
         health.answered("a:1")
-        assert not health.avoid("a:1") and health.suspects() == []
+        assert not health.is_suspect("a:1") and health.suspects() == []
 
 
 def handled(ring: sdht.Ring, node: str) -> int:
