@@ -83,6 +83,8 @@ def parse_value(text: str, raw: bool) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter("the JSON value nests too deeply") from None
 
 
 def show_value(value: Any) -> str:

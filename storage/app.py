@@ -6,7 +6,6 @@ errors, health and the ring as JSON. Every response carries the node's ring epoc
 """
 from __future__ import annotations
 
-import hmac
 import os
 import threading
 import time
@@ -22,12 +21,12 @@ from sdht.record import (DEFAULT_PARAMS, check_key, check_time, check_work, from
 from sdht.ring import RING_SIZE, RingView
 
 from . import metrics, web
+from .auth import require_cluster_key
 from .config import load_config
 from .store import STORED, SAME, Store
 
 EPOCH_HEADER = "X-SDHT-Epoch"
 NODE_HEADER = "X-SDHT-Node"
-KEY_HEADER = "X-SDHT-Cluster-Key"
 MSGPACK = "application/msgpack"
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
@@ -63,6 +62,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(sync_bp)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
+    # Only input nested past Python's recursion limit (JSON bodies, a JSON value to store)
+    # recurses that deep here: it is the client's error, not the node's.
+    app.register_error_handler(RecursionError, _too_deep)
     app.after_request(_stamp_epoch)
     metrics.init_app(app)  # request figures and /metrics (storage/metrics.py)
     web.init_app(app)      # the page at / and its /v1/ui routes (storage/web.py)
@@ -116,6 +118,10 @@ def _api_error(exc: ApiError) -> tuple[Response, int]:
     return jsonify({"error": exc.code, "message": exc.message, **exc.extra}), exc.status
 
 
+def _too_deep(exc: RecursionError) -> tuple[Response, int]:
+    return jsonify({"error": "too_deep", "message": "the input nests too deeply"}), 400
+
+
 def _http_error(exc: HTTPException) -> tuple[Response, int]:
     code = (exc.name or "error").lower().replace(" ", "_")
     return jsonify({"error": code, "message": exc.description}), exc.code or 500
@@ -156,14 +162,6 @@ def _range_args() -> tuple[int, int]:
     if start >= end:
         raise ApiError(400, "inverted_range", f"start ({start}) must be below end ({end})")
     return start, end
-
-
-def _require_cluster_key() -> None:
-    expected = current_app.config["CLUSTER_KEY"]
-    if expected:
-        given = request.headers.get(KEY_HEADER, "")
-        if not hmac.compare_digest(given.encode(), str(expected).encode()):
-            raise ApiError(403, "forbidden", "this route needs the cluster key")
 
 
 def _validate(obj: Any, p: Mapping[str, Any]):
@@ -218,10 +216,10 @@ def get_ring() -> Response:
 @bp.put("/ring")
 def put_ring() -> tuple[Response, int]:
     """Replace the stored ring with a higher epoch (admin); 409 with the held ring otherwise."""
-    _require_cluster_key()
+    require_cluster_key()
     try:
         view = RingView.from_json(request.get_json(force=True, silent=False))
-    except (HTTPException, RecursionError):  # json nests deeper than Python's recursion limit
+    except HTTPException:
         raise ApiError(400, "malformed_body", "the ring must be a JSON object") from None
     except ConfigError as exc:
         raise ApiError(400, "bad_ring", str(exc) or "malformed ring") from None
@@ -317,6 +315,6 @@ def scan_range() -> Response:
 @bp.delete("/range")
 def delete_range() -> Response:
     """Delete every record with a position in ``[start, end)`` (admin)."""
-    _require_cluster_key()
+    require_cluster_key()
     start, end = _range_args()
     return jsonify({"deleted": store().delete_range(start, end)})

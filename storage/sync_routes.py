@@ -16,7 +16,8 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sdht.record import now_us
 from sdht.ring import RING_SIZE
 
-from .app import ApiError, _body, _msgpack, _require_cluster_key, params, store
+from .app import ApiError, _body, _msgpack, params, store
+from .auth import require_cluster_key
 from .tree import check_node
 
 bp = Blueprint("v1_sync", __name__, url_prefix="/v1")
@@ -82,7 +83,7 @@ def tree() -> Response:
 def sync_pass() -> Response:
     """Record a finished background sync pass (admin): add ``rounds`` and ``differences`` to
     the counters and, when ``purge`` is true, drop tombstones older than ``tombstone_grace``."""
-    _require_cluster_key()
+    require_cluster_key()
     obj = request.get_json(force=True, silent=True)
     if not isinstance(obj, dict):
         raise ApiError(400, "malformed_body", "the body must be a JSON object")

@@ -21,6 +21,8 @@ from sdht.ring import RING_SIZE, position
 from sdht.status import cluster_status, jsonable, replicas, token_fractions
 from sdht.transport import Transport
 
+from .auth import require_cluster_key
+
 #: Largest JSON body the page's routes accept (bytes); values are small on this page.
 UI_MAX_BODY = 64 << 10
 #: (connect, read) seconds for the ring operations the page asks for.
@@ -94,7 +96,8 @@ def _answer(ring: Ring, key: str, **extra: Any) -> Response:
 @ui.get("/")
 def index() -> str:
     """The node's page."""
-    return render_template("index.html", node=current_app.config["NODE_ID"] or "this node")
+    return render_template("index.html", node=current_app.config["NODE_ID"] or "this node",
+                           needs_key=bool(current_app.config["CLUSTER_KEY"]))
 
 
 @ui.get("/v1/ui/ring")
@@ -125,6 +128,7 @@ def ui_get() -> Response:
 def ui_set() -> Response:
     """Write ``{"key", "value"}`` through the ring; ``"raw": true`` keeps a string as is,
     otherwise a string that parses as JSON is stored as the parsed value."""
+    require_cluster_key()
     body = _request_json()
     value = body.get("value")
     if isinstance(value, str) and not body.get("raw"):
@@ -140,6 +144,7 @@ def ui_set() -> Response:
 @ui.post("/v1/ui/delete")
 def ui_delete() -> Response:
     """Delete ``{"key"}`` through the ring (writes a tombstone)."""
+    require_cluster_key()
     key = _request_json()["key"]
     ring = _ring()
     ring.delete(key)

@@ -15,7 +15,8 @@ from sdht.errors import ConfigError
 from sdht.pow import mint
 from sdht.record import DEFAULT_PARAMS, from_packed, now_us
 from sdht.ring import RING_SIZE, position
-from storage.app import EPOCH_HEADER, KEY_HEADER, create_app
+from storage.app import EPOCH_HEADER, create_app
+from storage.auth import KEY_HEADER
 from storage.store import HEADER_BYTES
 
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -387,3 +388,30 @@ class TestConfig:
         store.close()
         with pytest.raises(ConfigError, match="another sdht layout"):
             create_app({"DATA_DIR": str(tmp_path)})
+
+
+class TestPageRoutes:
+    """The page's JSON routes: bounded input, and the cluster key for writes made for a caller."""
+
+    DEEP = "[" * 30_000
+
+    @pytest.mark.parametrize("body", [
+        DEEP, '{"key": ' + DEEP + "}", json.dumps({"key": "k", "value": DEEP})])
+    def test_deeply_nested_json_is_a_400_not_a_500(self, client, body):
+        resp = client.post("/v1/ui/set", data=body, content_type="application/json")
+        assert resp.status_code == 400 and resp.get_json()["error"] in ("too_deep", "bad_request")
+
+    def test_deep_json_ring_is_a_400(self, client):
+        resp = client.put("/v1/ring", data=self.DEEP, content_type="application/json")
+        assert resp.status_code == 400 and "error" in resp.get_json()
+
+    @pytest.mark.parametrize("route", ["/v1/ui/set", "/v1/ui/delete"])
+    def test_writes_need_the_cluster_key_when_one_is_set(self, make_app, route):
+        client = make_app(CLUSTER_KEY="s3cret", NODE_ID="127.0.0.1:1").test_client()
+        body = {"key": "k", "value": "v"}
+        for headers in ({}, {KEY_HEADER: "wrong"}):
+            resp = client.post(route, json=body, headers=headers)
+            assert resp.status_code == 403 and resp.get_json()["error"] == "forbidden"
+        # With the key it gets past the check to the ring (unreachable here: 503, not 403).
+        assert client.post(route, json=body, headers={KEY_HEADER: "s3cret"}).status_code == 503
+        assert client.post("/v1/ui/get", json={"key": "k"}).status_code == 503   # reads: no key

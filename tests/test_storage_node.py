@@ -22,7 +22,8 @@ from conftest import ROOT, NodeProcess, free_port, wait_for
 from sdht.pow import mint
 from sdht.record import DEFAULT_PARAMS, Record, from_packed, now_us, winner
 from sdht.ring import RING_SIZE
-from storage.app import EPOCH_HEADER, KEY_HEADER, create_app
+from storage.app import EPOCH_HEADER, create_app
+from storage.auth import KEY_HEADER
 from test_storage_app import BAD, LIMITS
 
 TIMEOUT = 10  # seconds, every request: a hung node fails the test instead of hanging it

@@ -136,8 +136,10 @@ document.getElementById("key-form").addEventListener("submit", async (event) => 
   }
   document.getElementById("result").dataset.state = "busy";
   try {
-    const resp = await fetch("/v1/ui/" + op, {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify(body)});
+    const headers = {"Content-Type": "application/json"};
+    const key = document.getElementById("cluster-key");
+    if (key && key.value) headers["X-SDHT-Cluster-Key"] = key.value;
+    const resp = await fetch("/v1/ui/" + op, {method: "POST", headers, body: JSON.stringify(body)});
     showResult(op, await resp.json(), resp.ok);
   } catch (err) {
     showResult(op, {message: String(err)}, false);
