@@ -17,7 +17,7 @@ from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes
                      SDHTError, TransportError, WriteConflict)
 from .health import NodeHealth
 from .pow import mint
-from .record import (DEFAULT_PARAMS, Record, beats, check_key, check_value, check_work,
+from .record import (DEFAULT_PARAMS, Record, check_key, check_value, check_work,
                      now_us, winner)
 from .ring import RingView, check_params, parse_node_id
 from .transport import DEFAULT_TIMEOUT, PutOutcome, Transport
@@ -214,7 +214,7 @@ class Ring:
             best = winner(list(found.values()), p["decay"])
             if best is not None:
                 for node, rec in found.items():
-                    if rec is None or beats(best, rec, p["decay"]):
+                    if rec is None or rec.digest != best.digest:  # behind: the order is total
                         self.transport.submit(self._repair, node, best)
             return best
         raise QuorumError(f"read of {key!r}: the ring kept changing", key)
@@ -417,7 +417,7 @@ class Ring:
                 if not best.deleted:
                     result[key] = best.value
                 for node, rec in found.items():
-                    if rec is None or beats(best, rec, p["decay"]):
+                    if rec is None or rec.digest != best.digest:  # behind: the order is total
                         repairs.setdefault(node, []).append(best)
             for node, recs in repairs.items():
                 self.transport.submit(self._repair_many, node, recs)

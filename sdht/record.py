@@ -19,6 +19,7 @@ equal scores go to the smaller digest, so every replica orders two versions the 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import time
@@ -196,6 +197,7 @@ def score(w: float, t: int, decay: float) -> float:
     return w + decay * (t / 1e6)
 
 
+@functools.lru_cache(maxsize=256)   # a cluster uses a handful of work values: min_work, rents
 def work_target(w: float) -> int:
     """Return the bound a digest (as a big-endian integer) must stay under to show work ``w``."""
     return int(math.ldexp(math.exp(-w), 256))
@@ -214,6 +216,8 @@ def beats(a: Record, b: Record | None, decay: float) -> bool:
     """
     if b is None:
         return True
+    if a.digest == b.digest:   # the same record does not beat itself (and this is cheap)
+        return False
     return outranks(a.score(decay), a.digest, b.score(decay), b.digest)
 
 
