@@ -357,18 +357,24 @@ def bench_redis(table: Table, procs: Procs, args: argparse.Namespace) -> None:
                        lambda: _port_open(port))
     client = redis.Redis("127.0.0.1", port, socket_timeout=10, socket_connect_timeout=2)
     try:
-        single = make_keys("s", args.single_keys)
-        single_ops(table, "redis", "set", lambda i: client.set(single[i], VALUE),
-                   len(single), args.runs)
-        single_ops(table, "redis", "get", lambda i: client.get(single[i]), len(single),
-                   args.runs)
-        keys = make_keys("b", args.keys)
-        batched_ops(table, "redis", "set_many", lambda c: client.mset(dict.fromkeys(c, VALUE)),
-                    keys, 1000, args.runs)
-        batched_ops(table, "redis", "get_many", client.mget, keys, 1000, args.runs)
+        kv_suite(table, "redis", client.set, client.get, client.mset, client.mget, (1000,), args)
     finally:
         client.close()
         procs.stop(proc)
+
+
+def kv_suite(table: Table, system: str, set_one: Callable, get_one: Callable,
+             set_many: Callable, get_many: Callable, sizes: tuple[int, ...],
+             args: argparse.Namespace) -> None:
+    """The same workload for every plain key-value peer: single set/get, then batches."""
+    single = make_keys("s", args.single_keys)
+    single_ops(table, system, "set", lambda i: set_one(single[i], VALUE), len(single), args.runs)
+    single_ops(table, system, "get", lambda i: get_one(single[i]), len(single), args.runs)
+    keys = make_keys("b", args.keys)
+    for size in sizes:
+        batched_ops(table, system, "set_many", lambda c: set_many(dict.fromkeys(c, VALUE)),
+                    keys, size, args.runs)
+        batched_ops(table, system, "get_many", get_many, keys, size, args.runs)
 
 
 def bench_memcached(table: Table, procs: Procs, args: argparse.Namespace) -> None:
@@ -387,16 +393,8 @@ def bench_memcached(table: Table, procs: Procs, args: argparse.Namespace) -> Non
         servers.append(("127.0.0.1", port))
     client = hash_mod.HashClient(servers, connect_timeout=2, timeout=10)
     try:
-        single = make_keys("s", args.single_keys)
-        single_ops(table, "memcached", "set", lambda i: client.set(single[i], VALUE),
-                   len(single), args.runs)
-        single_ops(table, "memcached", "get", lambda i: client.get(single[i]), len(single),
-                   args.runs)
-        keys = make_keys("b", args.keys)
-        for size in (100, 1000):
-            batched_ops(table, "memcached", "set_many",
-                        lambda c: client.set_many(dict.fromkeys(c, VALUE)), keys, size, args.runs)
-            batched_ops(table, "memcached", "get_many", client.get_many, keys, size, args.runs)
+        kv_suite(table, "memcached", client.set, client.get, client.set_many, client.get_many,
+                 (100, 1000), args)
     finally:
         client.close()
         for proc in started:
