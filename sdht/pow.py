@@ -31,6 +31,8 @@ _MASK64 = (1 << 64) - 1
 BLOCK = 256
 #: The last nonce byte of each try in a block, built once (a slice of it costs no Python loop).
 _TAILS = [bytes((i,)) for i in range(BLOCK)]
+#: Up to this many expected tries (work ~4.2), a plain loop is faster than the block search.
+SMALL_WORK_TRIES = 64
 #: Below this many expected tries, starting processes costs more than it saves (~0.2 s of work).
 PARALLEL_MIN_TRIES = 1 << 20
 
@@ -101,8 +103,10 @@ def _search(prefix: bytes, w: float, counter: int,
     if target is None:  # any digest shows this work
         nonce = nonce_bytes(counter)
         return (nonce, _hash(base, nonce)) if limit is None or limit > 0 else None
-    # Small work is found within a few tries: do not hash a whole block for it.
-    step = max(8, min(BLOCK, math.ceil(_expected_tries(w))))
+    expected = _expected_tries(w)
+    if expected <= SMALL_WORK_TRIES:
+        return _search_small(base, target, counter, limit)
+    step = min(BLOCK, math.ceil(expected))
     left = math.inf if limit is None else limit
     while left > 0:
         head = (counter >> 8) & 0xFFFFFFFFFFFFFF
@@ -115,12 +119,28 @@ def _search(prefix: bytes, w: float, counter: int,
             states = list(map(_copy, repeat(block, hi - lo)))
             any(map(_update, states, _TAILS[lo:hi]))
             best = min(map(_digest, states))
-            if best < target:
+            if best < target:   # once per search: finding the index again costs one block
                 i = [_digest(s) for s in states].index(best)
                 return head.to_bytes(7, "big") + _TAILS[lo + i], best
             left -= hi - lo
             lo = hi
         counter = (head + 1) << 8 & _MASK64
+    return None
+
+
+def _search_small(base: Any, target: bytes, counter: int,
+                  limit: int | None) -> tuple[bytes, bytes] | None:
+    """Try counters one by one: for small work (the common ``min_work`` write) a plain loop
+    beats the block search, whose fixed cost per block outweighs its cheaper tries."""
+    stop = math.inf if limit is None else counter + limit
+    while counter < stop:
+        nonce = nonce_bytes(counter)
+        h = base.copy()
+        h.update(nonce)
+        digest = h.digest()
+        if digest < target:
+            return nonce, digest
+        counter += 1
     return None
 
 

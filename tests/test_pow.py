@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import math
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import sdht.pow as pow_
 from sdht.errors import InvalidRecord
-from sdht.pow import find_nonce, mint, nonce_bytes, target_bytes
+from sdht.pow import SMALL_WORK_TRIES, find_nonce, mint, nonce_bytes, target_bytes
 from sdht.record import DIGEST_PERSON, canonical, check_work, realised_work
 from conftest import ROOT
 
@@ -31,15 +32,18 @@ def valid_counters(prefix: bytes, w: float, start: int, count: int) -> list[int]
 
 
 class TestFindNonce:
+    # w=2 (one counter in 7.4 qualifies) takes the plain loop for small work; w=4.5 (one in
+    # 90) the block search. Ranges both with and without a proof occur, and ranges crossing
+    # 256-counter blocks and the 2**64 wrap are covered.
+    @pytest.mark.parametrize("w", [2.0, 4.5])
     @settings(max_examples=60, deadline=None)
     @given(start=st.one_of(st.integers(0, 2**16), st.integers(2**64 - 600, 2**64 - 1),
                            st.integers(0, 2**64 - 1)),
            count=st.integers(0, 700))
-    def test_agrees_with_brute_force_across_blocks_and_wraparound(self, start, count):
-        # w=2: about one counter in 7.4 qualifies, so ranges both with and without a proof occur,
-        # and ranges crossing 256-counter blocks and the 2**64 wrap are covered.
-        expected = valid_counters(PREFIX, 2.0, start, count)
-        found = find_nonce(PREFIX, 2.0, start=start, limit=count)
+    def test_agrees_with_brute_force_across_blocks_and_wraparound(self, w, start, count):
+        assert (math.exp(w) <= SMALL_WORK_TRIES) == (w == 2.0)   # one case per search path
+        expected = valid_counters(PREFIX, w, start, count)
+        found = find_nonce(PREFIX, w, start=start, limit=count)
         if not expected:
             assert found is None
         else:
