@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 import sdht  # noqa: E402
 from sdht.pow import find_nonce  # noqa: E402
 from sdht.record import DIGEST_PERSON, canonical  # noqa: E402
+from sdht.ring import Member, RingView  # noqa: E402
 from sdht.transport import Transport  # noqa: E402
 
 VALUE = bytes(range(100))  # 100 bytes
@@ -305,6 +306,32 @@ def bench_join(table: Table, procs: Procs, args: argparse.Namespace) -> None:
         ring.close()
         for proc, _ in first:
             procs.stop(proc)
+
+
+def bench_placement(table: Table, args: argparse.Namespace) -> None:
+    """Keys placed per second: sdht's successor walk (3 nodes x default tokens, n=3) vs
+    pymemcache's pure-Python rendezvous hashing over 3 servers, when it is installed."""
+    view = RingView(1, tuple(Member(f"127.0.0.1:{7000 + i}") for i in range(3)))
+    placement = view.readers
+    keys = make_keys("p", args.keys)
+    rates = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        for key in keys:
+            placement.for_key(key)
+        rates.append(len(keys) / (time.perf_counter() - start))
+    table.add("placement", "sdht", rates, "keys/s", "preference list of n=3, 3 x 128 tokens")
+    rendezvous = _optional("pymemcache.client.rendezvous")
+    if rendezvous is None:
+        return
+    hasher = rendezvous.RendezvousHash([f"127.0.0.1:{7000 + i}" for i in range(3)])
+    rates = []
+    for _ in range(args.runs):
+        start = time.perf_counter()
+        for key in keys:
+            hasher.get_node(key)
+        rates.append(len(keys) / (time.perf_counter() - start))
+    table.add("placement", "pymemcache", rates, "keys/s", "HashClient's RendezvousHash, 1 node")
 
 
 def bench_pow(table: Table, args: argparse.Namespace) -> None:
@@ -580,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("sdht", lambda: bench_sdht(table, procs, args)),
             ("sdht join", lambda: bench_join(table, procs, args)),
-            ("proof of work", lambda: bench_pow(table, args))]
+            ("proof of work", lambda: bench_pow(table, args)),
+            ("placement", lambda: bench_placement(table, args))]
         if not args.no_peers:
             steps += [("bare flask/gunicorn", lambda: bench_bare_http(table, procs, args)),
                       ("memcached", lambda: bench_memcached(table, procs, args)),
@@ -618,6 +646,8 @@ def add_ratios(table: Table) -> None:
                     at_most=True)
     table.ratio("sdht mint search / bare blake2b loop", ("mint search", "sdht"),
                 ("mint search", "blake2b"), 0.9)
+    table.ratio("sdht placement / pymemcache placement", ("placement", "sdht"),
+                ("placement", "pymemcache"), 1.0)
 
 
 if __name__ == "__main__":
