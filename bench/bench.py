@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -41,12 +40,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sdht  # noqa: E402
+from sdht.localcluster import stop_group  # noqa: E402
 from sdht.pow import find_nonce  # noqa: E402
 from sdht.record import DIGEST_PERSON, canonical  # noqa: E402
 from sdht.ring import Member, RingView  # noqa: E402
@@ -95,16 +95,7 @@ class Proc:
         return self
 
     def stop(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                try:
-                    self.proc.wait(STOP_DEADLINE)
-                except subprocess.TimeoutExpired:
-                    pass
-            os.killpg(self.proc.pid, signal.SIGKILL)  # workers left behind, if any
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(STOP_DEADLINE)
+        stop_group(self.proc, STOP_DEADLINE)
         self.log.close()
 
 

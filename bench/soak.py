@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 import sdht  # noqa: E402
+from sdht.localcluster import stop_group  # noqa: E402
 from sdht.record import beats  # noqa: E402
 
 
@@ -75,29 +75,15 @@ class Node:
         raise RuntimeError(f"node {self.id} did not start")
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._reap()
+        """kill -9 the node's whole process group."""
+        if self.proc:
+            stop_group(self.proc, graceful=False)
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        self._reap()
+        """SIGTERM, then SIGKILL after a deadline."""
+        if self.proc:
+            stop_group(self.proc)
 
-    def _reap(self) -> None:
-        deadline = time.monotonic() + 10
-        while self.proc and time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
 
 
 class Soak:

@@ -10,6 +10,7 @@ The default directory is ``$SDHT_CLUSTER_DIR``, else ``$XDG_STATE_HOME/sdht/clus
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -216,6 +217,28 @@ def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:
         time.sleep(0.05)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return [n["id"] for n in running]
+
+
+def stop_group(proc: subprocess.Popen, deadline: float = STOP_DEADLINE,
+               graceful: bool = True) -> None:
+    """Stop ``proc``, started in a session of its own, and everything in its process group.
+
+    SIGCONT first (a stopped process cannot act on SIGTERM), then SIGTERM; after ``deadline``
+    seconds SIGKILL to whatever is left of the group, such as gunicorn workers whose master
+    was killed. With ``graceful=False``, SIGKILL at once (``kill -9``, as fault tests want).
+    Returns once the group is gone (or a second deadline passed).
+    """
+    if graceful and proc.poll() is None:
+        _signal(proc.pid, signal.SIGCONT)
+        _signal(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(deadline)
+    _signal(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(deadline)
+    ends = time.monotonic() + deadline
+    while _group_alive(proc.pid) and time.monotonic() < ends:
+        time.sleep(0.02)
 
 
 def _signal(pgid: int, sig: int) -> None:

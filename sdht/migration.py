@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError
-from .ring import JOINING, LEAVING, NORMAL, RING_SIZE, Member, Placement, RingView, intervals
+from .ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals
 
 if TYPE_CHECKING:
     from .client import Ring

@@ -6,7 +6,6 @@ with a deadline, and is stopped by PID: SIGTERM to the group, then SIGKILL after
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +15,8 @@ from typing import Callable, Iterator
 
 import pytest
 import requests
+
+from sdht.localcluster import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,38 +86,15 @@ class NodeProcess:
 
     def kill(self) -> None:
         """kill -9 the whole process group and reap it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-        self._reap_group()
+        if self.proc is not None:
+            stop_group(self.proc, graceful=False)
+            self.log.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the group, SIGKILL it if it has not exited by ``timeout``."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            try:
-                self.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-                self.signal(signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(10)
-            except ProcessLookupError:
-                pass
-        self._reap_group()
-
-    def _reap_group(self) -> None:
-        # Workers orphaned by a killed master must not outlive the test holding LMDB open.
-        assert self.proc is not None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
-        self.log.close()
+        if self.proc is not None:
+            stop_group(self.proc, timeout)
+            self.log.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
@@ -17,6 +16,8 @@ import pytest
 import requests
 
 import sdht
+from sdht.localcluster import stop_group
+
 from conftest import free_port, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -91,12 +92,7 @@ class Browser:
         try:
             self._call("DELETE", f"/session/{self.session}")
         finally:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
+            stop_group(self.proc)
             self.log.close()
 
 
