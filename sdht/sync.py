@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: The tree's shape; it must match :mod:`storage.tree` on the nodes.
+#: The tree's shape, here for both sides: the nodes' :mod:`storage.tree` imports it.
 FANOUT, DEPTH = 16, 4
 #: Keys per batch read and records per batch write while exchanging.
 BATCH = 1000

@@ -26,8 +26,9 @@ import lmdb
 from sdht.errors import ConfigError
 from sdht.record import Record, outranks, score
 from sdht.ring import RING_SIZE, RingView, position
+from sdht.sync import node_range
 
-from .tree import Tree, node_range
+from .tree import Tree
 
 _U64 = struct.Struct(">Q")
 _REVISION, _BYTES, _RING = b"revision", b"bytes", b"ring"

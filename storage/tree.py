@@ -23,8 +23,9 @@ from typing import Iterable
 
 import lmdb
 
-FANOUT = 16
-DEPTH = 4
+# The tree's shape is shared with the client's sync walk, which must agree with it exactly.
+from sdht.sync import DEPTH, FANOUT
+
 LEAF_BITS = 4 * DEPTH          # a leaf is the top 16 bits of a position
 HASH_BYTES = 16
 ZERO = bytes(HASH_BYTES)
@@ -44,12 +45,6 @@ def contribution(lmdb_key: bytes, digest: bytes | None) -> bytes:
 def xor(a: bytes, b: bytes) -> bytes:
     """XOR two equal-length byte strings."""
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
-
-
-def node_range(level: int, index: int) -> tuple[int, int]:
-    """Return the half-open position range ``[start, end)`` of tree node ``(level, index)``."""
-    shift = 64 - 4 * level
-    return index << shift, (index + 1) << shift
 
 
 def check_node(level: int, index: int) -> bool:
