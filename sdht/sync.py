@@ -234,6 +234,34 @@ def shared_ranges(view: RingView, node: str | None = None
     return {k: (merge_ranges(v), len(v)) for k, v in groups.items()}
 
 
+@dataclass
+class RingSpread:
+    """What :func:`spread_ring` did: members given the ring, the newest ring seen, failures."""
+
+    pushed: int
+    newest: RingView
+    unreachable: dict[str, str]
+
+
+def spread_ring(transport: "Transport", view: RingView, skip: Iterable[str] = ()) -> RingSpread:
+    """Give ``view`` to every member (but ``skip``) that holds an older ring, or none (a node
+    restarted on an empty disk), and note the newest ring any member holds."""
+    pushed, newest, unreachable = 0, view, {}
+    for member in view.members:
+        if member.id in skip:
+            continue
+        try:
+            held = transport.get_ring(member.id)
+            if held is None or held.epoch < view.epoch:
+                transport.put_ring(member.id, view)
+                pushed += 1
+            elif held.epoch > newest.epoch:
+                newest = held
+        except SDHTError as exc:
+            unreachable[member.id] = str(exc)
+    return RingSpread(pushed, newest, unreachable)
+
+
 def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> RepairReport:
     """Sync every ring interval's replicas now (see :meth:`sdht.Ring.repair`).
 
@@ -247,16 +275,10 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
     if view is None or not view.members:
         return report
     report.epoch = view.epoch
-    down = set()
-    for member in view.members:
-        try:
-            held = ring.transport.get_ring(member.id)
-            if held is None or held.epoch < view.epoch:
-                ring.transport.put_ring(member.id, view)
-                report.rings_pushed += 1
-        except SDHTError as exc:
-            down.add(member.id)
-            report.errors.append(str(exc))
+    spread = spread_ring(ring.transport, view)
+    report.rings_pushed = spread.pushed
+    report.errors += spread.unreachable.values()
+    down = set(spread.unreachable)
     groups = shared_ranges(view)
     report.ranges = total = sum(count for _, count in groups.values())
     done = 0
@@ -294,5 +316,5 @@ def _repair_pair(ring: "Ring", view: RingView, hub: str, other: str,
     return rep.pushed_to_a > 0
 
 
-__all__ = ["RepairReport", "SyncReport", "merge_ranges", "repair", "shared_ranges", "sync_range",
-           "sync_ranges"]
+__all__ = ["RepairReport", "RingSpread", "SyncReport", "merge_ranges", "repair", "shared_ranges",
+           "spread_ring", "sync_range", "sync_ranges"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from sdht.errors import SDHTError
 from sdht.ring import RingView
-from sdht.sync import shared_ranges, sync_ranges
+from sdht.sync import shared_ranges, spread_ring, sync_ranges
 from sdht.transport import DEFAULT_TIMEOUT, Transport
 
 log = logging.getLogger(__name__)
@@ -121,22 +121,12 @@ class Syncer:
 
     def _exchange_rings(self, view: RingView, report: PassReport) -> RingView:
         """Give members with an older ring ours; adopt a newer one a member holds."""
-        newest = view
-        for member in view.members:
-            if member.id == self.node_id:
-                continue
-            try:
-                held = self.transport.get_ring(member.id)
-                if held is None or held.epoch < view.epoch:
-                    self.transport.put_ring(member.id, view)
-                    report.rings_pushed += 1
-                elif held.epoch > newest.epoch:
-                    newest = held
-            except SDHTError as exc:
-                report.errors.append(str(exc))
-        if newest is not view:
-            self.transport.put_ring(self.address, newest)
-        return newest
+        spread = spread_ring(self.transport, view, skip={self.node_id})
+        report.rings_pushed = spread.pushed
+        report.errors += spread.unreachable.values()
+        if spread.newest is not view:
+            self.transport.put_ring(self.address, spread.newest)
+        return spread.newest
 
 
 def start_from_config(bind: str) -> Syncer | None:
