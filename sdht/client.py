@@ -263,24 +263,21 @@ class Ring:
             targets = list(dict.fromkeys(now_set + next_set))
             # Return once w of each placement answered: a stopped replica must not hold every
             # write for a full timeout. Answers already in (a superseded one too) still count.
-            quorum = [(members, min(w, len(members))) for members in (now_set, next_set)]
             calls = {node: (self.transport.put_record, node, rec) for node in targets}
             suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
             replies, errors, epochs = self._gather(
                 calls, len(targets), spares=suspects,
-                enough=lambda got: all(sum(1 for n in members if n in got) >= need
-                                       for members, need in quorum))
+                enough=lambda got: _write_shortfall((now_set, next_set), got, w) is None)
             if self._noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
             lost = [o.score for o in replies.values() if o.status == "superseded"]
             if lost:
                 return max(s for s in lost if s is not None)
-            for members in (now_set, next_set):
-                got = sum(1 for n in members if n in replies)
-                need = min(w, len(members))
-                if got < need:
-                    raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
-                                      f"acknowledged", rec.key, need, got, errors)
+            short = _write_shortfall((now_set, next_set), replies, w)
+            if short is not None:
+                got, need = short
+                raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
+                                  f"acknowledged", rec.key, need, got, errors)
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
 
@@ -352,9 +349,7 @@ class Ring:
             def settled(key: str, got: dict[str, PutOutcome]) -> bool:
                 """w of each placement acknowledged, or a replica holds a higher version."""
                 ok = {n for n, o in got.items() if o.status != "superseded"}
-                return len(ok) < len(got) or all(
-                    len(ok & set(members)) >= min(p["w"], len(members))
-                    for members in placed[key])
+                return len(ok) < len(got) or _write_shortfall(placed[key], ok, p["w"]) is None
 
             plans = {}
             for key, (now_set, next_set) in placed.items():
@@ -535,6 +530,19 @@ class Ring:
             that could not be reached are listed in its ``errors``.
         """
         return sync.repair(self, progress)
+
+
+def _write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
+                     w: int) -> tuple[int, int] | None:
+    """The write quorum: ``w`` acknowledgements (or all, on a smaller list) from each
+    placement, current and future (DESIGN: "Flows", join). Returns ``(got, needed)`` of the
+    first placement short of it, or None when the write is acknowledged."""
+    acked = set(acked)
+    for members in placements:
+        got, need = sum(1 for n in members if n in acked), min(w, len(members))
+        if got < need:
+            return got, need
+    return None
 
 
 def _valid(rec: Record, params: Mapping[str, Any]) -> bool:
