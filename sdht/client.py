@@ -215,15 +215,9 @@ class Ring:
             if best is not None:
                 for node, rec in found.items():
                     if rec is None or rec.digest != best.digest:  # behind: the order is total
-                        self.transport.submit(self._repair, node, best)
+                        self.transport.submit(self._repair, node, [best])
             return best
         raise QuorumError(f"read of {key!r}: the ring kept changing", key)
-
-    def _repair(self, node: str, rec: Record) -> None:
-        try:
-            self.transport.put_record(node, rec)
-        except SDHTError as exc:
-            log.debug("read repair of %r on %s failed: %s", rec.key, node, exc)
 
     def _write(self, key: str, value: Any, work: float | None, deleted: bool) -> Record:
         p = self._current().params
@@ -415,11 +409,13 @@ class Ring:
                     if rec is None or rec.digest != best.digest:  # behind: the order is total
                         repairs.setdefault(node, []).append(best)
             for node, recs in repairs.items():
-                self.transport.submit(self._repair_many, node, recs)
+                self.transport.submit(self._repair, node, recs)
             return result
         raise QuorumError("batch read: the ring kept changing")
 
-    def _repair_many(self, node: str, records: list[Record]) -> None:
+    def _repair(self, node: str, records: list[Record]) -> None:
+        """Read repair: write the winners back to a replica that answered behind. Best
+        effort: anti-entropy catches what this misses."""
         try:
             self.transport.put_many(node, records)
         except SDHTError as exc:
