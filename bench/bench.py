@@ -46,9 +46,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sdht  # noqa: E402
-from sdht.localcluster import stop_group  # noqa: E402
+from sdht.cli.localcluster import stop_group  # noqa: E402
 from sdht.pow import find_nonce  # noqa: E402
-from sdht.record import DIGEST_PERSON, canonical  # noqa: E402
+from sdht.kinds.register import DIGEST_PERSON, canonical  # noqa: E402
 from sdht.ring import Member, RingView  # noqa: E402
 from sdht.transport import Transport  # noqa: E402
 

@@ -28,7 +28,7 @@ from typing import Any, Callable
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sdht.pow import find_nonce  # noqa: E402
-from sdht.record import DIGEST_PERSON, canonical  # noqa: E402
+from sdht.kinds.register import DIGEST_PERSON, canonical  # noqa: E402
 
 #: The record whose minting is measured: a short key and a small map, as most writes are.
 PREFIX = canonical("bench key", {"user": 42, "tags": ["a", "b"]}, 1_700_000_000_000_000, 200.0,

@@ -34,8 +34,8 @@ sys.path.insert(0, str(ROOT))
 import requests  # noqa: E402
 
 import sdht  # noqa: E402
-from sdht.localcluster import stop_group  # noqa: E402
-from sdht.record import beats  # noqa: E402
+from sdht.cli.localcluster import stop_group  # noqa: E402
+from sdht.kinds.register import beats  # noqa: E402
 
 
 def free_port() -> int:

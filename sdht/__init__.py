@@ -12,7 +12,7 @@ from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NodeUna
                      NoNodes, NotAMember, QuorumError, RingBusy, RingError, SDHTError, Timeout,
                      TransportError, ValueTooLarge, WriteConflict)
 from .migration import MigrationReport
-from .record import Record
+from .kinds.register import Record
 
 __version__ = "0.1.0"
 

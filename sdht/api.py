@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .client import Node, Ring
 from .migration import MigrationReport
-from .record import Record
+from .kinds.register import Record
 
 _default: Ring | None = None
 _lock = threading.Lock()

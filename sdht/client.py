@@ -17,7 +17,7 @@ from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes
                      SDHTError, TransportError, WriteConflict)
 from .health import NodeHealth
 from .pow import mint
-from .record import (DEFAULT_PARAMS, Record, check_key, check_value, check_work,
+from .kinds.register import (DEFAULT_PARAMS, Record, check_key, check_value, check_work,
                      now_us, winner)
 from .ring import RingView, check_params, parse_node_id
 from .transport import DEFAULT_TIMEOUT, PutOutcome, Transport

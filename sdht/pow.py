@@ -21,7 +21,7 @@ import sys
 from itertools import repeat
 from typing import Any
 
-from .record import DIGEST_PERSON, Record, canonical, now_us, work_target
+from .kinds.register import DIGEST_PERSON, Record, canonical, now_us, work_target
 
 _TWO_256 = 1 << 256
 #: Directory holding the ``sdht`` package, put on the search children's path.
@@ -61,7 +61,7 @@ def find_nonce(prefix: bytes, w: float, start: int | None = None, limit: int | N
                processes: int = 1) -> tuple[bytes, bytes] | None:
     """Search nonces for one whose digest over ``prefix + nonce`` shows work ``w``.
 
-    :param prefix: the canonical bytes of the record (see :func:`sdht.record.canonical`).
+    :param prefix: the canonical bytes of the record (see :func:`sdht.kinds.register.canonical`).
     :param w: the declared work to meet.
     :param start: first nonce counter to try (random when None).
     :param limit: number of tries before giving up (unbounded when None).

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from .errors import ConfigError
-from .record import DEFAULT_PARAMS
+from .kinds.register import DEFAULT_PARAMS
 
 RING_SIZE = 1 << 64
 #: Node states. Readers use normal and leaving nodes; writers also write to joining nodes.

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .errors import NodeError, SDHTError
-from .record import DEFAULT_PARAMS, Record, now_us
+from .kinds.register import DEFAULT_PARAMS, Record, now_us
 from .ring import RingView, intervals
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import urlencode
 
 from .errors import NodeError, NodeUnavailable, Timeout
-from .record import Record, from_wire, packb, unpackb
+from .kinds.register import Record, from_wire, packb, unpackb
 from .ring import RingView
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from sdht.errors import ConfigError, InvalidRecord, ValueTooLarge
-from sdht.record import (DEFAULT_PARAMS, check_key, check_time, check_work, from_wire,
+from sdht.kinds.register import (DEFAULT_PARAMS, check_key, check_time, check_work, from_wire,
                          unpack_items, unpackb)
 from sdht.ring import RING_SIZE, RingView
 
@@ -133,7 +133,7 @@ def _msgpack(body: bytes, status: int = 200) -> Response:
 
 def _body(items: bool = False) -> Any:
     """Decode the request body as strict msgpack (with ``items``: an array, each item with
-    its own bytes, see :func:`sdht.record.unpack_items`)."""
+    its own bytes, see :func:`sdht.kinds.register.unpack_items`)."""
     data = request.get_data(cache=False)
     if not data:
         raise ApiError(400, "empty_body", "the request needs a msgpack body")

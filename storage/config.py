@@ -5,7 +5,7 @@ import os
 from typing import Any, Mapping
 
 from sdht.errors import ConfigError
-from sdht.record import DEFAULT_PARAMS
+from sdht.kinds.register import DEFAULT_PARAMS
 from sdht.ring import check_params
 
 #: Every node setting, its default, and (in the comment) its environment variable.

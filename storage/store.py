@@ -24,7 +24,7 @@ from typing import Any, Iterable, Mapping, NamedTuple
 import lmdb
 
 from sdht.errors import ConfigError
-from sdht.record import Record, outranks, score
+from sdht.kinds.register import Record, outranks, score
 from sdht.ring import RING_SIZE, RingView, position
 from sdht.sync import node_range
 
@@ -68,7 +68,7 @@ class Held(NamedTuple):
     deleted: bool
 
     def score(self, decay: float) -> float:
-        """The held record's score (see :func:`sdht.record.score`)."""
+        """The held record's score (see :func:`sdht.kinds.register.score`)."""
         return score(self.w, self.t, decay)
 
 
@@ -156,7 +156,7 @@ class Store:
     def put_many(self, records: list[Record], params: Mapping[str, Any]) -> list[WriteResult]:
         """Apply the accept rule to each record in one write transaction.
 
-        Every record must already have passed :func:`sdht.record.check_work` and the time
+        Every record must already have passed :func:`sdht.kinds.register.check_work` and the time
         check (the caller validates the whole batch first, so a bad batch changes nothing).
         """
         results = []

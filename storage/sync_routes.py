@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from sdht.record import now_us
+from sdht.kinds.register import now_us
 from sdht.ring import RING_SIZE
 
 from .app import ApiError, _body, _msgpack, params, store

@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import pytest
 import requests
 
-from sdht.localcluster import stop_group
+from sdht.cli.localcluster import stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 

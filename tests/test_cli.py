@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import ROOT, NodeProcess
-from sdht.localcluster import _group_alive
+from sdht.cli.localcluster import _group_alive
 
 
 def run(cluster_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:

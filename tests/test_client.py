@@ -11,7 +11,7 @@ import pytest
 
 import sdht
 from sdht.pow import mint
-from sdht.record import now_us
+from sdht.kinds.register import now_us
 
 from conftest import ROOT, wait_for
 

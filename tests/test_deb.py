@@ -179,7 +179,7 @@ CLIENT = textwrap.dedent("""
     import requests
     import sdht
     from sdht.pow import mint
-    from sdht.record import DEFAULT_PARAMS, from_packed
+    from sdht.kinds.register import DEFAULT_PARAMS, from_packed
 
     assert sdht.__file__ == "/usr/lib/python3/dist-packages/sdht/__init__.py", sdht.__file__
     port = int(sys.argv[1])

@@ -11,7 +11,7 @@ import pytest
 from conftest import wait_for
 
 import sdht
-from sdht.record import beats
+from sdht.kinds.register import beats
 from sdht.ring import RING_SIZE
 
 INTERVAL = "0.5"   # seconds between the nodes' own anti-entropy passes

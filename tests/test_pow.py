@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 import sdht.pow as pow_
 from sdht.errors import InvalidRecord
 from sdht.pow import SMALL_WORK_TRIES, find_nonce, mint, nonce_bytes, target_bytes
-from sdht.record import DIGEST_PERSON, canonical, check_work, realised_work
+from sdht.kinds.register import DIGEST_PERSON, canonical, check_work, realised_work
 from conftest import ROOT
 
 PREFIX = canonical("key", {"a": [1, 2]}, 1_700_000_000_000_000, 2.0, False)

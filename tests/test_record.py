@@ -12,7 +12,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from sdht.errors import InvalidRecord, ValueTooLarge
 from sdht.pow import mint
-from sdht.record import (DEFAULT_PARAMS, MAX_DEPTH, MAX_TIME_US, MAX_WORK, Record, accepts, beats,
+from sdht.kinds.register import (DEFAULT_PARAMS, MAX_DEPTH, MAX_TIME_US, MAX_WORK, Record, accepts, beats,
                          check_time, check_work, from_packed, from_wire, now_us, realised_work,
                          score, unpackb, winner)
 from storage.store import STORED, Store

@@ -13,7 +13,7 @@ import pytest
 
 from sdht.errors import ConfigError
 from sdht.pow import mint
-from sdht.record import DEFAULT_PARAMS, from_packed, now_us
+from sdht.kinds.register import DEFAULT_PARAMS, from_packed, now_us
 from sdht.ring import RING_SIZE, position
 from storage.app import EPOCH_HEADER, create_app
 from storage.auth import KEY_HEADER

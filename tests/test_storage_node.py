@@ -20,7 +20,7 @@ import requests
 
 from conftest import ROOT, NodeProcess, free_port, wait_for
 from sdht.pow import mint
-from sdht.record import DEFAULT_PARAMS, Record, from_packed, now_us, winner
+from sdht.kinds.register import DEFAULT_PARAMS, Record, from_packed, now_us, winner
 from sdht.ring import RING_SIZE
 from storage.app import EPOCH_HEADER, create_app
 from storage.auth import KEY_HEADER

@@ -8,11 +8,11 @@ from conftest import wait_for
 
 import sdht
 from sdht.pow import mint
-from sdht.record import DEFAULT_PARAMS, now_us
+from sdht.kinds.register import DEFAULT_PARAMS, now_us
 from sdht.ring import RING_SIZE
 from sdht.sync import sync_range
 from sdht.transport import Transport
-from sdht.record import from_packed
+from sdht.kinds.register import from_packed
 from storage.store import Store, packed
 from storage.tree import ZERO, contribution, xor
 
@@ -52,7 +52,7 @@ class TestTree:
         assert reopened.tree_hashes([(0, 0)])[0] == rebuilt_root(reopened)
 
     def test_tree_route_checks_its_input(self, client):
-        from sdht.record import packb
+        from sdht.kinds.register import packb
         post = lambda body: client.post("/v1/tree", data=packb(body),  # noqa: E731
                                         content_type="application/msgpack")
         assert post({"nodes": [[5, 0]]}).status_code == 400

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 import sdht
-from sdht.localcluster import stop_group
+from sdht.cli.localcluster import stop_group
 
 from conftest import free_port, wait_for
 

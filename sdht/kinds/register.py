@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 import msgpack
 
-from .errors import InvalidRecord, ValueTooLarge
+from ..errors import InvalidRecord, ValueTooLarge
 
 #: blake2b personalisation: the domain tag that keeps record digests apart from other hashes.
 DIGEST_PERSON = b"sdht-record-v1"

@@ -23,7 +23,7 @@ from typing import Any
 
 import requests
 
-from .errors import ConfigError, SDHTError
+from ..errors import ConfigError, SDHTError
 
 STATE_FILE = "cluster.json"
 #: Seconds to wait for a node to answer its health route, and for a stopped node to exit.

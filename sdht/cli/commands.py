@@ -1,7 +1,7 @@
 """The ``sdht`` command line: a local demo cluster, keys, membership, repair and status.
 
 Where the ring is: ``--seeds`` (or ``SDHT_SEEDS``), comma-separated ``host:port``; without them,
-the nodes of the demo cluster recorded in ``$SDHT_CLUSTER_DIR`` (see :mod:`sdht.localcluster`).
+the nodes of the demo cluster recorded in ``$SDHT_CLUSTER_DIR`` (see :mod:`sdht.cli.localcluster`).
 Errors are one line on stderr and a non-zero exit status, never a traceback (set
 ``SDHT_DEBUG=1`` to see one).
 """
@@ -17,12 +17,12 @@ from typing import Any, Callable
 import click
 
 from . import localcluster
-from .client import Ring
-from .errors import SDHTError
-from .migration import plan_transfers
-from .ring import JOINING, LEAVING, RING_SIZE, Member
-from .status import cluster_status, jsonable
-from .transport import DEFAULT_TIMEOUT
+from ..client import Ring
+from ..errors import SDHTError
+from ..migration import plan_transfers
+from ..ring import JOINING, LEAVING, RING_SIZE, Member
+from ..status import cluster_status, jsonable
+from ..transport import DEFAULT_TIMEOUT
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 

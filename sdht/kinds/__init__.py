@@ -1,0 +1,1 @@
+"""Kinds of entries: each decides how an entry of its kind is validated and merged."""
