@@ -18,8 +18,9 @@ def run(cluster_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedP
     """Run ``sdht ARGS`` with the demo cluster's directory; check the exit status when ``ok``."""
     env = {k: v for k, v in os.environ.items() if k != "SDHT_SEEDS"}
     env.update(PYTHONPATH=str(ROOT), SDHT_CLUSTER_DIR=str(cluster_dir))
-    proc = subprocess.run([sys.executable, "-m", "sdht.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    # What the ``sdht`` entry point runs (sdht.cli has no __main__ module for ``-m``).
+    proc = subprocess.run([sys.executable, "-c", "from sdht.cli import main; main()", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     if ok:
         assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
