@@ -40,13 +40,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import sdht  # noqa: E402
-from sdht.cli.localcluster import stop_group  # noqa: E402
+from sdht.cli import processes  # noqa: E402
+from sdht.cli.processes import free_port, stop_group  # noqa: E402
 from sdht.pow import find_nonce  # noqa: E402
 from sdht.kinds.register import DIGEST_PERSON, canonical  # noqa: E402
 from sdht.ring import Member, RingView  # noqa: E402
@@ -59,13 +60,6 @@ STOP_DEADLINE = 10.0       # seconds between SIGTERM and SIGKILL
 
 # -- processes ------------------------------------------------------------------------------------
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """Return a loopback port that was free a moment ago (bound from port 0)."""
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _port_open(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
@@ -75,24 +69,10 @@ def _port_open(port: int) -> bool:
 
 
 class Proc:
-    """A server in its own process group, stopped SIGTERM then SIGKILL after a deadline."""
+    """A server in its own process group (``processes.spawn``) and its open log file."""
 
-    def __init__(self, argv: list[str], log: Path, env: dict[str, str] | None = None,
-                 cwd: Path = ROOT) -> None:
-        self.log = open(log, "ab")
-        self.proc = subprocess.Popen(argv, cwd=cwd, env={**os.environ, **(env or {})},
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-
-    def wait_ready(self, ready: Callable[[], bool], what: str) -> "Proc":
-        deadline = time.monotonic() + START_DEADLINE
-        while not ready():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{what} exited; see {self.log.name}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{what} did not start in {START_DEADLINE}s")
-            time.sleep(0.05)
-        return self
+    def __init__(self, proc: subprocess.Popen, log: IO[bytes]) -> None:
+        self.proc, self.log = proc, log
 
     def stop(self) -> None:
         stop_group(self.proc, STOP_DEADLINE)
@@ -108,9 +88,12 @@ class Procs:
 
     def start(self, name: str, argv: list[str], ready: Callable[[], bool],
               env: dict[str, str] | None = None) -> Proc:
-        proc = Proc(argv, self.tmp / f"{name}.log", env)
+        """Spawn ``argv`` (log in ``TMP/NAME.log``) and wait until ``ready()``."""
+        log = open(self.tmp / f"{name}.log", "ab")
+        proc = Proc(processes.spawn(argv, log, env, cwd=ROOT), log)
         self.started.append(proc)
-        return proc.wait_ready(ready, name)
+        processes.wait_ready(proc.proc, ready, START_DEADLINE, name, log.name)
+        return proc
 
     def stop(self, proc: Proc) -> None:
         proc.stop()
@@ -123,23 +106,16 @@ class Procs:
 
 
 def start_node(procs: Procs, name: str) -> tuple[Proc, str]:
-    """Start one ``sdht-storage`` node (the same command as tests/conftest.py)."""
+    """Start one ``sdht-storage`` node on a free port, as the tests do (``processes.start_node``,
+    data in ``TMP/NAME``), and wait until it answers; return it and its id."""
     port = free_port()
-    transport = Transport(timeout=(0.5, 1.0))
-
-    def ready() -> bool:
-        try:
-            transport.health(f"127.0.0.1:{port}")
-            return True
-        except sdht.SDHTError:
-            return False
-    try:
-        proc = procs.start(name, [sys.executable, "-m", "storage.server", "-p", str(port),
-                                  "--data", str(procs.tmp / name)],
-                           ready, env={"PYTHONPATH": str(ROOT)})
-    finally:
-        transport.close()
-    return proc, f"127.0.0.1:{port}"
+    log = open(procs.tmp / f"{name}.log", "ab")
+    proc = Proc(processes.start_node(port, procs.tmp / name, log, env={"PYTHONPATH": str(ROOT)},
+                                     cwd=ROOT), log)
+    procs.started.append(proc)
+    node = f"127.0.0.1:{port}"
+    processes.wait_healthy(proc.proc, node, START_DEADLINE, log.name)
+    return proc, node
 
 
 # -- measuring ------------------------------------------------------------------------------------

@@ -20,7 +20,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,17 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import requests  # noqa: E402
-
 import sdht  # noqa: E402
-from sdht.cli.localcluster import stop_group  # noqa: E402
+from sdht.cli.processes import free_port, start_node, stop_group, wait_healthy  # noqa: E402
 from sdht.kinds.register import beats  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Node:
@@ -50,8 +41,7 @@ class Node:
     def __init__(self, base: Path, sync_interval: float) -> None:
         self.port = free_port()
         self.data = base / f"node-{self.port}"
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT),
-                    "SDHT_SYNC_INTERVAL": str(sync_interval)}
+        self.env = {"PYTHONPATH": str(ROOT), "SDHT_SYNC_INTERVAL": str(sync_interval)}
         self.proc: subprocess.Popen | None = None
         self.log = open(base / f"node-{self.port}.log", "ab")
 
@@ -60,19 +50,8 @@ class Node:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "storage.server", "-p", str(self.port), "--data",
-             str(self.data), "--workers", "1"], cwd=ROOT, env=self.env, stdout=self.log,
-            stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"http://{self.id}/v1/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"node {self.id} did not start")
+        self.proc = start_node(self.port, self.data, self.log, workers=1, env=self.env, cwd=ROOT)
+        wait_healthy(self.proc, self.id, timeout, self.log.name, interval=0.1)
 
     def kill(self) -> None:
         """kill -9 the node's whole process group."""

@@ -6,39 +6,17 @@ with a deadline, and is stopped by PID: SIGTERM to the group, then SIGKILL after
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-import requests
 
-from sdht.cli.localcluster import stop_group
+from sdht.cli import processes
+# free_port and wait_for are imported from here by the tests; wait_for raises WaitTimeout.
+from sdht.cli.processes import free_port, stop_group, wait_for  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """Return a TCP port on 127.0.0.1 that was free a moment ago (bound from port 0)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(predicate: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
-             what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 class NodeProcess:
@@ -62,22 +40,17 @@ class NodeProcess:
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
         """Start the node and wait until it answers its health route."""
-        env = {**os.environ, "PYTHONPATH": str(ROOT), **self.env}
         self.log = open(self.data_dir.parent / f"node-{self.port}.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "storage.server", "-p", str(self.port), "--data",
-             str(self.data_dir), "--workers", str(self.workers)],
-            cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        wait_for(self.healthy, timeout, what=f"node {self.id} to serve")
+        self.proc = processes.start_node(self.port, self.data_dir, self.log, self.workers,
+                                         env={"PYTHONPATH": str(ROOT), **self.env}, cwd=ROOT)
+        processes.wait_healthy(self.proc, self.id, timeout, log=self.log.name)
         return self
 
     def healthy(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise AssertionError(f"node {self.id} exited; see {self.log.name}")
-        try:
-            return requests.get(f"{self.url}/v1/health", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
+        """Whether the node answers its health route; raises ProcessExited if it exited."""
+        assert self.proc is not None, f"node {self.id} was never started"
+        processes.check_running(self.proc, f"node {self.id}", self.log.name)
+        return processes.answers_health(self.id)
 
     def signal(self, sig: int) -> None:
         """Send ``sig`` to the node's whole process group (master and workers)."""

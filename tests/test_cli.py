@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from conftest import ROOT, NodeProcess
-from sdht.cli.localcluster import _group_alive
+from sdht.cli.processes import group_alive
 
 
 def run(cluster_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
@@ -134,7 +134,7 @@ def test_stop_kills_exactly_its_processes(demo, tmp_path):
         out = run(cluster_dir, "cluster", "stop").stdout
         assert "stopped 3 node(s)" in out
         for node in state["nodes"]:
-            assert not _group_alive(node["pid"])
+            assert not group_alive(node["pid"])
         assert not (cluster_dir / "cluster.json").exists()
         assert bystander.healthy()
         assert "no demo cluster" in one_error_line(run(cluster_dir, "cluster", "stop", ok=False))

@@ -10,25 +10,23 @@ The default directory is ``$SDHT_CLUSTER_DIR``, else ``$XDG_STATE_HOME/sdht/clus
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from ..errors import ConfigError, SDHTError
+# stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
+from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
+                        check_running, free_port, group_alive, signal_group, start_node,
+                        stop_group, wait_for)
 
 STATE_FILE = "cluster.json"
-#: Seconds to wait for a node to answer its health route, and for a stopped node to exit.
+#: Seconds to wait for a node to answer its health route (STOP_DEADLINE: for one to exit).
 START_DEADLINE = 30.0
-STOP_DEADLINE = 10.0
 
 
 class ClusterError(SDHTError):
@@ -59,12 +57,6 @@ def seeds(data_dir: Path) -> list[str]:
     return [n["id"] for n in state["nodes"]] if state else []
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -82,7 +74,7 @@ def pick_ports(count: int, base_port: int) -> list[int]:
     if base_port == 0:
         ports: list[int] = []
         while len(ports) < count:
-            port = _free_port()
+            port = free_port()
             if port not in ports:
                 ports.append(port)
         return ports
@@ -117,27 +109,6 @@ def _ours(node: dict[str, Any]) -> bool:
     return started is None or node.get("start_time") in (None, started)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process remains in process group ``pgid``."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
 def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
           deadline: float = START_DEADLINE) -> dict[str, Any]:
     """Spawn ``count`` nodes, record them in the state file, and wait until all answer.
@@ -149,48 +120,39 @@ def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     old = read_state(data_dir)
-    if old and any(_ours(n) and _group_alive(n["pid"]) for n in old["nodes"]):
+    if old and any(_ours(n) and group_alive(n["pid"]) for n in old["nodes"]):
         raise ClusterError(f"a demo cluster is already running from {data_dir}; "
                            f"stop it first (sdht cluster stop --data {data_dir})")
     ports = pick_ports(count, base_port)
     state: dict[str, Any] = {"data": str(data_dir.resolve()), "nodes": []}
+    procs = []
     for port in ports:
-        log = open(data_dir / f"{port}.log", "ab")
-        with log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "storage.server", "-p", str(port), "--data",
-                 str(data_dir / str(port)), "--workers", str(workers)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+        with open(data_dir / f"{port}.log", "ab") as log:
+            proc = start_node(port, data_dir / str(port), log, workers)
+        procs.append(proc)
         state["nodes"].append({"id": f"127.0.0.1:{port}", "port": port, "pid": proc.pid,
                                "start_time": _start_time(proc.pid),
                                "log": str(data_dir / f"{port}.log")})
         # Written after each spawn, so that stop finds every node even if start fails midway.
         (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+    waiting = {n["id"]: (proc, n["log"]) for n, proc in zip(state["nodes"], procs)}
+
+    def all_answer() -> bool:
+        for node, (proc, log) in list(waiting.items()):
+            check_running(proc, f"node {node}", log)
+            if answers_health(node):
+                del waiting[node]
+        return not waiting
     try:
-        _wait_healthy(state, time.monotonic() + deadline)
-    except ClusterError:
+        wait_for(all_answer, deadline, interval=0.1, what="the nodes to answer")
+    except ProcessExited as exc:
         stop(data_dir)
-        raise
+        raise ClusterError(str(exc)) from None
+    except WaitTimeout:
+        stop(data_dir)
+        raise ClusterError(f"node(s) {', '.join(waiting)} did not answer in time; see their "
+                           f"logs in {state['data']}") from None
     return state
-
-
-def _wait_healthy(state: dict[str, Any], deadline: float) -> None:
-    waiting = list(state["nodes"])
-    while waiting:
-        for node in list(waiting):
-            if not _group_alive(node["pid"]):
-                raise ClusterError(f"node {node['id']} exited while starting; see {node['log']}")
-            try:
-                if requests.get(f"http://{node['id']}/v1/health", timeout=1).ok:
-                    waiting.remove(node)
-            except requests.RequestException:
-                pass
-        if waiting and time.monotonic() > deadline:
-            raise ClusterError(f"node(s) {', '.join(n['id'] for n in waiting)} did not answer "
-                               f"in time; see their logs in {state['data']}")
-        if waiting:
-            time.sleep(0.1)
 
 
 def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:
@@ -202,47 +164,18 @@ def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:
     state = read_state(data_dir)
     if state is None:
         raise ClusterError(f"no demo cluster recorded in {data_dir}")
-    running = [n for n in state["nodes"] if _ours(n) and _group_alive(n["pid"])]
+    running = [n for n in state["nodes"] if _ours(n) and group_alive(n["pid"])]
     for node in running:
-        _signal(node["pid"], signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        _signal(node["pid"], signal.SIGTERM)
+        signal_group(node["pid"], signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+        signal_group(node["pid"], signal.SIGTERM)
     ends = time.monotonic() + deadline
-    while any(_group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
+    while any(group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
         time.sleep(0.05)
     for node in running:
-        if _group_alive(node["pid"]):
-            _signal(node["pid"], signal.SIGKILL)
+        if group_alive(node["pid"]):
+            signal_group(node["pid"], signal.SIGKILL)
     ends = time.monotonic() + deadline
-    while any(_group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
+    while any(group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
         time.sleep(0.05)
     (data_dir / STATE_FILE).unlink(missing_ok=True)
     return [n["id"] for n in running]
-
-
-def stop_group(proc: subprocess.Popen, deadline: float = STOP_DEADLINE,
-               graceful: bool = True) -> None:
-    """Stop ``proc``, started in a session of its own, and everything in its process group.
-
-    SIGCONT first (a stopped process cannot act on SIGTERM), then SIGTERM; after ``deadline``
-    seconds SIGKILL to whatever is left of the group, such as gunicorn workers whose master
-    was killed. With ``graceful=False``, SIGKILL at once (``kill -9``, as fault tests want).
-    Returns once the group is gone (or a second deadline passed).
-    """
-    if graceful and proc.poll() is None:
-        _signal(proc.pid, signal.SIGCONT)
-        _signal(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(deadline)
-    _signal(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(deadline)
-    ends = time.monotonic() + deadline
-    while _group_alive(proc.pid) and time.monotonic() < ends:
-        time.sleep(0.02)
-
-
-def _signal(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
