@@ -124,3 +124,61 @@ def app(tmp_path):
 def client(app):
     """A Flask test client of :func:`app`."""
     return app.test_client()
+
+
+# -- in-process nodes (sdht.inprocess): real apps over real LMDB dirs, no processes or sockets --
+
+def close_node_app(app) -> None:
+    """Close the LMDB environment an in-process storage app opened (``storage.http.store``)."""
+    held = app.extensions.get("sdht.store")
+    app.extensions["sdht.store"] = None
+    if held is not None:
+        held[1].close()
+
+
+@pytest.fixture
+def node_apps(tmp_path: Path) -> Iterator[Callable[..., dict]]:
+    """Factory: ``node_apps(count, **config)`` builds ``count`` storage apps in this process,
+    each with its own LMDB dir and a made-up ``127.0.0.1:<port>`` id (no socket is opened).
+    Returns ``{node id: app}``; every app's store is closed at teardown."""
+    import itertools
+    from storage.app import create_app
+    ports = itertools.count(20001)
+    made: list = []
+
+    def make(count: int, **config) -> dict:
+        apps = {}
+        for _ in range(count):
+            port = next(ports)
+            node_id = f"127.0.0.1:{port}"
+            apps[node_id] = create_app({"DATA_DIR": str(tmp_path / f"inproc-{port}"),
+                                        "NODE_ID": node_id, **config})
+            made.append(apps[node_id])
+        return apps
+
+    yield make
+    for app in made:
+        close_node_app(app)
+
+
+@pytest.fixture
+def inprocess_cluster(node_apps) -> Iterator[Callable[..., tuple]]:
+    """Factory: ``inprocess_cluster(count, params=None)`` builds ``count`` in-process nodes,
+    joins them into one ring over a :class:`sdht.inprocess.WSGITransport` and returns
+    ``(ring, apps)``. ``apps`` is the transport's own mapping: add ``node_apps(k)`` to it to
+    reach more nodes. The rings are closed (in-flight repairs awaited) before the apps."""
+    import sdht
+    from sdht.inprocess import WSGITransport
+    rings = []
+
+    def make(count: int, params: dict | None = None) -> tuple:
+        apps = node_apps(count)
+        ring = sdht.Ring(list(apps)[:1], params=params, transport=WSGITransport(apps))
+        rings.append(ring)
+        for node_id in list(apps):
+            ring.join(node_id)
+        return ring, apps
+
+    yield make
+    for ring in rings:
+        ring.close()

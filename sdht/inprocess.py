@@ -1,0 +1,100 @@
+"""An in-process transport: the ring library talks to WSGI apps called directly, no sockets.
+
+In the spirit of httpx's ``WSGITransport``: :class:`WSGITransport` maps node ids (``host:port``)
+to WSGI applications, typically real storage nodes built by ``storage.app.create_app`` over real
+LMDB directories, and answers :meth:`~sdht.transport.Transport.request` by calling the app with a
+proper WSGI environ (werkzeug's ``EnvironBuilder``). Everything above ``request`` is the ordinary
+:class:`~sdht.transport.Transport`: the same routes, encodings and fan-out thread pool, so a real
+:class:`sdht.Ring` runs unchanged::
+
+    apps = {"127.0.0.1:1": create_app({"DATA_DIR": d1, "NODE_ID": "127.0.0.1:1"}), ...}
+    ring = sdht.Ring(["127.0.0.1:1"], transport=WSGITransport(apps))
+
+A node id absent from the mapping, or marked down with :meth:`WSGITransport.mark_down`, raises
+:class:`~sdht.errors.NodeUnavailable`, as a refused connection does. Nothing here times out or
+fails half-way: tests of hung nodes, killed processes and durability need real nodes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping
+from urllib.parse import urlencode
+
+from werkzeug.test import EnvironBuilder, run_wsgi_app
+
+from .errors import NodeError, NodeUnavailable
+from .transport import DEFAULT_TIMEOUT, EPOCH_HEADER, KEY_HEADER, Reply, Transport, _decode
+
+#: A WSGI application: ``app(environ, start_response) -> iterable of bytes``.
+WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+
+
+class WSGITransport(Transport):
+    """A :class:`~sdht.transport.Transport` whose nodes are WSGI apps in this process.
+
+    :param apps: node id (``host:port``) to WSGI app. The mapping is kept, not copied, so
+        nodes added to it later (a node about to join) are reachable at once.
+    :param cluster_key: sent on admin routes, as by the HTTP transport.
+    :param max_parallel: threads for fanning requests out to replicas.
+    :param timeout: kept for the interface; in-process calls do not time out.
+    """
+
+    def __init__(self, apps: Mapping[str, WSGIApp], *, cluster_key: str | None = None,
+                 max_parallel: int = 16,
+                 timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
+        super().__init__(timeout, cluster_key, max_parallel)
+        self.apps = apps
+        self.down: set[str] = set()
+
+    def mark_down(self, node: str) -> None:
+        """Make ``node`` unreachable: its requests raise NodeUnavailable until :meth:`mark_up`."""
+        self.down.add(node)
+
+    def mark_up(self, node: str) -> None:
+        """Make ``node`` reachable again (its data is as it was)."""
+        self.down.discard(node)
+
+    def close(self) -> None:
+        """Wait for fan-out calls in flight (read repairs, say), then stop the pool.
+
+        Unlike the HTTP transport, this waits: once it returns no thread of this transport
+        calls an app, so the caller may close the apps' stores.
+        """
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        super().close()
+
+    def request(self, node: str, method: str, path: str, *, params: dict | None = None,
+                data: bytes | None = None, admin: bool = False,
+                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
+        """Call ``node``'s app with one request and decode the answer (msgpack or JSON).
+
+        :raises NodeUnavailable: when ``node`` is not in :attr:`apps` or is marked down.
+        :raises NodeError: when the app answers with a status not in ``ok``.
+        """
+        app = None if node in self.down else self.apps.get(node)
+        if app is None:
+            why = "marked down" if node in self.down else "not served in this process"
+            raise NodeUnavailable(f"{node} is unreachable: {why}", node)
+        hdrs = dict(headers or {})
+        if admin and self.cluster_key:
+            hdrs[KEY_HEADER] = self.cluster_key
+        query = urlencode([(k, v) for k, v in (params or {}).items() if v is not None])
+        builder = EnvironBuilder(path=path, base_url=f"http://{node}", query_string=query,
+                                 method=method, data=data, headers=list(hdrs.items()),
+                                 multithread=True)
+        try:
+            environ = builder.get_environ()
+        finally:
+            builder.close()
+        app_iter, status_line, answer = run_wsgi_app(app, environ, buffered=True)
+        raw = b"".join(app_iter)
+        status = int(status_line.split(None, 1)[0])
+        body = _decode(answer.get("Content-Type", ""), raw)
+        try:
+            epoch = int(answer.get(EPOCH_HEADER, "0"))
+        except ValueError:
+            epoch = 0
+        if status not in ok:
+            message = body.get("message") if isinstance(body, dict) else None
+            raise NodeError(f"{node} answered {status} to {method} {path}: "
+                            f"{message or body!r}", node, status, body)
+        return Reply(status, body, epoch)
