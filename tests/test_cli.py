@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import requests
@@ -34,16 +35,28 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """A 3-node demo cluster started by ``sdht cluster start`` on free ports."""
-    cluster_dir = tmp_path_factory.mktemp("demo")
+def start_demo(cluster_dir: Path) -> Iterator[tuple[Path, dict, str]]:
+    """Start a 3-node demo cluster with ``sdht cluster start`` on free ports; yield its
+    directory, state file and output; stop it afterwards unless a test already did."""
     started = run(cluster_dir, "cluster", "start", "-n", "3", "--base-port", "0",
                   "--workers", "1")
     state = json.loads((cluster_dir / "cluster.json").read_text())
     yield cluster_dir, state, started.stdout
     if (cluster_dir / "cluster.json").exists():
         run(cluster_dir, "cluster", "stop", ok=False)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """A demo cluster shared by the module's tests. Each test writes the keys it reads, and
+    none stops the cluster or leaves a member behind, so they pass in any order."""
+    yield from start_demo(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture
+def own_demo(tmp_path_factory):
+    """A demo cluster of the test's own, for a test that stops it."""
+    yield from start_demo(tmp_path_factory.mktemp("own-demo"))
 
 
 def test_start_prints_the_seeds_and_every_node_serves(demo):
@@ -96,7 +109,9 @@ def test_fill_and_status(demo):
 
 def test_join_and_remove_show_progress(demo, tmp_path):
     cluster_dir = demo[0]
+    run(cluster_dir, "fill", "150", "--prefix", "j-", "--batch", "50")  # something to move
     extra = NodeProcess(tmp_path / "extra", workers=1).start()
+    removed = False
     try:
         joined = run(cluster_dir, "join", extra.id)
         assert "records moved" in joined.stderr and "/s" in joined.stderr
@@ -107,11 +122,14 @@ def test_join_and_remove_show_progress(demo, tmp_path):
         assert len(status["nodes"]) == 4
         assert abs(sum(n["share"] for n in status["nodes"]) - 3.0) < 1e-9
 
-        removed = run(cluster_dir, "remove", extra.id)
-        assert "records moved" in removed.stderr and f"removed {extra.id}" in removed.stdout
+        removal = run(cluster_dir, "remove", extra.id)
+        removed = True
+        assert "records moved" in removal.stderr and f"removed {extra.id}" in removal.stdout
         assert len(json.loads(run(cluster_dir, "status", "--json").stdout)["nodes"]) == 3
-        assert run(cluster_dir, "get", "f-000007").stdout.strip() == '{"n": 7, "note": "demo"}'
+        assert run(cluster_dir, "get", "j-000007").stdout.strip() == '{"n": 7, "note": "demo"}'
     finally:
+        if not removed:   # leave the shared cluster as it was, for the other tests
+            run(cluster_dir, "remove", extra.id, ok=False)
         extra.stop()
 
 
@@ -127,8 +145,8 @@ def test_errors_are_one_line(demo, tmp_path):
     assert "already running" in one_error_line(again)
 
 
-def test_stop_kills_exactly_its_processes(demo, tmp_path):
-    cluster_dir, state, _ = demo
+def test_stop_kills_exactly_its_processes(own_demo, tmp_path):
+    cluster_dir, state, _ = own_demo
     bystander = NodeProcess(tmp_path / "bystander", workers=1).start()
     try:
         out = run(cluster_dir, "cluster", "stop").stdout
