@@ -54,8 +54,10 @@ class Writer(threading.Thread):
             i += 1
 
     def stop(self) -> None:
+        """Stop writing; fail if the thread is still running 30 s later (a hung request)."""
         self.halt.set()
         self.join(30)
+        assert not self.is_alive(), f"writer {self.prefix!r} still running 30s after stop"
 
 
 class TestFaults:
