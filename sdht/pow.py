@@ -21,6 +21,7 @@ import sys
 from itertools import repeat
 from typing import Any
 
+from .errors import SDHTError
 from .kinds.register import DIGEST_PERSON, Record, canonical, now_us, work_target
 
 _TWO_256 = 1 << 256
@@ -58,7 +59,7 @@ def nonce_bytes(counter: int) -> bytes:
 
 
 def find_nonce(prefix: bytes, w: float, start: int | None = None, limit: int | None = None,
-               processes: int = 1) -> tuple[bytes, bytes] | None:
+               processes: int = 1, fallback: bool = True) -> tuple[bytes, bytes] | None:
     """Search nonces for one whose digest over ``prefix + nonce`` shows work ``w``.
 
     :param prefix: the canonical bytes of the record (see :func:`sdht.kinds.register.canonical`).
@@ -68,23 +69,28 @@ def find_nonce(prefix: bytes, w: float, start: int | None = None, limit: int | N
     :param processes: worker processes to search with. More than one is used only when the
         expected ``e**w`` tries make it pay (:data:`PARALLEL_MIN_TRIES`); each process searches
         its own counter range.
+    :param fallback: what to do when a search process fails (exits without an answer). True:
+        carry on; an unbounded search that no process answered is done again in this process
+        (slower, but it answers). False: raise :class:`~sdht.errors.SDHTError`, so that a
+        caller (a test, a benchmark) knows the processes did the work.
     :returns: ``(nonce, digest)``, or None when ``limit`` tries found nothing.
     """
     counter = int.from_bytes(os.urandom(8), "big") if start is None else start & _MASK64
     if processes > 1 and _expected_tries(w) >= PARALLEL_MIN_TRIES:
-        return _find_parallel(prefix, w, counter, limit, processes)
+        return _find_parallel(prefix, w, counter, limit, processes, fallback)
     return _search(prefix, w, counter, limit)
 
 
 def mint(key: str, value: Any, w: float, t: int | None = None, deleted: bool = False,
-         processes: int = 1) -> Record:
+         processes: int = 1, fallback: bool = True) -> Record:
     """Return a new record for ``key`` that carries a valid proof of work ``w``.
 
-    Expected cost is ``e**w`` hashes. ``t`` defaults to now (microseconds); ``processes`` as in
-    :func:`find_nonce`.
+    Expected cost is ``e**w`` hashes. ``t`` defaults to now (microseconds); ``processes`` and
+    ``fallback`` as in :func:`find_nonce`.
     """
     t = now_us() if t is None else t
-    found = find_nonce(canonical(key, value, t, w, deleted), w, processes=processes)
+    found = find_nonce(canonical(key, value, t, w, deleted), w, processes=processes,
+                       fallback=fallback)
     assert found is not None  # an unbounded search always returns
     rec = Record(key, value, t, w, found[0], deleted)
     rec._digest = found[1]
@@ -151,7 +157,7 @@ def _hash(base: Any, nonce: bytes) -> bytes:
 
 
 def _find_parallel(prefix: bytes, w: float, counter: int, limit: int | None,
-                   processes: int) -> tuple[bytes, bytes] | None:
+                   processes: int, fallback: bool = True) -> tuple[bytes, bytes] | None:
     """Split the counter space into ``processes`` disjoint ranges and search them at once.
 
     Each range is searched by a fresh ``python -c`` child that reads its job from the command
@@ -176,10 +182,16 @@ def _find_parallel(prefix: bytes, w: float, counter: int, limit: int | None,
             while sel.get_map():
                 for ready, _ in sel.select():
                     sel.unregister(ready.fileobj)
-                    found = _parse_child(ready.fileobj.readline(), prefix, w)
+                    line = ready.fileobj.readline()
+                    found = _parse_child(line, prefix, w)
                     if found is not None:
                         return found
+                    if not fallback and line != b"-\n":   # "-": its share held no proof
+                        raise SDHTError(f"a nonce search process failed (it said {line!r}); "
+                                        f"its error, if any, is on stderr")
         # Every child exhausted its share, or died: an unbounded search must still answer.
+        if limit is None and not fallback:
+            raise SDHTError("no nonce search process found a proof in an unbounded search")
         return None if limit is not None else _search(prefix, w, counter, None)
     finally:
         for child in children:

@@ -4,12 +4,14 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import math
+import shutil
+import sys
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 import sdht.pow as pow_
-from sdht.errors import InvalidRecord
+from sdht.errors import InvalidRecord, SDHTError
 from sdht.pow import SMALL_WORK_TRIES, find_nonce, mint, nonce_bytes, target_bytes
 from sdht.kinds.register import DIGEST_PERSON, canonical, check_work, realised_work
 from conftest import ROOT
@@ -84,7 +86,11 @@ class TestMint:
 
 
 class TestParallel:
-    """``processes=2`` searches disjoint ranges in child processes (no fork of this process)."""
+    """``processes=2`` searches disjoint ranges in child processes (no fork of this process).
+
+    ``fallback=False`` throughout: otherwise an unbounded search whose children all fail is
+    done again in this process, and these tests would pass with the children broken.
+    """
 
     @pytest.fixture(autouse=True)
     def always_parallel(self, monkeypatch):
@@ -92,15 +98,23 @@ class TestParallel:
         monkeypatch.setattr(pow_, "PARALLEL_MIN_TRIES", 0)
 
     def test_parallel_mint_is_valid(self):
-        rec = mint("rented", {"x": 1}, 9.0, processes=2)
+        rec = mint("rented", {"x": 1}, 9.0, processes=2, fallback=False)
         check_work(rec, 9.0)
 
     def test_parallel_search_covers_exactly_the_range(self):
         start, count = 2**64 - 300, 900  # the two children's ranges straddle the wrap
         expected = valid_counters(PREFIX, 2.0, start, count)
-        nonce, _ = find_nonce(PREFIX, 2.0, start=start, limit=count, processes=2)
+        nonce, _ = find_nonce(PREFIX, 2.0, start=start, limit=count, processes=2,
+                              fallback=False)
         assert int.from_bytes(nonce, "big") in expected
-        assert find_nonce(PREFIX, UNREACHABLE, start=start, limit=count, processes=2) is None
+        assert find_nonce(PREFIX, UNREACHABLE, start=start, limit=count, processes=2,
+                          fallback=False) is None
+
+    def test_failed_children_raise_without_fallback_and_are_covered_with_it(self, monkeypatch):
+        monkeypatch.setattr(sys, "executable", shutil.which("false"))  # children exit 1, mute
+        with pytest.raises(SDHTError, match="search process failed"):
+            find_nonce(PREFIX, 2.0, start=0, processes=2, fallback=False)
+        assert find_nonce(PREFIX, 2.0, start=0, processes=2) == find_nonce(PREFIX, 2.0, start=0)
 
     def test_a_childs_answer_is_checked_not_trusted(self):
         assert pow_._parse_child(b"00000000000000ff " + b"00" * 32 + b"\n", PREFIX, 60.0) is None
