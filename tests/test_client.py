@@ -195,12 +195,13 @@ class TestScenarios:
                     except sdht.WriteConflict:
                         pass  # lost to the other writer: allowed, convergence is the point
 
-        threads = [threading.Thread(target=write, args=(r, t))
+        threads = [threading.Thread(target=write, args=(r, t), name=f"writer-{t}", daemon=True)
                    for r, t in ((ring_a, "a"), (ring_b, "b"))]
         for t in threads:
             t.start()
         for t in threads:
             t.join(120)
+            assert not t.is_alive(), f"{t.name} still writing after 120 s"
         for key in keys:
             held = holders(ring_a, key)
             assert len(set(held.values())) == 1, (key, held)

@@ -55,7 +55,10 @@ class TestLiveMigration:
                     failures.append(f"get {key}: {got!r}, acknowledged {floor}")
             ring.close()
 
-        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        # Daemon threads: one that outlives its join timeout fails the test below instead of
+        # keeping pytest from exiting.
+        threads = [threading.Thread(target=writer, name="writer", daemon=True),
+                   threading.Thread(target=reader, name="reader", daemon=True)]
         for t in threads:
             t.start()
         try:
@@ -65,6 +68,8 @@ class TestLiveMigration:
             stop.set()
             for t in threads:
                 t.join(60)
+        for t in threads:   # after the finally: a failed change's own error is not masked
+            assert not t.is_alive(), f"the {t.name} still running 60 s after stop"
         assert failures == []
         assert all(r.moved > 0 for r in reports)
         assert len(acked) > 50
