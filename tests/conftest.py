@@ -138,15 +138,16 @@ def close_node_app(app) -> None:
 
 @pytest.fixture
 def node_apps(tmp_path: Path) -> Iterator[Callable[..., dict]]:
-    """Factory: ``node_apps(count, **config)`` builds ``count`` storage apps in this process,
-    each with its own LMDB dir and a made-up ``127.0.0.1:<port>`` id (no socket is opened).
-    Returns ``{node id: app}``; every app's store is closed at teardown."""
+    """Factory: ``node_apps(count, into=None, **config)`` builds ``count`` storage apps in this
+    process, each with its own LMDB dir and a made-up ``127.0.0.1:<port>`` id (no socket is
+    opened). Returns ``{node id: app}`` of the new apps, also added to ``into`` when given (a
+    transport's mapping, to reach them); every app's store is closed at teardown."""
     import itertools
     from storage.app import create_app
     ports = itertools.count(20001)
     made: list = []
 
-    def make(count: int, **config) -> dict:
+    def make(count: int, into: dict | None = None, **config) -> dict:
         apps = {}
         for _ in range(count):
             port = next(ports)
@@ -154,6 +155,8 @@ def node_apps(tmp_path: Path) -> Iterator[Callable[..., dict]]:
             apps[node_id] = create_app({"DATA_DIR": str(tmp_path / f"inproc-{port}"),
                                         "NODE_ID": node_id, **config})
             made.append(apps[node_id])
+        if into is not None:
+            into.update(apps)
         return apps
 
     yield make

@@ -1,4 +1,6 @@
-"""The ring library against real gunicorn nodes: the API, replication, repair and conflicts."""
+"""The ring library: the API, replication, repair, conflicts and stale rings against in-process
+nodes (sdht.inprocess: real apps and LMDB, no sockets); scenarios across processes, and
+concurrent writers, against real gunicorn nodes."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ import threading
 import pytest
 
 import sdht
+from sdht.inprocess import WSGITransport
 from sdht.pow import mint
 from sdht.kinds.register import now_us
 
@@ -50,8 +53,8 @@ class TestApi:
         with pytest.raises(sdht.NoNodes):
             sdht.connect(f"127.0.0.1:{free_port()}")
 
-    def test_set_get_delete_and_dict_access(self, cluster):
-        ring, _ = cluster(3)
+    def test_set_get_delete_and_dict_access(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
         ring.set("a key", {"any": ["msgpack", "value"]})
         assert ring.get("a key") == {"any": ["msgpack", "value"]}
         assert ring["a key"] == {"any": ["msgpack", "value"]}
@@ -67,8 +70,8 @@ class TestApi:
         del ring["b"]
         assert "b" not in ring
 
-    def test_bad_input_raises_typed_errors_and_writes_nothing(self, cluster):
-        ring, _ = cluster(2, params={"max_value_bytes": 1000})
+    def test_bad_input_raises_typed_errors_and_writes_nothing(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(2, params={"max_value_bytes": 1000})
         with pytest.raises(sdht.InvalidRecord):
             ring.set("", 1)
         with pytest.raises(sdht.InvalidRecord):
@@ -83,8 +86,8 @@ class TestApi:
             ring.set("w", 1, work=1000)
         assert all(ring.transport.health(n)["records"] == 0 for n in ring.nodes)
 
-    def test_replicas_and_read_repair(self, cluster):
-        ring, _ = cluster(4)
+    def test_replicas_and_read_repair(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(4)
         rec = ring.set("k", "v1")
         prefs = ring.preference("k")
         assert len(prefs) == 3
@@ -102,16 +105,16 @@ class TestApi:
                  and all(holders(ring, "k")[n] == rec.digest for n in prefs),
                  what="read repair of every replica")
 
-    def test_remint_beats_a_clock_ahead_version(self, cluster):
-        ring, _ = cluster(3)
+    def test_remint_beats_a_clock_ahead_version(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
         ahead = mint("k", "from the future", 3.0, t=now_us() + 1_500_000)
         for node in ring.preference("k"):
             ring.transport.put_record(node, ahead)
         ring.set("k", "now")  # first mint loses on every replica, the re-mint wins
         assert ring.get("k") == "now"
 
-    def test_rented_key_holds_off_cheap_writes(self, cluster):
-        ring, _ = cluster(3)
+    def test_rented_key_holds_off_cheap_writes(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
         ring.set("rented", "mine", work=3.0 + 7)     # ~e**10 hashes: holds ~19 hours
         with pytest.raises(sdht.WriteConflict) as info:
             ring.set("rented", "yours")
@@ -130,15 +133,16 @@ class TestApi:
         assert out.returncode == 0, out.stderr
         assert out.stdout.split("\n")[:2] == ["[1, 2] d", "None"]
 
-    def test_join_of_a_member_adopts_its_ring(self, cluster):
-        ring, nodes = cluster(3)
-        fresh = sdht.Ring()
-        fresh.join(sdht.Node("127.0.0.1", nodes[2].port))
+    def test_join_of_a_member_adopts_its_ring(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        fresh = sdht.Ring(transport=WSGITransport(apps))
+        fresh.join(sdht.Node("127.0.0.1", list(apps)[2].rpartition(":")[2]))
         assert sorted(fresh.nodes) == sorted(ring.nodes)
         assert fresh.view.epoch == ring.view.epoch
+        fresh.close()
 
-    def test_batch_set_and_get(self, cluster):
-        ring, _ = cluster(3)
+    def test_batch_set_and_get(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
         items = {f"b{i}": value_for(i) for i in range(2500)}
         assert ring.set_many(items) == 2500
         got = ring.get_many(list(items) + ["absent"])
@@ -208,18 +212,20 @@ class TestScenarios:
             assert ring_a.get(key) == ring_b.get(key)
         ring_b.close()
 
-    def test_stale_ring_still_reads_and_writes(self, cluster, start_node):
-        ring, nodes = cluster(3)
-        stale = sdht.connect(nodes[0].id)
+    def test_stale_ring_still_reads_and_writes(self, inprocess_cluster, node_apps):
+        ring, apps = inprocess_cluster(3)
+        nodes = list(apps)
+        stale = sdht.connect(nodes[0], transport=WSGITransport(apps))
         items = {f"s{i}": i for i in range(200)}
         stale.set_many(items)
         epoch = stale.view.epoch
         for _ in range(2):
-            ring.join(start_node().id)   # another client changes the ring twice
+            (new,) = node_apps(1, into=apps)
+            ring.join(new)   # another client changes the ring twice
         assert stale.view.epoch == epoch
         assert all(stale.get(k) == v for k, v in items.items())
         assert stale.view.epoch > epoch  # it noticed the newer ring and re-routed
-        stale2 = sdht.connect(nodes[1].id)
+        stale2 = sdht.connect(nodes[1], transport=WSGITransport(apps))
         stale2.view = stale.view.__class__(epoch, ring.view.members[:3], ring.view.params)
         for k in items:
             stale2.set(k, items[k] + 1000)
