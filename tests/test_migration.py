@@ -1,4 +1,5 @@
-"""Joins and removes under a racing writer and reader, and the cost of a change, on real nodes."""
+"""Joins and removes under a racing writer and reader on real nodes; resuming a join and the
+cost of a change against in-process nodes (sdht.inprocess: real apps and LMDB, no sockets)."""
 from __future__ import annotations
 
 import random
@@ -82,28 +83,30 @@ class TestLiveMigration:
             assert all(r is not None and r.value == acked[key] for r in held), key
         check.close()
 
-    def test_interrupted_join_resumes_and_changes_do_not_overlap(self, cluster, start_node):
-        ring, nodes = cluster(3)
+    def test_interrupted_join_resumes_and_changes_do_not_overlap(self, inprocess_cluster,
+                                                                  node_apps):
+        ring, apps = inprocess_cluster(3)
         ring.set_many({f"k{i}": i for i in range(300)})
-        newcomer = start_node()
+        (newcomer,) = node_apps(1, into=apps)
         # Stage the join by hand, as a client that crashed after publishing it would leave it.
         from sdht.migration import _publish
         from sdht.ring import JOINING, Member
-        _publish(ring, ring.view.with_member(Member(newcomer.id, JOINING, 128)), ())
-        other = start_node()
+        _publish(ring, ring.view.with_member(Member(newcomer, JOINING, 128)), ())
+        (other,) = node_apps(1, into=apps)
         with pytest.raises(RingBusy):
-            ring.join(other.id)
-        report = ring.join(newcomer.id)   # resumes
+            ring.join(other)
+        report = ring.join(newcomer)   # resumes
         assert report.moved > 0
-        assert ring.view.member(newcomer.id).state == "normal"
+        assert ring.view.member(newcomer).state == "normal"
         assert ring.get_many([f"k{i}" for i in range(300)]) == {f"k{i}": i for i in range(300)}
 
-    def test_cost_of_a_join_is_the_new_nodes_fair_share(self, cluster, start_node):
+    def test_cost_of_a_join_is_the_new_nodes_fair_share(self, inprocess_cluster, node_apps):
         """20k keys on 4 nodes (n=3): a 5th node receives about keys*n/5 records."""
-        ring, nodes = cluster(4)
+        ring, apps = inprocess_cluster(4)
         keys = 20_000
         ring.set_many({f"key-{i}": i for i in range(keys)})
-        report = ring.join(start_node().id)
+        (fifth,) = node_apps(1, into=apps)
+        report = ring.join(fifth)
         fair = keys * 3 / 5
         print(f"\njoin moved {report.moved} records (fair share {fair:.0f}, "
               f"ratio {report.moved / fair:.3f}) in {report.seconds:.2f}s, "
