@@ -10,6 +10,7 @@ import sdht
 from sdht.pow import mint
 from sdht.kinds.register import DEFAULT_PARAMS, now_us
 from sdht.ring import RING_SIZE
+from sdht.inprocess import WSGITransport
 from sdht.sync import sync_range
 from sdht.transport import Transport
 from sdht.kinds.register import from_packed
@@ -72,73 +73,77 @@ def xor_all(hashes):
 
 @pytest.fixture
 def cluster(cluster):
-    """``cluster(count, params=..., interval=...)``: single-worker nodes in one ring."""
+    """``cluster(count, params=..., interval=...)``: single-worker nodes in one ring, for the
+    nodes' own background sync (in their gunicorn master); other tests use in-process nodes."""
     def make(count, params=None, interval="0", timeout=(0.5, 2.0)):
         return cluster(count, params, timeout, workers=1, env={"SDHT_SYNC_INTERVAL": interval})
     return make
 
 
 class TestSyncRange:
-    def test_cost_is_a_constant_factor_of_k_log_n(self, start_node, capsys):
-        a, b = start_node(workers=1), start_node(workers=1)
-        t = Transport((1.0, 30.0))
+    def test_cost_is_a_constant_factor_of_k_log_n(self, node_apps, capsys):
+        apps = node_apps(2)
+        a, b = apps
+        t = WSGITransport(apps)
         n = 10_000
         base = [mint(f"key-{i}", i, 3.0) for i in range(n)]
         for node in (a, b):
             for i in range(0, n, 5000):
-                t.put_many(node.id, base[i:i + 5000])
-        assert root(t, a.id) == root(t, b.id)
+                t.put_many(node, base[i:i + 5000])
+        assert root(t, a) == root(t, b)
         figures = []
         for k in (1, 10, 100):
             extra = [mint(f"new-{k}-{i}", i, 3.0) for i in range(k)]
-            t.put_many(b.id, extra)
-            report = sync_range(t, a.id, b.id, *FULL)
+            t.put_many(b, extra)
+            report = sync_range(t, a, b, *FULL)
             assert (report.differences, report.pushed_to_a, report.pushed_to_b) == (k, k, 0)
             bound = k * math.log2(n)
             figures.append((k, report.hashes, report.compared, round(bound), report.rounds))
             assert report.hashes <= 12 * bound, figures
-            assert root(t, a.id) == root(t, b.id)
-        again = sync_range(t, a.id, b.id, *FULL)
+            assert root(t, a) == root(t, b)
+        again = sync_range(t, a, b, *FULL)
         assert (again.differences, again.hashes, again.rounds) == (0, 2, 1)
         with capsys.disabled():
             print("\nsync cost at n=10k: (k, hashes, tree nodes compared, k*log2 n, rounds)",
                   figures)
         t.close()
 
-    def test_range_is_respected_and_both_directions_merge(self, start_node):
-        a, b = start_node(workers=1), start_node(workers=1)
-        t = Transport()
+    def test_range_is_respected_and_both_directions_merge(self, node_apps):
+        apps = node_apps(2)
+        a, b = apps
+        t = WSGITransport(apps)
         recs = [mint(f"k{i}", i, 3.0) for i in range(400)]
-        t.put_many(a.id, recs[:200])
-        t.put_many(b.id, recs[200:])
+        t.put_many(a, recs[:200])
+        t.put_many(b, recs[200:])
         newer = mint("k5", "newer", 3.0)          # a holds k5's older version, b the newer
-        t.put_many(b.id, [newer])
+        t.put_many(b, [newer])
         start, end = 1 << 62, 3 << 62
         inside = lambda key: start <= sdht.ring.position(key) < end  # noqa: E731
-        report = sync_range(t, a.id, b.id, start, end)
+        report = sync_range(t, a, b, start, end)
         assert report.pushed_to_a + report.pushed_to_b == sum(1 for r in recs if inside(r.key))
         for i, rec in enumerate(recs):
-            held = [t.get_record(node.id, rec.key)[0] is not None for node in (a, b)]
+            held = [t.get_record(node, rec.key)[0] is not None for node in (a, b)]
             assert held == ([True, True] if inside(rec.key) or i == 5 else [i < 200, i >= 200])
-        sync_range(t, a.id, b.id, *FULL)
-        assert root(t, a.id) == root(t, b.id)
-        assert t.get_record(a.id, "k5")[0] == newer
+        sync_range(t, a, b, *FULL)
+        assert root(t, a) == root(t, b)
+        assert t.get_record(a, "k5")[0] == newer
         t.close()
 
 
 class TestRepair:
-    def test_repair_converges_every_replica_and_reports_progress(self, cluster):
-        ring, nodes = cluster(3, timeout=(1.0, 10.0))
+    def test_repair_converges_every_replica_and_reports_progress(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        nodes = list(apps)
         ring.set_many({f"k{i}": i for i in range(100)})   # returns once every replica answered
         t = ring.transport
-        t.delete_range(nodes[1].id, 0, RING_SIZE)
-        t.put_record(nodes[2].id, mint("only-here", "x", 3.0))
+        t.delete_range(nodes[1], 0, RING_SIZE)
+        t.put_record(nodes[2], mint("only-here", "x", 3.0))
         seen = []
         report = ring.repair(progress=lambda done, total: seen.append((done, total)))
         assert report.errors == [], report.errors
         assert report.differences >= 101
         assert seen[-1][0] == seen[-1][1] == report.ranges
-        assert len({root(t, n.id) for n in nodes}) == 1
+        assert len({root(t, n) for n in nodes}) == 1
         assert ring.repair().differences == 0
 
 
