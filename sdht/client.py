@@ -17,10 +17,12 @@ from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes
                      SDHTError, TransportError, WriteConflict)
 from .health import NodeHealth
 from .pow import mint
-from .kinds.register import (DEFAULT_PARAMS, Record, check_key, check_value, check_work,
-                     now_us, winner)
-from .ring import RingView, check_params, parse_node_id
+from . import params as cluster_params
+from .kinds import common, register
+from .kinds.register import Record, winner
+from .ring import RingView, parse_node_id
 from .transport import DEFAULT_TIMEOUT, PutOutcome, Transport
+from .wire import BATCH, SUPERSEDED, now_us
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -30,8 +32,6 @@ MAX_REROUTES = 3
 #: A write that lost to a stored version re-mints once, unless that needs more than this much
 #: work above ``min_work`` (e**4 ~ 55 times the minimum): beyond it, the key is "rented".
 AUTO_WORK_MARGIN = 4.0
-#: Records or keys per batch request.
-BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ class Ring:
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT,
                  cluster_key: str | None = None, transport: Transport | None = None) -> None:
         self.seeds = [Node.parse(s).id for s in seeds]
-        self.new_ring_params = {**DEFAULT_PARAMS, **(params or {})}
-        check_params(self.new_ring_params)
+        self.new_ring_params = cluster_params.with_defaults(params)
         self.transport = transport or Transport(timeout, cluster_key)
         #: Which nodes failed lately; requests avoid them while others can make the quorum.
         self.health = NodeHealth()
@@ -125,6 +124,8 @@ class Ring:
         if not reached and candidates:
             raise NoNodes(f"none of {candidates} could be reached")
         self.view = best
+        if best is not None:
+            self.transport.params = best.params
         return best
 
     def _current(self) -> RingView:
@@ -191,7 +192,7 @@ class Ring:
 
     def get_record(self, key: str) -> Record | None:
         """Return the winning record of ``key`` (a tombstone included), or None."""
-        check_key(key, self._current().params)
+        common.check_key(key, self._current().params)
         for _ in range(MAX_REROUTES):
             view = self._current()
             p = view.params
@@ -199,7 +200,7 @@ class Ring:
             need = min(p["r"], len(replicas))
             # Ask r replicas (DESIGN: "Flows", get), healthy ones first; the others only if
             # one of those fails.
-            calls = {node: (self.transport.get_record, node, key)
+            calls = {node: (self.transport.get_record, node, key, p)
                      for node in self.health.order(replicas)}
             first = dict(list(calls.items())[:need])
             replies, errors, epochs = self._gather(
@@ -209,8 +210,7 @@ class Ring:
             if len(replies) < need:
                 raise QuorumError(f"read of {key!r}: {len(replies)} of {need} replicas answered",
                                   key, need, len(replies), errors)
-            found = {node: rec for node, rec in replies.items()
-                     if rec is None or _valid(rec, p)}
+            found = {node: rec for node, rec in replies.items() if _valid(rec, key, p)}
             best = winner(list(found.values()), p["decay"])
             if best is not None:
                 for node, rec in found.items():
@@ -221,11 +221,9 @@ class Ring:
 
     def _write(self, key: str, value: Any, work: float | None, deleted: bool) -> Record:
         p = self._current().params
-        check_key(key, p)
-        check_value(value, p)
-        w = p["min_work"] if work is None else float(work)
-        if not p["min_work"] <= w <= 60:
-            raise InvalidRecord(f"work {w} must be between min_work ({p['min_work']}) and 60")
+        common.check_key(key, p)
+        common.check_value(value, p)
+        w = p["min_work"] if work is None else cluster_params.check_work(work, p)
         rec = mint(key, value, w, deleted=deleted)
         lost = self._replicate(rec)
         if lost is None:
@@ -233,7 +231,7 @@ class Ring:
         # A replica holds a higher score: mint once more with just enough work to beat it,
         # at a fresh timestamp (DESIGN: "Flows", set).
         t = max(now_us(), rec.t + 1)
-        needed = lost - p["decay"] * t / 1e6 + 1e-6
+        needed = register.work_to_beat(lost, t, p["decay"])
         budget = (p["min_work"] + AUTO_WORK_MARGIN) if work is None else w
         if needed > budget:
             raise WriteConflict(f"{key!r} is held by a version of higher priority (score "
@@ -264,7 +262,7 @@ class Ring:
                 enough=lambda got: _write_shortfall((now_set, next_set), got, w) is None)
             if self._noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
-            lost = [o.score for o in replies.values() if o.status == "superseded"]
+            lost = [o.score for o in replies.values() if o.status == SUPERSEDED]
             if lost:
                 return max(s for s in lost if s is not None)
             short = _write_shortfall((now_set, next_set), replies, w)
@@ -330,11 +328,11 @@ class Ring:
         :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
         """
         p = self._current().params
-        w = p["min_work"] if work is None else float(work)
+        w = p["min_work"] if work is None else cluster_params.check_work(work, p)
         records = {}
         for key, value in items.items():
-            check_key(key, p)
-            check_value(value, p)
+            common.check_key(key, p)
+            common.check_value(value, p)
             records[key] = mint(key, value, w)
         for _ in range(MAX_REROUTES):
             view = self._current()
@@ -342,7 +340,7 @@ class Ring:
 
             def settled(key: str, got: dict[str, PutOutcome]) -> bool:
                 """w of each placement acknowledged, or a replica holds a higher version."""
-                ok = {n for n, o in got.items() if o.status != "superseded"}
+                ok = {n for n, o in got.items() if o.status != SUPERSEDED}
                 return len(ok) < len(got) or _write_shortfall(placed[key], ok, p["w"]) is None
 
             plans = {}
@@ -355,7 +353,7 @@ class Ring:
             if self._noticed(epochs):
                 continue
             lost = [k for k, got in answers.items()
-                    if any(o.status == "superseded" for o in got.values())]
+                    if any(o.status == SUPERSEDED for o in got.values())]
             short = [k for k, got in answers.items() if k not in lost and not settled(k, got)]
             if short:
                 raise QuorumError(f"batch write: {len(short)} keys got fewer than w "
@@ -378,7 +376,7 @@ class Ring:
         keys = list(dict.fromkeys(keys))
         p = self._current().params
         for key in keys:
-            check_key(key, p)
+            common.check_key(key, p)
         for _ in range(MAX_REROUTES):
             view = self._current()
             placed = {k: self.health.order(view.readers.for_key(k)) for k in keys}
@@ -386,13 +384,12 @@ class Ring:
             # Ask each key's first r replicas (healthy first); keys whose replicas failed are
             # asked of their other replicas in a second round.
             answers, errors, epochs = self._batch_rounds(
-                self.transport.get_many,
+                lambda node, part: self.transport.get_many(node, part, p),
                 {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
                 lambda k: k, lambda k, got: len(got) >= need[k])
             if self._noticed(epochs):
                 continue
-            seen = {key: {node: rec for node, rec in got.items()
-                          if rec is None or (rec.key == key and _valid(rec, p))}
+            seen = {key: {node: rec for node, rec in got.items() if _valid(rec, key, p)}
                     for key, got in answers.items()}
             result: dict[str, Any] = {}
             repairs: dict[str, list[Record]] = {}
@@ -541,12 +538,17 @@ def _write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
     return None
 
 
-def _valid(rec: Record, params: Mapping[str, Any]) -> bool:
-    # A node's answer is checked like any incoming record: a forged one is ignored.
-    try:
-        check_work(rec, params["min_work"])
+def _valid(rec: Record | None, key: str, params: Mapping[str, Any]) -> bool:
+    """Is a replica's answer for ``key`` usable? None (it holds nothing) is; a record must be
+    of that key and pass the proof-of-work gate, or it is ignored as forged."""
+    if rec is None:
         return True
-    except InvalidRecord:
-        log.warning("ignoring a record for %r with invalid work", rec.key)
+    try:
+        if rec.key != key:
+            raise InvalidRecord(f"the answer is a record of {rec.key!r}")
+        common.check_work(rec.w, rec.digest, params["min_work"])
+        return True
+    except InvalidRecord as exc:
+        log.warning("ignoring an answer for %r: %s", key, exc)
         return False
 

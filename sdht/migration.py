@@ -25,14 +25,12 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError
 from .ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals
+from .wire import BATCH, STORED
 
 if TYPE_CHECKING:
     from .client import Ring
 
 log = logging.getLogger(__name__)
-
-#: Records per page when streaming a range.
-PAGE = 1000
 
 
 @dataclass
@@ -186,13 +184,13 @@ def _stream(ring: "Ring", transfer: Transfer, report: MigrationReport,
     for source in transfer.sources:
         cursor: str | None = None
         while True:
-            records, cursor = ring.transport.scan(source, transfer.start, transfer.end, cursor,
-                                                  PAGE)
+            records, cursor = ring.transport.scan(source, transfer.start, transfer.end,
+                                                  cursor, BATCH, ring.view.params)
             if records:
                 outcomes, _ = ring.transport.put_many(transfer.target, records,
                                                       migration=True)
                 report.moved += len(records)
-                report.stored += sum(1 for o in outcomes if o.status == "stored")
+                report.stored += sum(1 for o in outcomes if o.status == STORED)
                 if progress:
                     progress(report.moved)
             if cursor is None:

@@ -22,7 +22,9 @@ from itertools import repeat
 from typing import Any
 
 from .errors import SDHTError
-from .kinds.register import DIGEST_PERSON, Record, canonical, now_us, work_target
+from .kinds.common import work_target
+from .kinds.register import DIGEST_PERSON, Record, canonical
+from .wire import now_us
 
 _TWO_256 = 1 << 256
 #: Directory holding the ``sdht`` package, put on the search children's path.

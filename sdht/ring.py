@@ -11,10 +11,10 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from . import params as cluster_params
 from .errors import ConfigError
-from .kinds.register import DEFAULT_PARAMS
+from .wire import RING_SIZE
 
-RING_SIZE = 1 << 64
 #: Node states. Readers use normal and leaving nodes; writers also write to joining nodes.
 JOINING, NORMAL, LEAVING = "joining", "normal", "leaving"
 STATES = (JOINING, NORMAL, LEAVING)
@@ -37,7 +37,7 @@ class Member:
 
     id: str
     state: str = NORMAL
-    tokens: int = DEFAULT_PARAMS["tokens"]
+    tokens: int = cluster_params.DEFAULTS["tokens"]
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "state": self.state, "tokens": self.tokens}
@@ -49,7 +49,7 @@ class RingView:
 
     epoch: int = 0
     members: tuple[Member, ...] = ()
-    params: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_PARAMS))
+    params: dict[str, Any] = field(default_factory=lambda: dict(cluster_params.DEFAULTS))
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored on nodes and served at ``/v1/ring``."""
@@ -65,22 +65,22 @@ class RingView:
         try:
             epoch = obj["epoch"]
             members = tuple(Member(str(m["id"]), m.get("state", NORMAL),
-                                   int(m.get("tokens", DEFAULT_PARAMS["tokens"])))
+                                   int(m.get("tokens", cluster_params.DEFAULTS["tokens"])))
                             for m in obj["members"])
-            params = {**DEFAULT_PARAMS, **obj.get("params", {})}
+            params = {**cluster_params.DEFAULTS, **obj.get("params", {})}
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # OverflowError: int(float("inf")), as from a JSON "tokens": Infinity
             raise ConfigError(f"malformed ring: {exc!r}") from None
         if type(epoch) is not int or epoch < 0:
             raise ConfigError("ring epoch must be a non-negative integer")
+        tokens = cluster_params.TABLE["tokens"]
         for m in members:
-            if m.state not in STATES or not 1 <= m.tokens <= 4096:
+            if m.state not in STATES or not tokens.low <= m.tokens <= tokens.high:
                 raise ConfigError(f"member {m.id}: bad state or token count")
             parse_node_id(m.id)
         if len({m.id for m in members}) != len(members):
             raise ConfigError("ring lists a member twice")
-        check_params(params)
-        return cls(epoch, members, params)
+        return cls(epoch, members, cluster_params.check(params))
 
     def member(self, node_id: str) -> Member | None:
         """Return the member with this id, or None."""
@@ -116,23 +116,6 @@ class RingView:
     def future(self) -> "Placement":
         """Placement once pending changes complete (normal and joining members)."""
         return self.placement((NORMAL, JOINING))
-
-
-def check_params(params: dict[str, Any]) -> None:
-    """Check cluster parameters for sane types and ranges.
-
-    :raises ConfigError: naming the first bad parameter.
-    """
-    rules = {"decay": (0.0, 1.0), "min_work": (0.0, 60.0), "max_skew": (0.0, 86400.0),
-             "n": (1, 16), "r": (1, 16), "w": (1, 16), "tokens": (1, 4096),
-             "max_key_bytes": (1, 65536), "max_value_bytes": (1, 1 << 30),
-             "tombstone_grace": (0.0, 10 * 365 * 86400.0)}
-    for name, (low, high) in rules.items():
-        value = params.get(name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise ConfigError(f"cluster parameter {name}={value!r} must be in [{low}, {high}]")
-    if params["r"] > params["n"] or params["w"] > params["n"]:
-        raise ConfigError("r and w must not exceed n")
 
 
 def parse_node_id(text: str) -> tuple[str, int]:

@@ -9,7 +9,8 @@ import base64
 from typing import TYPE_CHECKING, Any
 
 from .errors import SDHTError
-from .ring import RING_SIZE, RingView, intervals
+from .ring import RingView, intervals, token_positions
+from .wire import RING_SIZE
 
 if TYPE_CHECKING:
     from .client import Ring
@@ -36,7 +37,6 @@ def shares(view: RingView) -> dict[str, float]:
 
 def token_fractions(view: RingView) -> dict[str, list[float]]:
     """Return each member's token positions as fractions of the ring in [0, 1)."""
-    from .ring import token_positions
     return {m.id: [p / RING_SIZE for p in token_positions(m.id, m.tokens)] for m in view.members}
 
 
@@ -90,7 +90,8 @@ def replicas(ring: "Ring", key: str) -> list[dict[str, Any]]:
     """
     view = ring._current()
     nodes = list(dict.fromkeys(view.readers.for_key(key) + view.future.for_key(key)))
-    futures = {n: ring.transport.submit(ring.transport.get_record, n, key) for n in nodes}
+    futures = {n: ring.transport.submit(ring.transport.get_record, n, key, view.params)
+               for n in nodes}
     out = []
     for node, fut in futures.items():
         try:

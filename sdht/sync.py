@@ -25,22 +25,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from . import kinds, params as cluster_params
 from .errors import NodeError, SDHTError
-from .kinds.register import DEFAULT_PARAMS, Record, now_us
 from .ring import RingView, intervals
+from .wire import BATCH, DEPTH, FANOUT, MAX_TREE_RANGES, STORED, node_range, tombstone_cutoff
 
 if TYPE_CHECKING:
     from .client import Ring
     from .transport import Transport
 
 log = logging.getLogger(__name__)
-
-#: The tree's shape, here for both sides: the nodes' :mod:`storage.tree` imports it.
-FANOUT, DEPTH = 16, 4
-#: Keys per batch read and records per batch write while exchanging.
-BATCH = 1000
-#: Ranges per tree request (the node accepts up to 4096).
-MAX_RANGES = 1024
 
 _IN, _PARTIAL, _OUT = "in", "partial", "out"
 
@@ -77,12 +71,6 @@ class RepairReport:
     rings_pushed: int = 0    # members that held an older ring and were given the current one
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def node_range(level: int, index: int) -> tuple[int, int]:
-    """Return the position range ``[start, end)`` of tree node ``(level, index)``."""
-    shift = 64 - 4 * level
-    return index << shift, (index + 1) << shift
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -124,11 +112,11 @@ def sync_range(transport: "Transport", a: str, b: str, start: int, end: int,
 def sync_ranges(transport: "Transport", a: str, b: str, ranges: Iterable[tuple[int, int]],
                 params: Mapping[str, Any] | None = None) -> SyncReport:
     """Like :func:`sync_range` over several ``[start, end)`` ranges at once (fewer rounds)."""
-    params = {**DEFAULT_PARAMS, **(params or {})}
+    params = params or cluster_params.DEFAULTS   # the ring's, when the caller has one
     merged = merge_ranges(ranges)
     report = SyncReport(a, b)
-    for i in range(0, len(merged), MAX_RANGES):
-        report.add(_sync(transport, a, b, merged[i:i + MAX_RANGES], params))
+    for i in range(0, len(merged), MAX_TREE_RANGES):
+        report.add(_sync(transport, a, b, merged[i:i + MAX_TREE_RANGES], params))
     return report
 
 
@@ -149,8 +137,8 @@ def _sync(transport: "Transport", a: str, b: str, ranges: list[tuple[int, int]],
                 visit(level + 1, index * FANOUT + i)
 
     visit(0, 0)
-    to_a: list[str] = []
-    to_b: list[str] = []
+    to_a: list[bytes] = []   # references of the entries each side lacks or holds lower
+    to_b: list[bytes] = []
     while compare or listing:
         report.rounds += 1
         fut = transport.submit(transport.tree, a, compare, listing, ranges)
@@ -183,23 +171,25 @@ def _sync(transport: "Transport", a: str, b: str, ranges: list[tuple[int, int]],
     return report
 
 
-def _copy(transport: "Transport", source: str, target: str, keys: list[str],
+def _copy(transport: "Transport", source: str, target: str, refs: list[bytes],
           params: Mapping[str, Any]) -> int:
-    """Copy the records of ``keys`` from ``source`` to ``target``; return how many it stored."""
-    expired = now_us() - int(params["tombstone_grace"] * 1e6)
+    """Copy the entries ``refs`` names from ``source`` to ``target``; return how many it
+    stored. What its kind says has expired (old tombstones) is not copied."""
+    cutoff = tombstone_cutoff(params)
     stored = 0
-    for i in range(0, len(keys), BATCH):
-        records, _ = transport.get_many(source, keys[i:i + BATCH])
-        live = [r for r in records if r is not None and not (r.deleted and r.t < expired)]
+    for i in range(0, len(refs), BATCH):
+        entries = transport.get_entries(source, refs[i:i + BATCH], params)
+        live = [e for e in entries
+                if e is not None and not kinds.kind_of(e.TAG).expired(e, cutoff)]
         if live:
             stored += _push(transport, target, live)
     return stored
 
 
-def _push(transport: "Transport", node: str, records: list[Record]) -> int:
+def _push(transport: "Transport", node: str, records: list[kinds.Entry]) -> int:
     try:
         outcomes, _ = transport.put_many(node, records)
-        return sum(1 for o in outcomes if o.status == "stored")
+        return sum(1 for o in outcomes if o.status == STORED)
     except NodeError as exc:
         if exc.status not in (400, 413):
             raise
@@ -212,7 +202,7 @@ def _push(transport: "Transport", node: str, records: list[Record]) -> int:
         except NodeError as exc:
             log.warning("sync: %s refused %r: %s", node, rec.key, exc)
             continue
-        stored += outcome.status == "stored"
+        stored += outcome.status == STORED
     return stored
 
 

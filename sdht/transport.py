@@ -17,21 +17,23 @@ import threading
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlencode
 
+from . import kinds, params as cluster_params
 from .errors import NodeError, NodeUnavailable, Timeout
-from .kinds.register import Record, from_wire, packb, unpackb
+from .kinds import register
+from .kinds.register import Record
 from .ring import RingView
+from .wire import (BATCH, EPOCH_HEADER, JSON, KEY_HEADER, MIGRATION_HEADER, MSGPACK as
+                   MSGPACK_TYPE, SUPERSEDED, encode_ranges, packb, packed_array, unpackb)
 
 log = logging.getLogger(__name__)
 
 #: (connect, read) seconds for every request to a node.
 DEFAULT_TIMEOUT = (2.0, 10.0)
-EPOCH_HEADER = "X-SDHT-Epoch"
-KEY_HEADER = "X-SDHT-Cluster-Key"
-MIGRATION_HEADER = "X-SDHT-Migration"
-MSGPACK = {"Content-Type": "application/msgpack"}
+MSGPACK = {"Content-Type": MSGPACK_TYPE}
+JSON_BODY = {"Content-Type": JSON}
 
 T = TypeVar("T")
 
@@ -69,6 +71,8 @@ class Transport:
                  cluster_key: str | None = None, max_parallel: int = 16) -> None:
         self.timeout = timeout
         self.cluster_key = cluster_key
+        #: The ring's parameters, for decoding answers (see :meth:`get_record`).
+        self.params: Mapping[str, Any] = cluster_params.DEFAULTS
         self.max_idle = max_parallel
         self._idle: dict[str, list[http.client.HTTPConnection]] = {}
         self._lock = threading.Lock()
@@ -167,47 +171,66 @@ class Transport:
 
     # -- records ------------------------------------------------------------------------------
 
-    def get_record(self, node: str, key: str) -> tuple[Record | None, int]:
-        """Return the record ``node`` holds for ``key`` (or None) and the node's epoch."""
+    # Entries that come back are decoded against the ring's limits, the same limits the nodes
+    # applied when they accepted them: ``params`` when given, else :attr:`params`, which the
+    # Ring owning this transport keeps at its current ring's.
+
+    def get_record(self, node: str, key: str,
+                   params: Mapping[str, Any] | None = None) -> tuple[Record | None, int]:
+        """Return the register ``node`` holds for ``key`` (or None) and the node's epoch."""
         reply = self.request(node, "GET", "/v1/record", params={"key": key}, ok=(200, 404))
         if reply.status == 404:
             return None, reply.epoch
-        return from_wire(reply.body), reply.epoch
+        return register.from_wire(reply.body, params or self.params), reply.epoch
 
-    def put_record(self, node: str, rec: Record) -> tuple[PutOutcome, int]:
-        """Write one record; return the node's outcome and epoch."""
-        reply = self.request(node, "PUT", "/v1/record", data=rec.pack(), headers=MSGPACK,
+    def put_record(self, node: str, entry: kinds.Entry) -> tuple[PutOutcome, int]:
+        """Write one entry; return the node's outcome and epoch."""
+        reply = self.request(node, "PUT", "/v1/record", data=entry.pack(), headers=MSGPACK,
                              ok=(200, 201, 409))
         if reply.status == 409:
-            return PutOutcome("superseded", reply.body["score"],
+            return PutOutcome(SUPERSEDED, reply.body.get("score"),
                               bytes.fromhex(reply.body["digest"])), reply.epoch
         return PutOutcome(reply.body["status"]), reply.epoch
 
-    def get_many(self, node: str, keys: list[str]) -> tuple[list[Record | None], int]:
-        """Batch read: the records ``node`` holds for ``keys`` (None where missing)."""
+    def get_many(self, node: str, keys: list[str],
+                 params: Mapping[str, Any] | None = None) -> tuple[list[Record | None], int]:
+        """Batch read: the registers ``node`` holds for ``keys`` (None where missing)."""
         reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
-        return [None if obj is None else from_wire(obj) for obj in reply.body], reply.epoch
+        p = params or self.params
+        return ([None if obj is None else register.from_wire(obj, p) for obj in reply.body],
+                reply.epoch)
 
-    def put_many(self, node: str, records: list[Record],
+    def get_entries(self, node: str, refs: list[bytes],
+                    params: Mapping[str, Any] | None = None) -> list[kinds.Entry | None]:
+        """Batch read of entries of any kind by the references tree listings name."""
+        reply = self.request(node, "POST", "/v1/entries/get", data=packb(refs), headers=MSGPACK)
+        p = params or self.params
+        return [None if obj is None else kinds.from_wire(obj, p) for obj in reply.body]
+
+    def put_many(self, node: str, entries: list[kinds.Entry],
                  migration: bool = False) -> tuple[list[PutOutcome], int]:
-        """Batch write under the accept rule; one outcome per record.
+        """Batch write of entries of any kind, each under its accept rule; one outcome each.
 
-        :param migration: mark the batch as records moved by a join or remove, which the node
+        :param migration: mark the batch as entries moved by a join or remove, which the node
             counts in its ``sdht_migration_records_received`` metric.
         """
-        body = packb([r.to_wire() for r in records])
+        body = packed_array([e.pack() for e in entries])
         headers = {**MSGPACK, MIGRATION_HEADER: "1"} if migration else MSGPACK
         reply = self.request(node, "POST", "/v1/records", data=body, headers=headers)
-        return [PutOutcome(o["s"], o["score"], o["digest"]) for o in reply.body], reply.epoch
+        return ([PutOutcome(o["s"], o.get("score"), o.get("digest")) for o in reply.body],
+                reply.epoch)
 
     def scan(self, node: str, start: int, end: int, after: str | None = None,
-             limit: int = 1000) -> tuple[list[Record], str | None]:
-        """One page of the records ``node`` holds in ``[start, end)``, and the next cursor."""
-        params: dict[str, Any] = {"start": start, "end": end, "limit": limit}
+             limit: int = BATCH, params: Mapping[str, Any] | None = None
+             ) -> tuple[list[kinds.Entry], str | None]:
+        """One page of the entries ``node`` holds in ``[start, end)``, and the next cursor."""
+        query: dict[str, Any] = {"start": start, "end": end, "limit": limit}
         if after:
-            params["after"] = after
-        reply = self.request(node, "GET", "/v1/range", params=params)
-        return [from_wire(obj) for obj in reply.body["records"]], reply.body["next"]
+            query["after"] = after
+        reply = self.request(node, "GET", "/v1/range", params=query)
+        p = params or self.params
+        return ([kinds.from_wire(obj, p) for obj in reply.body["records"]],
+                reply.body["next"])
 
     def delete_range(self, node: str, start: int, end: int) -> int:
         """Drop every record ``node`` holds in ``[start, end)``; return how many."""
@@ -226,8 +249,8 @@ class Transport:
         """
         body: dict[str, Any] = {"nodes": [list(n) for n in nodes],
                                 "list": [list(n) for n in listed]}
-        if ranges is not None:  # sent as inclusive [first, last]: 2**64 does not fit msgpack
-            body["ranges"] = [[start, end - 1] for start, end in ranges]
+        if ranges is not None:
+            body["ranges"] = encode_ranges(ranges)
         reply = self.request(node, "POST", "/v1/tree", data=packb(body), headers=MSGPACK)
         return reply.body, reply.epoch
 
@@ -236,7 +259,7 @@ class Transport:
         when ``purge``. Returns how many it purged."""
         body = json.dumps({"rounds": rounds, "differences": differences, "purge": purge})
         reply = self.request(node, "POST", "/v1/sync/pass", data=body.encode(), admin=True,
-                             headers={"Content-Type": "application/json"})
+                             headers=JSON_BODY)
         return int(reply.body["purged"])
 
     # -- ring and health ----------------------------------------------------------------------
@@ -249,7 +272,7 @@ class Transport:
     def put_ring(self, node: str, view: RingView) -> RingView:
         """Offer ``view`` to ``node``; return the ring it holds afterwards (maybe a newer one)."""
         reply = self.request(node, "PUT", "/v1/ring", data=json.dumps(view.to_json()).encode(),
-                             headers={"Content-Type": "application/json"}, admin=True,
+                             headers=JSON_BODY, admin=True,
                              ok=(200, 409))
         return view if reply.status == 200 else RingView.from_json(reply.body["ring"])
 
@@ -267,10 +290,10 @@ def _close_idle(idle: dict[str, list[http.client.HTTPConnection]]) -> None:
 
 def _decode(kind: str, raw: bytes) -> Any:
     """Decode a body by its content type: msgpack, JSON, else text."""
-    if kind.startswith("application/msgpack"):
+    if kind.startswith(MSGPACK_TYPE):
         return unpackb(raw)
     text = raw.decode("utf-8", "replace")
-    if kind.startswith("application/json"):
+    if kind.startswith(JSON):
         try:
             return json.loads(text)
         except ValueError:

@@ -7,7 +7,7 @@ import hmac
 
 from flask import abort, current_app, request
 
-KEY_HEADER = "X-SDHT-Cluster-Key"
+from sdht.wire import KEY_HEADER
 
 
 def require_cluster_key() -> None:

@@ -5,8 +5,8 @@ import os
 from typing import Any, Mapping
 
 from sdht.errors import ConfigError
-from sdht.kinds.register import DEFAULT_PARAMS
-from sdht.ring import check_params
+from sdht import params as cluster_params
+from sdht.wire import MAX_BATCH
 
 #: Every node setting, its default, and (in the comment) its environment variable.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -15,7 +15,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "CLUSTER_KEY": None,           # SDHT_CLUSTER_KEY: required on admin routes when set
     "MAP_SIZE": 4 << 30,           # SDHT_MAP_SIZE: LMDB map size in bytes (4 GiB)
     "SYNC": True,                  # SDHT_SYNC: fsync every commit (durable acknowledgements)
-    "MAX_BATCH": 10_000,           # SDHT_MAX_BATCH: records or keys in one batch request
+    "MAX_BATCH": MAX_BATCH,        # SDHT_MAX_BATCH: records or keys in one batch request
     "MAX_BODY_BYTES": 64 << 20,    # SDHT_MAX_BODY_BYTES: request body limit (64 MiB)
     "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
     "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
@@ -52,10 +52,10 @@ def load_config(config: Mapping[str, Any] | None = None,
         raw = environ.get(f"SDHT_{name}")
         if raw is not None and name != "PARAMS":
             merged[name] = _parse(f"SDHT_{name}", raw, _TYPES.get(name, str))
-    for name, default in DEFAULT_PARAMS.items():
+    for name in cluster_params.TABLE:
         raw = environ.get(f"SDHT_{name.upper()}")
         if raw is not None:
-            params[name] = _parse(f"SDHT_{name.upper()}", raw, type(default))
+            params[name] = cluster_params.parse(name, raw, f"SDHT_{name.upper()}")
     explicit = dict(config or {})
     params.update(explicit.pop("PARAMS", {}) or {})
     merged.update(explicit)
@@ -64,5 +64,5 @@ def load_config(config: Mapping[str, Any] | None = None,
         raise ConfigError("no data directory: set SDHT_DATA_DIR or pass DATA_DIR")
     # The same checks a ring's parameters get: SDHT_DECAY=inf, say, would give NaN scores and
     # break the total order that replicas rely on.
-    check_params({**DEFAULT_PARAMS, **params})
+    cluster_params.with_defaults(params)
     return merged

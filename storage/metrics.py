@@ -24,9 +24,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client import generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from sdht.wire import MIGRATION_HEADER
+
+from .http import ring_view, store
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-#: Header a client sends on batch writes that move records between nodes (joins, removes).
-MIGRATION_HEADER = "X-SDHT-Migration"
 #: Routes left out of the health figures (mean response time, error rate): polling a node's
 #: health or scraping it must not dilute the figures of the work it serves.
 QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename>"})
@@ -181,7 +183,6 @@ def _observe(response: Response) -> Response:
 
 
 def _metrics_route() -> Response:
-    from .app import ring_view, store
     view = ring_view()
     stats = {**store().stats(), "epoch": view.epoch if view else 0,
              "uptime": time.time() - current_app.config["STARTED"]}

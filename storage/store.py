@@ -1,17 +1,20 @@
-"""The node's LMDB store: records keyed by ``position || key``, plus the node's metadata.
+"""The node's LMDB store: entries of every kind keyed by position, plus the node's metadata.
 
 Sub-databases:
 
-* ``data``: ``position (8 bytes, big-endian) || UTF-8 key`` -> a 49-byte header ``t, w, digest,
-  tombstone flag`` then the packed record, so one ring range is one cursor scan and the accept
-  rule, the hash tree and anti-entropy read the header alone, never decoding a stored record;
-* ``meta``: the node's ring view (JSON) and counters (accepted writes, stored bytes, sync);
-* ``tree``: the hash tree over positions (:mod:`storage.tree`), updated in the same write
-  transaction as the records, so anti-entropy never rescans the store.
+* ``data``: ``position (8 bytes, big-endian) || kind tag (1) || key length (2) || UTF-8 key ||
+  sub-id`` -> ``digest (32) || the kind's header || the packed entry``. One ring range is one
+  cursor scan whatever the kinds; the kind's header (for a register: t, w, tombstone flag) lets
+  its accept rule, the hash tree and anti-entropy work without decoding a stored entry;
+* ``meta``: the node's ring view (JSON), counters (accepted writes, stored bytes, sync) and the
+  layout's version;
+* ``tree``: the hash tree over positions (:mod:`storage.tree`) of the kinds that anti-entropy
+  carries, updated in the same write transaction as the entries.
 
-Every read-compare-write of the accept rule runs inside one LMDB write transaction, which LMDB
-serialises across threads and processes, so concurrent writers cannot lose the higher score.
-Commits are synchronous by default: an acknowledged write survives ``kill -9``.
+Every read-compare-write of an accept rule runs inside one LMDB write transaction, which LMDB
+serialises across threads and processes, so concurrent writers cannot lose the higher entry.
+Commits are synchronous by default: an acknowledged write survives ``kill -9``. The store never
+decides what wins: it asks the entry's kind (:mod:`sdht.kinds`).
 """
 from __future__ import annotations
 
@@ -19,72 +22,31 @@ import json
 import os
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Iterable, Mapping
 
 import lmdb
 
 from sdht.errors import ConfigError
-from sdht.kinds.register import Record, outranks, score
-from sdht.ring import RING_SIZE, RingView, position
-from sdht.sync import node_range
+from sdht.kinds import Entry, kind_of, register
+from sdht.ring import RingView
+from sdht.wire import RING_SIZE, SAME, STORED, SUPERSEDED, node_range
 
+from .layout import (DIGEST_BYTES, FORMAT, data_key, entry_key, held_of, key_position, packed,
+                     stored, upgrade)
 from .tree import Tree
 
 _U64 = struct.Struct(">Q")
 _REVISION, _BYTES, _RING = b"revision", b"bytes", b"ring"
 _SYNC_ROUNDS, _SYNC_DIFFS, _PURGED = b"sync_rounds", b"sync_differences", b"tombstones_purged"
 
-#: Outcomes of a write.
-STORED, SAME, SUPERSEDED = "stored", "same", "superseded"
-
 
 @dataclass
 class WriteResult:
-    """What happened to one incoming record, and what the node holds afterwards."""
+    """What happened to one incoming entry, and what the node holds afterwards (as the
+    entry's kind reads its stored header)."""
 
     status: str
-    held: Held
-
-
-def data_key(key: str) -> bytes:
-    """Return the LMDB key of ``key``: its ring position then its UTF-8 bytes."""
-    raw = key.encode("utf-8")
-    return _U64.pack(position(raw)) + raw
-
-
-#: The header before every stored record: t (int64), w (float64), digest (32 bytes), deleted.
-_HEAD = struct.Struct(">qd32s?")
-HEADER_BYTES = _HEAD.size
-#: Version of the on-disk layout, kept in meta; a store of another layout is refused.
-FORMAT = b"2"
-
-
-class Held(NamedTuple):
-    """What a node holds for a key, as read from the stored header alone."""
-
-    t: int
-    w: float
-    digest: bytes
-    deleted: bool
-
-    def score(self, decay: float) -> float:
-        """The held record's score (see :func:`sdht.kinds.register.score`)."""
-        return score(self.w, self.t, decay)
-
-
-def held(raw: bytes) -> Held:
-    """Return the header of a stored value."""
-    return Held(*_HEAD.unpack_from(raw))
-
-
-def packed(raw: bytes) -> bytes:
-    """Return the packed record of a stored value (what travels on the wire)."""
-    return bytes(raw[_HEAD.size:])
-
-
-def stored(rec: Record) -> bytes:
-    """Return the stored value of ``rec``: its header then its packed bytes."""
-    return _HEAD.pack(rec.t, rec.w, rec.digest, rec.deleted) + rec.pack()
+    held: Any
 
 
 class Store:
@@ -101,12 +63,12 @@ class Store:
         self._check_format()
 
     def _check_format(self) -> None:
-        """Mark a new store with :data:`FORMAT`; refuse one written in another layout."""
+        """Mark a new store with :data:`FORMAT`, upgrade an older layout, refuse another."""
         with self.env.begin(write=True) as txn:
             found = txn.get(b"format", db=self.meta)
             if found is None and txn.stat(self.data)["entries"] == 0:
                 txn.put(b"format", FORMAT, db=self.meta)
-            elif found != FORMAT:
+            elif found != FORMAT and not upgrade(self, txn, found):
                 raise ConfigError(f"{self.env.path()} holds data in another sdht layout "
                                   f"({found!r}, this version reads {FORMAT!r})")
 
@@ -141,44 +103,47 @@ class Store:
             txn.put(_RING, json.dumps(view.to_json(), sort_keys=True).encode())
         return True, view
 
-    # -- records ------------------------------------------------------------------------------
+    # -- entries ------------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        """Return the packed record of ``key``, or None."""
+        """Return the packed register of ``key``, or None."""
         return self.get_many([key])[0]
 
     def get_many(self, keys: Iterable[str]) -> list[bytes | None]:
-        """Return the packed records of ``keys`` (None for missing), in one read transaction."""
+        """Return the packed registers of ``keys`` (None for missing), in one transaction."""
+        return self.get_refs([data_key(register.TAG, k) for k in keys])
+
+    def get_refs(self, refs: Iterable[bytes]) -> list[bytes | None]:
+        """Return the packed entries under LMDB keys ``refs`` (None for missing)."""
         with self.env.begin(db=self.data) as txn:
-            raws = [txn.get(data_key(k)) for k in keys]
-        return [None if raw is None else packed(raw) for raw in raws]
+            found = [(ref, txn.get(ref)) for ref in refs]
+        return [None if raw is None else packed(ref, raw) for ref, raw in found]
 
-    def put_many(self, records: list[Record], params: Mapping[str, Any]) -> list[WriteResult]:
-        """Apply the accept rule to each record in one write transaction.
-
-        Every record must already have passed :func:`sdht.kinds.register.check_work` and the time
-        check (the caller validates the whole batch first, so a bad batch changes nothing).
+    def put_many(self, entries: list[Entry], params: Mapping[str, Any]) -> list[WriteResult]:
+        """Merge each entry into what the node holds, in one transaction: the second half of
+        its kind's accept rule (``supersedes``). The caller has admitted every entry first
+        (:func:`sdht.kinds.admit`, the first half), so a bad batch changes nothing.
         """
         results = []
-        decay = params["decay"]
         tree_changes = []
         with self.env.begin(write=True) as txn:
             added_bytes, accepted = 0, 0
-            for rec in records:
-                lkey = data_key(rec.key)
+            for entry in entries:
+                kind = kind_of(entry.TAG)
+                lkey = entry_key(entry)
                 old_raw = txn.get(lkey, db=self.data)
-                old = held(old_raw) if old_raw is not None else None
-                if old is not None and old.digest == rec.digest:
+                old = held_of(lkey, old_raw) if old_raw is not None else None
+                if old is not None and old.digest == entry.digest:
                     results.append(WriteResult(SAME, old))
-                elif old is None or outranks(rec.score(decay), rec.digest, old.score(decay),
-                                             old.digest):
-                    value = stored(rec)
+                elif kind.supersedes(entry, old, params):
+                    value = stored(entry)
                     txn.put(lkey, value, db=self.data)
-                    tree_changes.append((lkey, old.digest if old else None, rec.digest))
+                    if kind.SYNCED:
+                        tree_changes.append((lkey, old.digest if old else None, entry.digest))
                     added_bytes += (len(value) - len(old_raw) if old_raw is not None
                                     else len(lkey) + len(value))
                     accepted += 1
-                    results.append(WriteResult(STORED, held(value)))
+                    results.append(WriteResult(STORED, held_of(lkey, value)))
                 else:
                     results.append(WriteResult(SUPERSEDED, old))
             if accepted:
@@ -189,10 +154,10 @@ class Store:
 
     def scan(self, start: int, end: int, after: bytes | None = None,
              limit: int = 1000) -> tuple[list[bytes], bytes | None]:
-        """Return packed records with positions in ``[start, end)``, in LMDB key order.
+        """Return packed entries with positions in ``[start, end)``, in LMDB key order.
 
         :param after: resume after this LMDB key (the cursor a previous page returned).
-        :returns: ``(records, cursor)``; the cursor is None when the range is exhausted.
+        :returns: ``(entries, cursor)``; the cursor is None when the range is exhausted.
         """
         first = _U64.pack(start)
         if after is not None and after >= first:
@@ -204,34 +169,52 @@ class Store:
             if not cursor.set_range(first):
                 return out, None
             for lkey, value in cursor:
-                if end < RING_SIZE and _U64.unpack_from(lkey)[0] >= end:
+                if end < RING_SIZE and key_position(lkey) >= end:
                     return out, None
                 if len(out) == limit:
                     return out, last
-                out.append(packed(value))
+                out.append(packed(lkey, value))
                 last = lkey
         return out, None
 
     def delete_range(self, start: int, end: int) -> int:
-        """Delete every record with a position in ``[start, end)``; return how many."""
+        """Delete every entry with a position in ``[start, end)``; return how many."""
+        return self._delete_where(start, end, lambda lkey, raw: True)
+
+    def purge_tombstones(self, cutoff_us: int) -> int:
+        """Delete what each kind says has expired before ``cutoff_us`` (a register's tombstones
+        past the grace), keeping the hash tree in step; return how many were purged."""
+        def expired(lkey: bytes, raw: bytes) -> bool:
+            return kind_of(lkey[8]).expired(held_of(lkey, raw), cutoff_us)
+
+        purged = self._delete_where(0, RING_SIZE, expired, _PURGED)
+        return purged
+
+    def _delete_where(self, start: int, end: int, doomed: Any,
+                      counter: bytes | None = None) -> int:
+        """Delete the entries in ``[start, end)`` for which ``doomed(lmdb_key, raw)`` holds."""
         deleted, freed = 0, 0
         tree_changes: list[tuple[bytes, bytes | None, bytes | None]] = []
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor(db=self.data)
-            if cursor.set_range(_U64.pack(start)):
-                while True:
-                    lkey = cursor.key()
-                    if not lkey or (end < RING_SIZE and _U64.unpack_from(lkey)[0] >= end):
-                        break
-                    raw = cursor.value()
-                    freed += len(lkey) + len(raw)
-                    tree_changes.append((bytes(lkey), held(raw).digest, None))
-                    deleted += 1
-                    if not cursor.delete():
-                        break
+            more = cursor.set_range(_U64.pack(start))
+            while more:
+                lkey, raw = bytes(cursor.key()), cursor.value()
+                if end < RING_SIZE and key_position(lkey) >= end:
+                    break
+                if not doomed(lkey, raw):
+                    more = cursor.next()
+                    continue
+                freed += len(lkey) + len(raw)
+                if kind_of(lkey[8]).SYNCED:
+                    tree_changes.append((lkey, held_of(lkey, raw).digest, None))
+                deleted += 1
+                more = cursor.delete() and bool(cursor.key())  # now on the next entry, if any
             if deleted:
                 self.tree.update_many(txn, tree_changes)
                 self._add(txn, _BYTES, -freed)
+                if counter:
+                    self._add(txn, counter, deleted)
         return deleted
 
     # -- anti-entropy -------------------------------------------------------------------------
@@ -242,11 +225,12 @@ class Store:
             return self.tree.hashes(txn, nodes)
 
     def entries(self, level: int, index: int, ranges: Iterable[tuple[int, int]],
-                limit: int) -> list[tuple[str, bytes]]:
-        """Return ``(key, digest)`` of the records under tree node ``(level, index)`` whose
-        positions fall in one of ``ranges``, in position order, at most ``limit`` of them."""
+                limit: int) -> list[tuple[bytes, bytes]]:
+        """Return ``(lmdb key, digest)`` of the synced entries under tree node
+        ``(level, index)`` whose positions fall in one of ``ranges``, in position order, at
+        most ``limit`` of them."""
         low, high = node_range(level, index)
-        out: list[tuple[str, bytes]] = []
+        out: list[tuple[bytes, bytes]] = []
         with self.env.begin(db=self.data) as txn:
             cursor = txn.cursor()
             for start, end in ranges:
@@ -254,33 +238,11 @@ class Store:
                 if start >= end or not cursor.set_range(_U64.pack(start)):
                     continue
                 for lkey, raw in cursor:
-                    if _U64.unpack_from(lkey)[0] >= end or len(out) >= limit:
+                    if key_position(lkey) >= end or len(out) >= limit:
                         break
-                    out.append((bytes(lkey[8:]).decode("utf-8"), held(raw).digest))
+                    if kind_of(lkey[8]).SYNCED:
+                        out.append((bytes(lkey), bytes(raw[:DIGEST_BYTES])))
         return out
-
-    def purge_tombstones(self, before_us: int) -> int:
-        """Delete tombstones written before ``before_us`` (past the tombstone grace), keeping
-        the hash tree in step; return how many were purged."""
-        purged, freed = 0, 0
-        with self.env.begin(write=True) as txn:
-            cursor = txn.cursor(db=self.data)
-            if cursor.first():
-                while cursor.key():
-                    lkey, raw = bytes(cursor.key()), cursor.value()
-                    head = held(raw)
-                    if head.deleted and head.t < before_us:
-                        self.tree.update(txn, lkey, head.digest, None)
-                        freed += len(lkey) + len(raw)
-                        purged += 1
-                        if not cursor.delete():  # positioned on the next record, or at the end
-                            break
-                    elif not cursor.next():
-                        break
-            if purged:
-                self._add(txn, _BYTES, -freed)
-                self._add(txn, _PURGED, purged)
-        return purged
 
     def add_sync_counts(self, rounds: int, differences: int) -> None:
         """Add to the node's counters of background sync rounds and differences found."""
@@ -291,8 +253,9 @@ class Store:
     # -- counters -----------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
-        """Return ``records`` (count), ``bytes`` (keys and records), ``revision`` and the
-        anti-entropy counters ``sync_rounds``, ``sync_differences``, ``tombstones_purged``."""
+        """Return ``records`` (entries, tombstones too), ``bytes`` (keys and entries),
+        ``revision`` and the anti-entropy counters ``sync_rounds``, ``sync_differences``,
+        ``tombstones_purged``."""
         with self.env.begin() as txn:
             records = txn.stat(self.data)["entries"]
             return {"records": records, "bytes": self._read(txn, _BYTES),

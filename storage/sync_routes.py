@@ -10,20 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from sdht.kinds.register import now_us
-from sdht.ring import RING_SIZE
+from sdht.errors import InvalidRecord
+from sdht.wire import RING_SIZE, decode_ranges, encode_ranges, is_tree_node, packb, tombstone_cutoff
 
-from .app import ApiError, _body, _msgpack, params, store
 from .auth import require_cluster_key
-from .tree import check_node
+from .http import ApiError, body, msgpack_response, params, store
 
 bp = Blueprint("v1_sync", __name__, url_prefix="/v1")
-
-#: Most ranges one tree request may restrict to.
-MAX_RANGES = 4096
 
 
 def _nodes(obj: Any, name: str) -> list[tuple[int, int]]:
@@ -33,26 +28,17 @@ def _nodes(obj: Any, name: str) -> list[tuple[int, int]]:
                        f"{current_app.config['MAX_BATCH']} [level, index] pairs")
     out = []
     for item in items:
-        if not (isinstance(item, list) and len(item) == 2 and check_node(item[0], item[1])):
+        if not (isinstance(item, list) and len(item) == 2 and is_tree_node(item[0], item[1])):
             raise ApiError(400, "bad_tree_request", f"not a tree node: {item!r}")
         out.append((item[0], item[1]))
     return out
 
 
 def _ranges(obj: Any) -> list[tuple[int, int]]:
-    # Inclusive [first, last] on the wire, since 2**64 (the end of the ring) does not fit msgpack.
-    items = obj.get("ranges", [[0, RING_SIZE - 1]])
-    if not isinstance(items, list) or len(items) > MAX_RANGES:
-        raise ApiError(400, "bad_tree_request", f"ranges must be a list of at most "
-                       f"{MAX_RANGES} [first, last] pairs")
-    out = []
-    for item in items:
-        if not (isinstance(item, list) and len(item) == 2 and all(type(x) is int for x in item)
-                and 0 <= item[0] <= item[1] < RING_SIZE):
-            raise ApiError(400, "bad_tree_request", f"not a position range [first, last]: "
-                           f"{item!r}")
-        out.append((item[0], item[1] + 1))
-    return sorted(out)
+    try:
+        return decode_ranges(obj.get("ranges", encode_ranges([(0, RING_SIZE)])))
+    except InvalidRecord as exc:
+        raise ApiError(400, "bad_tree_request", str(exc)) from None
 
 
 @bp.post("/tree")
@@ -61,10 +47,10 @@ def tree() -> Response:
 
     Body: ``{"nodes": [[level, index], ...], "list": [[level, index], ...],
     "ranges": [[first, last], ...]}`` (inclusive position ranges; the whole ring by default).
-    Answer: ``{"hashes": [bytes, ...], "entries": [[[key, digest], ...], ...],
-    "truncated": bool}``.
+    Answer: ``{"hashes": [bytes, ...], "entries": [[[ref, digest], ...], ...],
+    "truncated": bool}``, where ``ref`` is an entry's reference for ``/v1/entries/get``.
     """
-    obj = _body()
+    obj = body()
     if not isinstance(obj, dict):
         raise ApiError(400, "bad_tree_request", "the body must be a msgpack map")
     nodes, listed, ranges = _nodes(obj, "nodes"), _nodes(obj, "list"), _ranges(obj)
@@ -74,9 +60,9 @@ def tree() -> Response:
     for level, index in listed:
         found = st.entries(level, index, ranges, budget + 1)
         budget -= len(found)
-        entries.append([[key, digest] for key, digest in found])
-    body = {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": budget < 0}
-    return _msgpack(msgpack.packb(body, use_bin_type=True))
+        entries.append([[ref, digest] for ref, digest in found])
+    answer = {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": budget < 0}
+    return msgpack_response(packb(answer))
 
 
 @bp.post("/sync/pass")
@@ -94,5 +80,5 @@ def sync_pass() -> Response:
     st.add_sync_counts(*counts)
     purged = 0
     if obj.get("purge") is True:
-        purged = st.purge_tombstones(now_us() - int(params()["tombstone_grace"] * 1e6))
+        purged = st.purge_tombstones(tombstone_cutoff(params()))
     return jsonify({"purged": purged})

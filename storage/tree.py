@@ -24,7 +24,7 @@ from typing import Iterable
 import lmdb
 
 # The tree's shape is shared with the client's sync walk, which must agree with it exactly.
-from sdht.sync import DEPTH, FANOUT
+from sdht.wire import DEPTH, FANOUT
 
 LEAF_BITS = 4 * DEPTH          # a leaf is the top 16 bits of a position
 HASH_BYTES = 16
@@ -45,17 +45,6 @@ def contribution(lmdb_key: bytes, digest: bytes | None) -> bytes:
 def xor(a: bytes, b: bytes) -> bytes:
     """XOR two equal-length byte strings."""
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
-
-
-def check_node(level: int, index: int) -> bool:
-    """Return whether ``(level, index)`` names a node of the tree."""
-    return (type(level) is int and type(index) is int and 0 <= level <= DEPTH
-            and 0 <= index < FANOUT ** level)
-
-
-def children(level: int, index: int) -> list[tuple[int, int]]:
-    """Return the 16 children of an interior node."""
-    return [(level + 1, index * FANOUT + i) for i in range(FANOUT)]
 
 
 def path(lmdb_key: bytes) -> Iterable[bytes]:

@@ -15,13 +15,14 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 
 from sdht.client import Ring
-from sdht.errors import (InvalidRecord, NoNodes, QuorumError, RingError, SDHTError,
-                         TransportError, WriteConflict)
-from sdht.ring import RING_SIZE, position
+from sdht.errors import NoNodes
+from sdht.ring import position
+from sdht.wire import RING_SIZE
 from sdht.status import cluster_status, jsonable, replicas, token_fractions
 from sdht.transport import Transport
 
 from .auth import require_cluster_key
+from .http import ApiError
 
 #: Largest JSON body the page's routes accept (bytes); values are small on this page.
 UI_MAX_BODY = 64 << 10
@@ -51,39 +52,13 @@ def _ring() -> Ring:
         return held[1]
 
 
-def _error(status: int, code: str, message: str) -> tuple[Response, int]:
-    return jsonify({"error": code, "message": message}), status
-
-
 def _request_json() -> dict[str, Any]:
     if (request.content_length or 0) > UI_MAX_BODY:
-        raise _UiError(413, "too_large", f"the body must be at most {UI_MAX_BODY} bytes")
+        raise ApiError(413, "too_large", f"the body must be at most {UI_MAX_BODY} bytes")
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or not isinstance(body.get("key"), str) or not body["key"]:
-        raise _UiError(400, "bad_request", 'send a JSON object with a non-empty "key" string')
+        raise ApiError(400, "bad_request", 'send a JSON object with a non-empty "key" string')
     return body
-
-
-class _UiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-@ui.errorhandler(_UiError)
-def _ui_error(exc: _UiError) -> tuple[Response, int]:
-    return _error(exc.status, exc.code, exc.message)
-
-
-@ui.errorhandler(SDHTError)
-def _sdht_error(exc: SDHTError) -> tuple[Response, int]:
-    if isinstance(exc, InvalidRecord):
-        return _error(400, "invalid", str(exc))
-    if isinstance(exc, WriteConflict):
-        return _error(409, "conflict", str(exc))
-    if isinstance(exc, (RingError, QuorumError, TransportError)):
-        return _error(503, "unavailable", str(exc))
-    return _error(502, "ring_error", str(exc))
 
 
 def _answer(ring: Ring, key: str, **extra: Any) -> Response:

@@ -179,7 +179,8 @@ CLIENT = textwrap.dedent("""
     import requests
     import sdht
     from sdht.pow import mint
-    from sdht.kinds.register import DEFAULT_PARAMS, from_packed
+    from sdht.kinds.register import from_packed
+    from sdht.params import DEFAULTS as DEFAULT_PARAMS
 
     assert sdht.__file__ == "/usr/lib/python3/dist-packages/sdht/__init__.py", sdht.__file__
     port = int(sys.argv[1])
@@ -189,7 +190,7 @@ CLIENT = textwrap.dedent("""
     assert resp.status_code == 201, (resp.status_code, resp.text)
     resp = requests.get(url, params={"key": "raw"}, timeout=10)
     assert resp.status_code == 200, (resp.status_code, resp.text)
-    assert from_packed(resp.content).value == {"v": 1}
+    assert from_packed(resp.content, DEFAULT_PARAMS).value == {"v": 1}
     print("raw http ok")
     if hasattr(sdht, "Ring"):  # the ring API, once sdht/client.py has landed
         ring = sdht.Ring()

@@ -12,10 +12,30 @@ from hypothesis import assume, given, settings, strategies as st
 
 from sdht.errors import InvalidRecord, ValueTooLarge
 from sdht.pow import mint
-from sdht.kinds.register import (DEFAULT_PARAMS, MAX_DEPTH, MAX_TIME_US, MAX_WORK, Record, accepts, beats,
-                         check_time, check_work, from_packed, from_wire, now_us, realised_work,
-                         score, unpackb, winner)
-from storage.store import STORED, Store
+from sdht.kinds import common
+from sdht.kinds.common import MAX_DEPTH, MAX_TIME_US, MAX_WORK, realised_work
+from sdht.kinds.register import Record, accepts, beats, score, winner
+from sdht.kinds import register
+from sdht.params import DEFAULTS as DEFAULT_PARAMS
+from sdht.wire import now_us, unpackb
+
+
+def check_work(rec, min_work):
+    common.check_work(rec.w, rec.digest, min_work)
+
+
+def check_time(rec, max_skew, now=None):
+    common.check_time(rec.t, max_skew, now)
+
+
+def from_wire(obj, params=DEFAULT_PARAMS):
+    return register.from_wire(obj, params)
+
+
+def from_packed(data, params=DEFAULT_PARAMS):
+    return register.from_packed(data, params)
+from storage.store import Store
+from sdht.wire import STORED
 
 T0 = 1_700_000_000_000_000  # microseconds
 
@@ -263,7 +283,7 @@ class TestTime:
 
 
 def wire(**changes) -> dict:
-    base = {"k": "key", "v": [1, "two"], "t": T0, "w": 3.0, "n": b"nonce", "d": False}
+    base = {"x": 0, "k": "key", "v": [1, "two"], "t": T0, "w": 3.0, "n": b"nonce", "d": False}
     base.update(changes)
     return base
 

@@ -13,11 +13,13 @@ import pytest
 
 from sdht.errors import ConfigError
 from sdht.pow import mint
-from sdht.kinds.register import DEFAULT_PARAMS, from_packed, now_us
+from sdht.kinds.register import from_packed
+from sdht.params import DEFAULTS as DEFAULT_PARAMS
+from sdht.wire import now_us
 from sdht.ring import RING_SIZE, position
 from storage.app import EPOCH_HEADER, create_app
 from storage.auth import KEY_HEADER
-from storage.store import HEADER_BYTES
+from storage.layout import entry_key, stored
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 LIMITS = {"max_key_bytes": 32, "max_value_bytes": 64}
@@ -224,7 +226,7 @@ class TestRing:
         assert client.put("/v1/record", data=mint("big", "x" * 500, 3.0).pack()).status_code == 201
         assert client.put("/v1/ring", json=ring(1, max_value_bytes=100)).status_code == 200
         assert client.put("/v1/record", data=mint("big", "small", 3.0).pack()).status_code == 201
-        assert from_packed(client.get("/v1/record?key=big").get_data()).value == "small"
+        assert from_packed(client.get("/v1/record?key=big").get_data(), DEFAULT_PARAMS).value == "small"
 
     def test_the_ring_params_rule_writes(self, make_app):
         client = make_app(PARAMS={}).test_client()
@@ -281,7 +283,7 @@ class TestData:
         got = msgpack.unpackb(client.post("/v1/records/get", data=pack(keys)).get_data())
         assert got[-1] is None
         held = {r.key: r for r in records} | {r.key: r for r in newer}
-        assert ([from_packed(pack(g)).digest for g in got[:-1]]
+        assert ([from_packed(pack(g), DEFAULT_PARAMS).digest for g in got[:-1]]
                 == [held[k].digest for k in keys[:-1]])
         health = client.get("/v1/health").get_json()
         assert health["records"] == 40 and health["revision"] == 45
@@ -309,7 +311,7 @@ class TestData:
         assert [position(r.key) for r in left] == positions[:10] + positions[40:]
         health = client.get("/v1/health").get_json()
         assert health["records"] == 30
-        total = sum(HEADER_BYTES + len(r.pack()) + 8 + len(r.key) for r in left)
+        total = sum(len(stored(r)) + len(entry_key(r)) for r in left)
         assert health["bytes"] == total
         assert client.delete(f"/v1/range?start=0&end={RING_SIZE}").get_json() == {"deleted": 30}
         assert client.get("/v1/health").get_json()["bytes"] == 0
@@ -324,7 +326,7 @@ def scan(client, start: int, end: int, limit: int) -> list:
         assert resp.status_code == 200 and resp.mimetype == "application/msgpack"
         page = msgpack.unpackb(resp.get_data())
         assert len(page["records"]) <= limit
-        out += [from_packed(pack(r)) for r in page["records"]]
+        out += [from_packed(pack(r), DEFAULT_PARAMS) for r in page["records"]]
         after, pages = page["next"], pages + 1
         assert pages <= len(out) + 2, "the cursor does not advance"
         if after is None:

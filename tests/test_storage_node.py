@@ -20,7 +20,9 @@ import requests
 
 from conftest import ROOT, NodeProcess, free_port, wait_for
 from sdht.pow import mint
-from sdht.kinds.register import DEFAULT_PARAMS, Record, from_packed, now_us, winner
+from sdht.kinds.register import Record, from_packed, winner
+from sdht.params import DEFAULTS as DEFAULT_PARAMS
+from sdht.wire import now_us
 from sdht.ring import RING_SIZE
 from storage.app import EPOCH_HEADER, create_app
 from storage.auth import KEY_HEADER
@@ -51,7 +53,7 @@ def get(node: NodeProcess, key: str, session=requests) -> Record | None:
     if resp.status_code == 404:
         return None
     assert resp.status_code == 200, resp.text
-    return from_packed(resp.content)
+    return from_packed(resp.content, DEFAULT_PARAMS)
 
 
 def assert_clean_log(node: NodeProcess) -> None:

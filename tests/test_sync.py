@@ -8,7 +8,8 @@ from conftest import wait_for
 
 import sdht
 from sdht.pow import mint
-from sdht.kinds.register import DEFAULT_PARAMS, now_us
+from sdht.params import DEFAULTS as DEFAULT_PARAMS
+from sdht.wire import now_us
 from sdht.ring import RING_SIZE
 from sdht.inprocess import WSGITransport
 from sdht.sync import sync_range
@@ -26,7 +27,7 @@ def rebuilt_root(store: Store) -> bytes:
     h = ZERO
     with store.env.begin(db=store.data) as txn:
         for lkey, raw in txn.cursor():
-            h = xor(h, contribution(bytes(lkey), from_packed(packed(raw)).digest))
+            h = xor(h, contribution(bytes(lkey), from_packed(packed(bytes(lkey), raw), DEFAULT_PARAMS).digest))
     return h
 
 
@@ -53,7 +54,7 @@ class TestTree:
         assert reopened.tree_hashes([(0, 0)])[0] == rebuilt_root(reopened)
 
     def test_tree_route_checks_its_input(self, client):
-        from sdht.kinds.register import packb
+        from sdht.wire import packb
         post = lambda body: client.post("/v1/tree", data=packb(body),  # noqa: E731
                                         content_type="application/msgpack")
         assert post({"nodes": [[5, 0]]}).status_code == 400

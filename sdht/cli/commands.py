@@ -20,7 +20,8 @@ from . import localcluster
 from ..client import Ring
 from ..errors import SDHTError
 from ..migration import plan_transfers
-from ..ring import JOINING, LEAVING, RING_SIZE, Member
+from ..ring import JOINING, LEAVING, Member
+from ..wire import RING_SIZE
 from ..status import cluster_status, jsonable
 from ..transport import DEFAULT_TIMEOUT
 

@@ -1,0 +1,107 @@
+"""Cluster parameters: one table of every parameter, its default, its range and its meaning.
+
+A ring carries its parameters (:class:`sdht.ring.RingView`), so every node and client apply the
+same ones. The node (:mod:`storage.config`), the client (:class:`sdht.Ring`) and the command line
+all check parameters through :func:`check` here, and no limit below is written anywhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .errors import ConfigError, InvalidRecord
+
+#: The most work a client mints for one entry, and the most a cluster may demand as min_work:
+#: e**60 hashes is already far beyond any machine, so a larger request is a mistake.
+WORK_CEILING = 60.0
+
+
+@dataclass(frozen=True)
+class Param:
+    """One cluster parameter: its default, inclusive range ``[low, high]`` and meaning."""
+
+    name: str
+    default: int | float
+    low: int | float
+    high: int | float
+    doc: str
+
+    @property
+    def type(self) -> type:
+        """``int`` or ``float``: how the parameter is parsed from text."""
+        return type(self.default)
+
+
+TABLE: dict[str, Param] = {p.name: p for p in (
+    Param("decay", 0.0001, 0.0, 1.0,
+          "logwork per second a record's priority grows with its time: one unit of rent "
+          "holds ~2.8 hours"),
+    Param("min_work", 3.0, 0.0, WORK_CEILING,
+          "least work (natural-log units) every entry must show: ~20 hashes, ~10 us to mint"),
+    Param("max_skew", 2.0, 0.0, 86400.0,
+          "seconds a timestamp may run ahead of a node's clock"),
+    Param("n", 3, 1, 16, "replicas per key"),
+    Param("r", 2, 1, 16, "replies a read waits for"),
+    Param("w", 2, 1, 16, "acknowledgements a write waits for"),
+    Param("tokens", 128, 1, 4096, "virtual nodes per member, for balance"),
+    Param("max_key_bytes", 1024, 1, 65536, "longest key, in UTF-8 bytes"),
+    Param("max_value_bytes", 1 << 20, 1, 1 << 30, "largest value, msgpack-encoded (1 MiB)"),
+    Param("tombstone_grace", 7 * 86400.0, 0.0, 10 * 365 * 86400.0,
+          "seconds a tombstone is kept before it may be purged (docs/anti-entropy.md)"),
+)}
+
+#: Every parameter's default, as a ring created without overrides carries them.
+DEFAULTS: dict[str, Any] = {name: p.default for name, p in TABLE.items()}
+
+
+def check(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a full set of parameters: every one present, of a number type and in range, and
+    ``r, w <= n``. Returns them as a new dict.
+
+    :raises ConfigError: naming the first bad parameter.
+    """
+    for name, p in TABLE.items():
+        value = params.get(name)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not p.low <= value <= p.high):
+            raise ConfigError(f"cluster parameter {name}={value!r} must be in "
+                              f"[{p.low}, {p.high}]: {p.doc}")
+    unknown = sorted(set(params) - set(TABLE))
+    if unknown:
+        raise ConfigError(f"unknown cluster parameter(s): {', '.join(map(str, unknown))}")
+    if params["r"] > params["n"] or params["w"] > params["n"]:
+        raise ConfigError("r and w must not exceed n")
+    return dict(params)
+
+
+def with_defaults(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Return the defaults updated by ``overrides``, checked (see :func:`check`)."""
+    return check({**DEFAULTS, **(overrides or {})})
+
+
+def parse(name: str, text: str, label: str | None = None) -> int | float:
+    """Parse one parameter from text (an environment variable, a command-line option); errors
+    name it as ``label`` (the variable or option), else by its own name.
+
+    :raises ConfigError: for an unknown name or text that is not a number of its type.
+    """
+    p = TABLE.get(name)
+    if p is None:
+        raise ConfigError(f"unknown cluster parameter {name!r}")
+    try:
+        return p.type(text)
+    except ValueError:
+        raise ConfigError(f"{label or name}={text!r} is not a valid {p.type.__name__}") from None
+
+
+def check_work(w: float, params: Mapping[str, Any]) -> float:
+    """Check work a caller asks to mint: between the ring's ``min_work`` and
+    :data:`WORK_CEILING`. Returns it as a float.
+
+    :raises InvalidRecord: when it is outside that range.
+    """
+    w = float(w)
+    if not params["min_work"] <= w <= WORK_CEILING:
+        raise InvalidRecord(f"work {w} must be between min_work ({params['min_work']}) and "
+                          f"{WORK_CEILING:g}")
+    return w

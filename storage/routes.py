@@ -1,0 +1,147 @@
+"""The node's data routes under ``/v1``: health, the ring, and entries of every kind.
+
+Records travel as msgpack, errors, health and the ring as JSON (docs/design.md, "Storage node").
+Every write goes through one admission path (:func:`storage.http.admit`: the entry's kind checks
+shape, sizes, work and clock), then the store applies the kind's accept rule.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import msgpack
+from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from sdht import kinds
+from sdht.errors import ConfigError
+from sdht.ring import RingView
+from sdht.wire import SAME, STORED, packb, packed_array
+
+from . import metrics
+from .auth import require_cluster_key
+from .http import (ApiError, admit, batch, body, check_key, int_arg, msgpack_response, params,
+                   range_args, ring_view, store)
+from .layout import is_data_key
+
+bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+
+@bp.get("/health")
+def health() -> Response:
+    """Node id, ring epoch, record count, bytes, revision and uptime, as JSON."""
+    view = ring_view()
+    return jsonify({"node": current_app.config["NODE_ID"], "epoch": view.epoch if view else 0,
+                    **store().stats(), "uptime": time.time() - current_app.config["STARTED"],
+                    "location": current_app.config["LOCATION"], "pid": os.getpid(),
+                    **metrics.current().figures()})
+
+
+@bp.get("/ring")
+def get_ring() -> Response:
+    """The ring this node stores (404 before it has one)."""
+    view = ring_view()
+    if view is None:
+        raise ApiError(404, "no_ring", "this node has not joined a ring")
+    return jsonify(view.to_json())
+
+
+@bp.put("/ring")
+def put_ring() -> tuple[Response, int]:
+    """Replace the stored ring with a higher epoch (admin); 409 with the held ring otherwise."""
+    require_cluster_key()
+    try:
+        view = RingView.from_json(request.get_json(force=True, silent=False))
+    except HTTPException:
+        raise ApiError(400, "malformed_body", "the ring must be a JSON object") from None
+    except ConfigError as exc:
+        raise ApiError(400, "bad_ring", str(exc) or "malformed ring") from None
+    replaced, held = store().replace_ring(view)
+    if not replaced:
+        return jsonify({"error": "stale_epoch", "message": f"epoch {view.epoch} is not newer "
+                        f"than {held.epoch}", "ring": held.to_json()}), 409
+    return jsonify({"epoch": view.epoch}), 200
+
+
+@bp.get("/record")
+def get_record() -> Response:
+    """One packed register by ``?key=``; 404 when this node holds none."""
+    raw = store().get(check_key(request.args.get("key"), params()))
+    if raw is None:
+        raise ApiError(404, "not_found", "no record for this key")
+    return msgpack_response(raw)
+
+
+@bp.put("/record")
+def put_record() -> tuple[Response, int]:
+    """Write one entry under its kind's accept rule: 201 stored, 200 same, 409 when the node
+    holds an entry the order puts above it (with what the kind tells about it)."""
+    p = params()
+    entry = admit(body(), p)
+    result = store().put_many([entry], p)[0]
+    metrics.current().count_writes([result])
+    if result.status == STORED:
+        return jsonify({"status": STORED}), 201
+    if result.status == SAME:
+        return jsonify({"status": SAME}), 200
+    told = kinds.kind_of(entry.TAG).describe(result.held, p)
+    told["digest"] = told["digest"].hex()   # JSON: the digest as hex
+    return jsonify({"error": "superseded", "message": "a version of higher priority is stored",
+                    **told}), 409
+
+
+@bp.post("/records/get")
+def get_records() -> Response:
+    """Batch read: a msgpack array of keys in, an array of packed registers (or nil) out."""
+    p = params()
+    keys = [check_key(key, p) for key in batch(body(), "keys")]
+    return msgpack_response(packed_array(store().get_many(keys)))
+
+
+@bp.post("/entries/get")
+def get_entries() -> Response:
+    """Batch read by entry reference (the LMDB keys the tree listings name, any kind): a
+    msgpack array of references in, an array of packed entries (or nil) out."""
+    refs = batch(body(), "references")
+    if not all(is_data_key(ref) for ref in refs):
+        raise ApiError(400, "bad_reference", "references must be entry keys from a tree listing")
+    return msgpack_response(packed_array(store().get_refs(refs)))
+
+
+@bp.post("/records")
+def put_records() -> Response:
+    """Batch write of entries of any kind: every entry is admitted first (one bad entry refuses
+    the whole batch), then all are merged in one transaction. Answers one ``{s, ...}`` per
+    entry: its outcome and what its kind tells about the version held afterwards."""
+    p = params()
+    entries = [admit(obj, p, raw) for obj, raw in batch(body(items=True), "records")]
+    results = store().put_many(entries, p)
+    metrics.current().count_writes(results)
+    out = [{"s": r.status, **kinds.kind_of(e.TAG).describe(r.held, p)}
+           for e, r in zip(entries, results)]
+    return msgpack_response(packb(out))
+
+
+@bp.get("/range")
+def scan_range() -> Response:
+    """A page of packed entries with positions in ``[start, end)``, resumed ``after`` a cursor."""
+    start, end = range_args()
+    limit = int_arg("limit", 1, current_app.config["MAX_BATCH"], 1000)
+    after_hex = request.args.get("after")
+    try:
+        after = bytes.fromhex(after_hex) if after_hex else None
+    except ValueError:
+        raise ApiError(400, "bad_argument", "after must be a hex cursor") from None
+    entries, cursor = store().scan(start, end, after, limit)
+    # {"records": [...], "next": cursor}: the entries go out as stored, never re-encoded.
+    return msgpack_response(msgpack.Packer().pack_map_header(2) + packb("records")
+                            + packed_array(entries) + packb("next")
+                            + packb(cursor.hex() if cursor else None))
+
+
+@bp.delete("/range")
+def delete_range() -> Response:
+    """Delete every entry with a position in ``[start, end)`` (admin)."""
+    require_cluster_key()
+    start, end = range_args()
+    return jsonify({"deleted": store().delete_range(start, end)})
