@@ -5,8 +5,8 @@ healthy replicas first and reach a suspect only when the healthy ones cannot mak
 so a hung replica (SIGSTOP, a stalled disk) stops costing every request its full timeout.
 After the cooldown the node is asked again like any other: an answer clears it, a failure
 starts another cooldown.
-A skipped replica misses writes meanwhile; anti-entropy brings it back in step (DESIGN:
-"anti-entropy"), as Dynamo's hinted handoff and Merkle repair do for short outages.
+A skipped replica misses writes meanwhile; anti-entropy brings it back in step
+(docs/anti-entropy.md), as Dynamo's hinted handoff and Merkle repair do for short outages.
 """
 from __future__ import annotations
 

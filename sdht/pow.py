@@ -7,7 +7,7 @@ feeds one byte. The per-try work runs inside C iterators (``map``, ``any``, ``mi
 Python bytecode, which keeps the search close to the speed of a bare hashing loop (issue 7: at
 least 0.9x; ``bench/bench_pow.py`` measures it).
 
-Expensive work (renting a key, DESIGN: "The record") can use several cores: ``processes=``
+Expensive work (renting a key, docs/design.md, "The record") can use several cores: ``processes=``
 searches disjoint counter ranges in separate processes and takes the first proof found.
 """
 from __future__ import annotations

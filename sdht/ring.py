@@ -1,4 +1,4 @@
-"""Placement on the hash ring: positions, tokens and the successor walk (DESIGN: "The ring").
+"""Placement on the hash ring: positions, tokens and the successor walk (docs/design.md, "The ring").
 
 This module is pure computation (no I/O) and is imported by the storage node too, which keys
 its LMDB records by position so that a ring range is one cursor scan.
@@ -147,7 +147,7 @@ class Placement:
     def preference(self, pos: int) -> list[str]:
         """Return the first ``n`` distinct nodes clockwise from ring position ``pos``.
 
-        Walk successors until n distinct nodes (DESIGN: "The ring"); a token at exactly ``pos``
+        Walk successors until n distinct nodes (docs/design.md, "The ring"); a token at exactly ``pos``
         owns it.
         """
         found: list[str] = []

@@ -5,7 +5,7 @@ parallel fan-out to replicas, so a request costs neither a new TCP connection no
 The pool is a few :class:`http.client.HTTPConnection` per node rather than ``requests``: a bare
 round trip to a gunicorn node costs about half as much that way (issue 7, ``bench/bench.py``).
 Every call has a timeout (:data:`DEFAULT_TIMEOUT`) and returns the node's ring epoch alongside
-the answer, so callers notice a newer ring (DESIGN: "The ring").
+the answer, so callers notice a newer ring (docs/design.md, "The ring").
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class Transport:
             target = path
         # A pooled connection the node closed while idle (keep-alive expiry, restart) fails
         # before any answer was read; retry such a request once on a fresh connection. Writes
-        # are safe to resend: the accept rule makes them idempotent (DESIGN: "The record").
+        # are safe to resend: the accept rule makes them idempotent (docs/design.md, "The record").
         for attempt in (0, 1):
             conn, fresh = self._checkout(node, reuse=not attempt)
             try:

@@ -1,8 +1,8 @@
 """Anti-entropy routes of the storage node: hash-tree reads and the background sync's report.
 
-``POST /v1/tree`` (msgpack) answers hashes of tree nodes and ``(key, digest)`` listings of nodes
-restricted to position ranges, which :mod:`sdht.sync` compares between replicas (DESIGN:
-"anti-entropy"). ``POST /v1/sync/pass`` (admin, JSON) is called by the node's own background
+``POST /v1/tree`` (msgpack) answers hashes of tree nodes and ``(reference, digest)`` listings of
+nodes restricted to position ranges, which :mod:`sdht.sync` compares between replicas
+(docs/anti-entropy.md). ``POST /v1/sync/pass`` (admin, JSON) is called by the node's own background
 sync after each pass: it purges tombstones past the grace and adds to the sync counters, so the
 sync loop itself never opens LMDB (it runs in the gunicorn master, across worker forks).
 """

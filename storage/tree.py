@@ -1,4 +1,4 @@
-"""The node's hash tree over record positions, for anti-entropy (DESIGN: "anti-entropy").
+"""The node's hash tree over record positions, for anti-entropy (docs/design.md, "anti-entropy").
 
 A fixed-depth tree over the 64-bit position space with fan-out 16: level 0 is the root, level
 ``DEPTH`` (4) holds the 65536 leaves, one per value of the top 16 bits of a position. Tree node
