@@ -20,20 +20,19 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlencode
 
-from . import kinds, params as cluster_params
+from . import kinds, params as cluster_params, wire
 from .errors import NodeError, NodeUnavailable, Timeout
-from .kinds import register
 from .kinds.register import Record
 from .ring import RingView
-from .wire import (BATCH, EPOCH_HEADER, JSON, KEY_HEADER, MIGRATION_HEADER, MSGPACK as
-                   MSGPACK_TYPE, SUPERSEDED, encode_ranges, packb, packed_array, unpackb)
+from .wire import (BATCH, EPOCH_HEADER, KEY_HEADER, MIGRATION_HEADER, SUPERSEDED, encode_ranges,
+                   packb, packed_array, unpackb)
 
 log = logging.getLogger(__name__)
 
 #: (connect, read) seconds for every request to a node.
 DEFAULT_TIMEOUT = (2.0, 10.0)
-MSGPACK = {"Content-Type": MSGPACK_TYPE}
-JSON_BODY = {"Content-Type": JSON}
+MSGPACK = {"Content-Type": wire.MSGPACK}
+JSON_BODY = {"Content-Type": wire.JSON}
 
 T = TypeVar("T")
 
@@ -181,7 +180,7 @@ class Transport:
         reply = self.request(node, "GET", "/v1/record", params={"key": key}, ok=(200, 404))
         if reply.status == 404:
             return None, reply.epoch
-        return register.from_wire(reply.body, params or self.params), reply.epoch
+        return kinds.register.from_wire(reply.body, params or self.params), reply.epoch
 
     def put_record(self, node: str, entry: kinds.Entry) -> tuple[PutOutcome, int]:
         """Write one entry; return the node's outcome and epoch."""
@@ -197,7 +196,7 @@ class Transport:
         """Batch read: the registers ``node`` holds for ``keys`` (None where missing)."""
         reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
         p = params or self.params
-        return ([None if obj is None else register.from_wire(obj, p) for obj in reply.body],
+        return ([None if obj is None else kinds.register.from_wire(obj, p) for obj in reply.body],
                 reply.epoch)
 
     def get_entries(self, node: str, refs: list[bytes],
@@ -290,10 +289,10 @@ def _close_idle(idle: dict[str, list[http.client.HTTPConnection]]) -> None:
 
 def _decode(kind: str, raw: bytes) -> Any:
     """Decode a body by its content type: msgpack, JSON, else text."""
-    if kind.startswith(MSGPACK_TYPE):
+    if kind.startswith(wire.MSGPACK):
         return unpackb(raw)
     text = raw.decode("utf-8", "replace")
-    if kind.startswith(JSON):
+    if kind.startswith(wire.JSON):
         try:
             return json.loads(text)
         except ValueError:

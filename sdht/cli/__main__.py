@@ -1,0 +1,4 @@
+"""``python -m sdht.cli``: the same as the ``sdht`` command."""
+from .commands import main
+
+main()
