@@ -10,13 +10,18 @@ Every exception the library raises on purpose derives from :class:`SDHTError`::
     ├── RingError                        the ring cannot serve the request
     │   ├── NoNodes                      the ring has no members, or none could be reached
     │   ├── RingBusy                     another membership change is in progress
-    │   └── NotAMember                   the named node is not in the ring
+    │   ├── NotAMember                   the named node is not in the ring
+    │   └── UntrustedRing                a ring the operator did not sign
+    ├── Unauthorized                     a request needs authority this party lacks
     ├── QuorumError                      fewer replicas answered than ``r`` or ``w`` require
     ├── WriteConflict                    a higher-priority version holds the key
     ├── NodeError                        one node answered with an error
-    └── TransportError                   a node could not be reached
-        ├── NodeUnavailable              connection refused, reset or closed
-        └── Timeout                      no answer within the timeout
+    ├── TransportError                   a node could not be reached
+    │   ├── NodeUnavailable              connection refused, reset or closed
+    │   └── Timeout                      no answer within the timeout
+    └── ClusterError                     the local demo cluster cannot do as asked
+        ├── WaitTimeout(TimeoutError)    a process did not become ready in time
+        └── ProcessExited(RuntimeError)  a process exited while it was awaited
 
 Each carries the context that helps a caller decide what to do (the key, the node).
 """
@@ -111,3 +116,28 @@ class NodeUnavailable(TransportError):
 
 class Timeout(TransportError):
     """Raised when a node does not answer within the request timeout."""
+
+
+class UntrustedRing(RingError):
+    """Raised when a ring is not signed by the operator key this party trusts."""
+
+
+class Unauthorized(SDHTError):
+    """Raised when a request needs authority (the operator key, a member key, a page token)
+    that the caller does not have or did not prove."""
+
+
+class ClusterError(SDHTError):
+    """Raised when the local demo cluster (``sdht cluster``) cannot do as asked."""
+
+
+class WaitTimeout(ClusterError, TimeoutError):
+    """Raised when a process's readiness condition is still false at its deadline."""
+
+
+class ProcessExited(ClusterError, RuntimeError):
+    """Raised while waiting for a process that has already exited."""
+
+    def __init__(self, message: str, returncode: int | None = None) -> None:
+        super().__init__(message)
+        self.returncode = returncode

@@ -24,7 +24,7 @@ from typing import Iterable
 import lmdb
 
 # The tree's shape is shared with the client's sync walk, which must agree with it exactly.
-from sdht.wire import DEPTH, FANOUT
+from sdht.wire import DEPTH
 
 LEAF_BITS = 4 * DEPTH          # a leaf is the top 16 bits of a position
 HASH_BYTES = 16

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, SDHTError
+from ..errors import ClusterError, ConfigError
 # stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
 from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
                         check_running, free_port, group_alive, signal_group, start_node,
@@ -27,10 +27,6 @@ from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_healt
 STATE_FILE = "cluster.json"
 #: Seconds to wait for a node to answer its health route (STOP_DEADLINE: for one to exit).
 START_DEADLINE = 30.0
-
-
-class ClusterError(SDHTError):
-    """Raised when the demo cluster cannot be started or stopped as asked."""
 
 
 def default_dir() -> Path:

@@ -21,23 +21,11 @@ from typing import IO, Callable, Mapping, Sequence, TypeVar
 
 import requests
 
-from ..errors import SDHTError
+from ..errors import ProcessExited, WaitTimeout
 
 #: Seconds :func:`stop_group` waits after SIGTERM before SIGKILL, and again for the group to go.
 STOP_DEADLINE = 10.0
 T = TypeVar("T")
-
-
-class WaitTimeout(SDHTError, TimeoutError):
-    """Raised by :func:`wait_for` when its condition is still false at the deadline."""
-
-
-class ProcessExited(SDHTError, RuntimeError):
-    """Raised while waiting for a process that has already exited."""
-
-    def __init__(self, message: str, returncode: int | None = None) -> None:
-        super().__init__(message)
-        self.returncode = returncode
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
