@@ -22,7 +22,8 @@ from urllib.parse import urlencode
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from .errors import NodeError, NodeUnavailable
-from .transport import DEFAULT_TIMEOUT, EPOCH_HEADER, KEY_HEADER, Reply, Transport, _decode
+from .transport import DEFAULT_TIMEOUT, Reply, Transport, _decode
+from .wire import EPOCH_HEADER, KEY_HEADER
 
 #: A WSGI application: ``app(environ, start_response) -> iterable of bytes``.
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
