@@ -14,7 +14,7 @@ import pytest
 import sdht
 from sdht.inprocess import WSGITransport
 from sdht.pow import mint
-from sdht.kinds.register import now_us
+from sdht.wire import now_us
 
 from conftest import ROOT, wait_for
 
