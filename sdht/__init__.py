@@ -1,4 +1,4 @@
-"""sdht: a ring DHT with decaying proof-of-work priority (see DESIGN.md).
+"""sdht: a ring DHT with decaying proof-of-work priority (see docs/design.md).
 
 ``sdht.join/set/get/delete/remove`` work on a default :class:`Ring` (seeded from ``SDHT_SEEDS``);
 ``sdht.connect(address)`` returns an explicit one. Every error derives from :class:`SDHTError`.
