@@ -7,12 +7,13 @@ from __future__ import annotations
 
 from .api import (connect, default_ring, delete, get, get_many, join, remove, set, set_default_ring,
                   set_many)
-from .client import Node, Ring
+from .client import Ring
 from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NodeUnavailable,
                      NoNodes, NotAMember, QuorumError, RingBusy, RingError, SDHTError, Timeout,
                      TransportError, ValueTooLarge, WriteConflict)
 from .migration import MigrationReport
 from .kinds.register import Record
+from .ring import Node
 
 __version__ = "0.1.0"
 

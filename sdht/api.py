@@ -9,9 +9,10 @@ import os
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
-from .client import Node, Ring
-from .migration import MigrationReport
+from .client import Ring
 from .kinds.register import Record
+from .migration import MigrationReport
+from .ring import Node
 
 _default: Ring | None = None
 _lock = threading.Lock()

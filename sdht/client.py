@@ -9,18 +9,17 @@ from __future__ import annotations
 import logging
 import math
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import migration, sync
-from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
+from .errors import (InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
                      SDHTError, TransportError, WriteConflict)
 from .health import NodeHealth
 from .pow import mint
 from . import params as cluster_params
 from .kinds import common, register
 from .kinds.register import Record, winner
-from .ring import RingView, parse_node_id
+from .ring import Node, RingView
 from .transport import DEFAULT_TIMEOUT, PutOutcome, Transport
 from .wire import BATCH, SUPERSEDED, now_us
 
@@ -32,40 +31,6 @@ MAX_REROUTES = 3
 #: A write that lost to a stored version re-mints once, unless that needs more than this much
 #: work above ``min_work`` (e**4 ~ 55 times the minimum): beyond it, the key is "rented".
 AUTO_WORK_MARGIN = 4.0
-
-
-@dataclass(frozen=True)
-class Node:
-    """A storage node's address. ``Node("127.0.0.1", 8000)``; the port may be a str."""
-
-    host: str
-    port: int | str
-
-    def __post_init__(self) -> None:
-        try:
-            port = int(self.port)
-        except (TypeError, ValueError):
-            raise ConfigError(f"port must be an integer: {self.port!r}") from None
-        if not 0 < port < 65536 or not self.host:
-            raise ConfigError(f"not a valid node address: {self.host!r}:{self.port!r}")
-        object.__setattr__(self, "port", port)
-
-    @property
-    def id(self) -> str:
-        """The node's name in the ring: ``host:port``."""
-        return f"{self.host}:{self.port}"
-
-    @classmethod
-    def parse(cls, address: "str | Node") -> "Node":
-        """Return a Node for ``host:port`` (or the Node itself)."""
-        if isinstance(address, Node):
-            return address
-        host, port = parse_node_id(address)
-        return cls(host, port)
-
-    def __str__(self) -> str:
-        return self.id
-
 
 
 class Ring:

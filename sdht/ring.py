@@ -129,6 +129,39 @@ def parse_node_id(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+@dataclass(frozen=True)
+class Node:
+    """A storage node's address. ``Node("127.0.0.1", 8000)``; the port may be a str."""
+
+    host: str
+    port: int | str
+
+    def __post_init__(self) -> None:
+        try:
+            port = int(self.port)
+        except (TypeError, ValueError):
+            raise ConfigError(f"port must be an integer: {self.port!r}") from None
+        if not 0 < port < 65536 or not self.host:
+            raise ConfigError(f"not a valid node address: {self.host!r}:{self.port!r}")
+        object.__setattr__(self, "port", port)
+
+    @property
+    def id(self) -> str:
+        """The node's name in the ring: ``host:port``."""
+        return f"{self.host}:{self.port}"
+
+    @classmethod
+    def parse(cls, address: "str | Node") -> "Node":
+        """Return a Node for ``host:port`` (or the Node itself)."""
+        if isinstance(address, Node):
+            return address
+        host, port = parse_node_id(address)
+        return cls(host, port)
+
+    def __str__(self) -> str:
+        return self.id
+
+
 @functools.lru_cache(maxsize=64)
 def _placement(members: tuple[Member, ...], n: int) -> "Placement":
     return Placement(list(members), n)
