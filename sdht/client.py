@@ -12,8 +12,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from . import migration, sync
-from .errors import (InvalidRecord, KeyNotFound, NodeError, NoNodes, QuorumError,
-                     SDHTError, TransportError, WriteConflict)
+from .errors import (InvalidRecord, KeyNotFound, QuorumError, SDHTError, TransportError,
+                     WriteConflict)
+from .handle import RingHandle
 from .health import NodeHealth
 from .pow import mint
 from . import params as cluster_params
@@ -48,12 +49,12 @@ class Ring:
                  params: Mapping[str, Any] | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT,
                  cluster_key: str | None = None, transport: Transport | None = None) -> None:
-        self.seeds = [Node.parse(s).id for s in seeds]
-        self.new_ring_params = cluster_params.with_defaults(params)
-        self.transport = transport or Transport(timeout, cluster_key)
+        #: What migration, sync and status work through: the view and the transport.
+        self.handle = RingHandle(transport or Transport(timeout, cluster_key),
+                                 [Node.parse(s).id for s in seeds],
+                                 cluster_params.with_defaults(params))
         #: Which nodes failed lately; requests avoid them while others can make the quorum.
         self.health = NodeHealth()
-        self.view: RingView | None = None
 
     def close(self) -> None:
         """Release connections and threads."""
@@ -67,63 +68,40 @@ class Ring:
 
     # -- the ring view ------------------------------------------------------------------------
 
+    @property
+    def transport(self) -> Transport:
+        """How requests reach the nodes."""
+        return self.handle.transport
+
+    @property
+    def view(self) -> RingView | None:
+        """The newest ring this client knows (None before the first refresh)."""
+        return self.handle.view
+
+    @view.setter
+    def view(self, view: RingView | None) -> None:
+        self.handle.view = view
+
     def refresh(self, prefer: Iterable[str] = ()) -> RingView | None:
         """Fetch the newest ring from the members and seeds that answer; return it.
 
         :raises NoNodes: when no member or seed could be reached.
         """
-        known = [m.id for m in self.view.members] if self.view else []
-        candidates = list(dict.fromkeys([*prefer, *known, *self.seeds]))
-        best, reached = self.view, 0
-        for node in candidates:
-            try:
-                view = self.transport.get_ring(node)
-            except (TransportError, NodeError) as exc:
-                log.debug("ring refresh: %s", exc)
-                continue
-            reached += 1
-            if view is not None and (best is None or view.epoch > best.epoch):
-                best = view
-            if reached >= 3 and best is not None:
-                break
-        if not reached and candidates:
-            raise NoNodes(f"none of {candidates} could be reached")
-        self.view = best
-        if best is not None:
-            self.transport.params = best.params
-        return best
-
-    def _current(self) -> RingView:
-        if self.view is None or not self.view.members:
-            self.refresh()
-        if self.view is None or not self.view.members:
-            raise NoNodes("the ring has no members: join a node first, or name a member "
-                          "(sdht.connect('HOST:PORT') or SDHT_SEEDS=HOST:PORT)")
-        return self.view
+        return self.handle.refresh(prefer)
 
     @property
     def params(self) -> dict[str, Any]:
         """The cluster parameters in force."""
-        return self._current().params
+        return self.handle.current().params
 
     @property
     def nodes(self) -> list[str]:
         """Ids of the ring's members."""
-        return [m.id for m in self._current().members]
+        return [m.id for m in self.handle.current().members]
 
     def preference(self, key: str) -> list[str]:
         """The nodes that serve reads of ``key``, in preference order."""
-        return self._current().readers.for_key(key)
-
-    def _noticed(self, epochs: Iterable[int]) -> bool:
-        """Refresh the ring if any node reported a newer epoch; return whether it moved."""
-        view = self._current()
-        newest = max(epochs, default=0)
-        if newest > view.epoch:
-            before = view.epoch
-            self.refresh()
-            return self._current().epoch > before
-        return False
+        return self.handle.current().readers.for_key(key)
 
     # -- reads and writes ---------------------------------------------------------------------
 
@@ -157,9 +135,9 @@ class Ring:
 
     def get_record(self, key: str) -> Record | None:
         """Return the winning record of ``key`` (a tombstone included), or None."""
-        common.check_key(key, self._current().params)
+        common.check_key(key, self.handle.current().params)
         for _ in range(MAX_REROUTES):
-            view = self._current()
+            view = self.handle.current()
             p = view.params
             replicas = view.readers.for_key(key)
             need = min(p["r"], len(replicas))
@@ -170,7 +148,7 @@ class Ring:
             first = dict(list(calls.items())[:need])
             replies, errors, epochs = self._gather(
                 first, need, spares={n: c for n, c in calls.items() if n not in first})
-            if self._noticed(epochs):
+            if self.handle.noticed(epochs):
                 continue
             if len(replies) < need:
                 raise QuorumError(f"read of {key!r}: {len(replies)} of {need} replicas answered",
@@ -185,7 +163,7 @@ class Ring:
         raise QuorumError(f"read of {key!r}: the ring kept changing", key)
 
     def _write(self, key: str, value: Any, work: float | None, deleted: bool) -> Record:
-        p = self._current().params
+        p = self.handle.current().params
         common.check_key(key, p)
         common.check_value(value, p)
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
@@ -213,7 +191,7 @@ class Ring:
         placement acknowledged. Returns None on success, or the higher score that beat it.
         """
         for _ in range(MAX_REROUTES):
-            view = self._current()
+            view = self.handle.current()
             w = view.params["w"]
             now_set = view.readers.for_key(rec.key)
             next_set = view.future.for_key(rec.key)
@@ -225,7 +203,7 @@ class Ring:
             replies, errors, epochs = self._gather(
                 calls, len(targets), spares=suspects,
                 enough=lambda got: _write_shortfall((now_set, next_set), got, w) is None)
-            if self._noticed(epochs):
+            if self.handle.noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
             lost = [o.score for o in replies.values() if o.status == SUPERSEDED]
             if lost:
@@ -292,7 +270,7 @@ class Ring:
 
         :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
         """
-        p = self._current().params
+        p = self.handle.current().params
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
         records = {}
         for key, value in items.items():
@@ -300,7 +278,7 @@ class Ring:
             common.check_value(value, p)
             records[key] = mint(key, value, w)
         for _ in range(MAX_REROUTES):
-            view = self._current()
+            view = self.handle.current()
             placed = {k: (view.readers.for_key(k), view.future.for_key(k)) for k in records}
 
             def settled(key: str, got: dict[str, PutOutcome]) -> bool:
@@ -315,7 +293,7 @@ class Ring:
                 plans[key] = ([n for n in targets if n not in suspect], suspect)
             answers, errors, epochs = self._batch_rounds(
                 self.transport.put_many, plans, records.__getitem__, settled)
-            if self._noticed(epochs):
+            if self.handle.noticed(epochs):
                 continue
             lost = [k for k, got in answers.items()
                     if any(o.status == SUPERSEDED for o in got.values())]
@@ -339,11 +317,11 @@ class Ring:
         :raises QuorumError: when fewer than ``r`` replicas answered for some key.
         """
         keys = list(dict.fromkeys(keys))
-        p = self._current().params
+        p = self.handle.current().params
         for key in keys:
             common.check_key(key, p)
         for _ in range(MAX_REROUTES):
-            view = self._current()
+            view = self.handle.current()
             placed = {k: self.health.order(view.readers.for_key(k)) for k in keys}
             need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
             # Ask each key's first r replicas (healthy first); keys whose replicas failed are
@@ -352,7 +330,7 @@ class Ring:
                 lambda node, part: self.transport.get_many(node, part, p),
                 {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
                 lambda k: k, lambda k, got: len(got) >= need[k])
-            if self._noticed(epochs):
+            if self.handle.noticed(epochs):
                 continue
             seen = {key: {node: rec for node, rec in got.items() if _valid(rec, key, p)}
                     for key, got in answers.items()}
@@ -466,7 +444,7 @@ class Ring:
         :param progress: called with the number of records moved so far.
         :raises RingBusy: when another node is joining or leaving.
         """
-        return migration.join(self, Node.parse(node).id, tokens, progress)
+        return migration.join(self.handle, Node.parse(node).id, tokens, progress)
 
     def remove(self, node: "Node | str", dead: bool = False,
                progress: Callable[[int], None] | None = None) -> migration.MigrationReport:
@@ -476,7 +454,7 @@ class Ring:
         :raises NotAMember: when the node is not in the ring.
         :raises RingBusy: when another node is joining or leaving.
         """
-        return migration.remove(self, Node.parse(node).id, dead, progress)
+        return migration.remove(self.handle, Node.parse(node).id, dead, progress)
 
     def repair(self, progress: Callable[[int, int], None] | None = None) -> "sync.RepairReport":
         """Run anti-entropy over the whole ring now: sync every interval's replicas.
@@ -487,7 +465,7 @@ class Ring:
         :returns: a :class:`~sdht.sync.RepairReport` of what was compared and fixed; nodes
             that could not be reached are listed in its ``errors``.
         """
-        return sync.repair(self, progress)
+        return sync.repair(self.handle, progress)
 
 
 def _write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],

@@ -21,14 +21,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import Callable, Iterable
 
 from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError
+from .handle import RingHandle
 from .ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals
 from .wire import BATCH, STORED
-
-if TYPE_CHECKING:
-    from .client import Ring
 
 log = logging.getLogger(__name__)
 
@@ -104,23 +102,24 @@ def _merge(plan: list[Transfer]) -> list[Transfer]:
     return [t for runs in merged.values() for t in runs]
 
 
-def join(ring: "Ring", node: str, tokens: int | None,
+def join(handle: RingHandle, node: str, tokens: int | None,
          progress: Callable[[int], None] | None) -> MigrationReport:
-    """Add ``node`` to ``ring`` (see :meth:`sdht.Ring.join`)."""
+    """Add ``node`` to the ring (see :meth:`sdht.Ring.join`)."""
     report = MigrationReport(node, "join")
     began = time.monotonic()
     try:
-        view = ring.refresh()
+        view = handle.refresh()
     except RingError:
         view = None
-    own = ring.transport.get_ring(node)  # also proves the node is up
+    own = handle.transport.get_ring(node)  # also proves the node is up
     if (view is None or not view.members) and own is not None and own.member(node):
-        view = ring.view = own           # the node already belongs to a ring: adopt it
+        view = own                       # the node already belongs to a ring: adopt it
+        handle.adopt(own)
     if view is None or not view.members:
         first = RingView(max(own.epoch if own else 0, view.epoch if view else 0) + 1,
-                         (Member(node, NORMAL, tokens or ring.new_ring_params["tokens"]),),
-                         dict(view.params if view else ring.new_ring_params))
-        _publish(ring, first, [])
+                         (Member(node, NORMAL, tokens or handle.new_ring_params["tokens"]),),
+                         dict(view.params if view else handle.new_ring_params))
+        _publish(handle, first, [])
         report.epoch, report.seconds = first.epoch, time.monotonic() - began
         return report
     if own is not None and own.member(node) and view.member(node) is None:
@@ -135,16 +134,16 @@ def join(ring: "Ring", node: str, tokens: int | None,
     tokens = tokens or (member.tokens if member else view.params["tokens"])
     staged = view if member is not None else _bump(
         view.with_member(Member(node, JOINING, tokens)), own)
-    return _complete(ring, staged, staged.with_member(Member(node, NORMAL, tokens)), report,
+    return _complete(handle, staged, staged.with_member(Member(node, NORMAL, tokens)), report,
                      (), progress, began)
 
 
-def remove(ring: "Ring", node: str, dead: bool,
+def remove(handle: RingHandle, node: str, dead: bool,
            progress: Callable[[int], None] | None) -> MigrationReport:
-    """Take ``node`` out of ``ring`` (see :meth:`sdht.Ring.remove`)."""
+    """Take ``node`` out of the ring (see :meth:`sdht.Ring.remove`)."""
     report = MigrationReport(node, "remove")
     began = time.monotonic()
-    view = ring.refresh()
+    view = handle.refresh()
     member = view.member(node) if view else None
     if view is None or member is None:
         raise NotAMember(f"{node} is not a member of the ring")
@@ -153,41 +152,41 @@ def remove(ring: "Ring", node: str, dead: bool,
     _check_idle(view, node)
     staged = view if member.state == LEAVING else view.with_member(
         Member(node, LEAVING, member.tokens))
-    return _complete(ring, staged, staged.without_member(node), report,
+    return _complete(handle, staged, staged.without_member(node), report,
                      (node,) if dead else (), progress, began)
 
 
-def _complete(ring: "Ring", staged: RingView, final: RingView, report: MigrationReport,
+def _complete(handle: RingHandle, staged: RingView, final: RingView, report: MigrationReport,
               dead: tuple[str, ...], progress: Callable[[int], None] | None,
               began: float) -> MigrationReport:
     """Publish ``staged``, stream what moves, publish ``final``, drop what was lost."""
-    _publish(ring, staged, dead)  # again on resume: a crash may have left some nodes behind
+    _publish(handle, staged, dead)  # again on resume: a crash may have left some nodes behind
     for transfer in plan_transfers(staged.readers, staged.future, dead):
         report.ranges += 1
-        _stream(ring, transfer, report, progress)
+        _stream(handle, transfer, report, progress)
     # The removed node also learns the final ring, so it redirects stale clients.
-    _publish(ring, final, dead, also=[m.id for m in staged.members if m.id not in dead])
+    _publish(handle, final, dead, also=[m.id for m in staged.members if m.id not in dead])
     for drop in plan_drops(staged.readers, final.readers):
         if drop.target in dead:
             continue
         try:
-            report.dropped += ring.transport.delete_range(drop.target, drop.start, drop.end)
+            report.dropped += handle.transport.delete_range(drop.target, drop.start, drop.end)
         except SDHTError as exc:  # leftover copies waste space but lose nothing
             log.warning("could not drop a moved range on %s: %s", drop.target, exc)
     report.epoch, report.seconds = final.epoch, time.monotonic() - began
     return report
 
 
-def _stream(ring: "Ring", transfer: Transfer, report: MigrationReport,
+def _stream(handle: RingHandle, transfer: Transfer, report: MigrationReport,
             progress: Callable[[int], None] | None) -> None:
     """Copy one range page by page from each source to the target."""
     for source in transfer.sources:
         cursor: str | None = None
         while True:
-            records, cursor = ring.transport.scan(source, transfer.start, transfer.end,
-                                                  cursor, BATCH, ring.view.params)
+            records, cursor = handle.transport.scan(source, transfer.start, transfer.end,
+                                                  cursor, BATCH, handle.view.params)
             if records:
-                outcomes, _ = ring.transport.put_many(transfer.target, records,
+                outcomes, _ = handle.transport.put_many(transfer.target, records,
                                                       migration=True)
                 report.moved += len(records)
                 report.stored += sum(1 for o in outcomes if o.status == STORED)
@@ -210,7 +209,8 @@ def _bump(view: RingView, other: RingView | None) -> RingView:
     return view
 
 
-def _publish(ring: "Ring", view: RingView, dead: Iterable[str], also: Iterable[str] = ()) -> None:
+def _publish(handle: RingHandle, view: RingView, dead: Iterable[str],
+             also: Iterable[str] = ()) -> None:
     """Store ``view`` on every member (and ``also``), skipping ``dead`` ones.
 
     :raises RingBusy: when a node already holds a newer ring (a concurrent change).
@@ -219,7 +219,7 @@ def _publish(ring: "Ring", view: RingView, dead: Iterable[str], also: Iterable[s
     """
     targets = [n for n in dict.fromkeys([*(m.id for m in view.members), *also])
                if n not in set(dead)]
-    futures = {n: ring.transport.submit(ring.transport.put_ring, n, view) for n in targets}
+    futures = {n: handle.transport.submit(handle.transport.put_ring, n, view) for n in targets}
     for node, fut in futures.items():
         try:
             held = fut.result()
@@ -232,4 +232,4 @@ def _publish(ring: "Ring", view: RingView, dead: Iterable[str], also: Iterable[s
         if held.epoch > view.epoch or (held.epoch == view.epoch and held != view):
             raise RingBusy(f"{node} holds a newer ring (epoch {held.epoch}): another change "
                            f"raced this one; refresh and retry")
-    ring.view = view
+    handle.adopt(view)

@@ -6,14 +6,12 @@ Used by ``sdht status`` and by the node's web page. A node that cannot be reache
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import SDHTError
+from .handle import RingHandle
 from .ring import RingView, intervals, token_positions
 from .wire import RING_SIZE
-
-if TYPE_CHECKING:
-    from .client import Ring
 
 #: Health fields copied into a node's status, as the node reports them.
 HEALTH_FIELDS = ("records", "bytes", "epoch", "revision", "mean_response_ms", "error_rate",
@@ -40,19 +38,19 @@ def token_fractions(view: RingView) -> dict[str, list[float]]:
     return {m.id: [p / RING_SIZE for p in token_positions(m.id, m.tokens)] for m in view.members}
 
 
-def cluster_status(ring: "Ring") -> dict[str, Any]:
-    """Refresh ``ring`` and ask every member for its health, in parallel.
+def cluster_status(handle: RingHandle) -> dict[str, Any]:
+    """Refresh the ring through ``handle`` and ask every member for its health, in parallel.
 
     :returns: ``{"epoch", "agree", "nodes": [...]}``; each node has ``id``, ``state`` (the ring
         state, or ``down``), ``share``, the :data:`HEALTH_FIELDS`, ``agrees`` (its epoch equals
         the highest seen) and ``error`` when down.
     :raises NoNodes: when no seed can be reached at all.
     """
-    view = ring.refresh()
+    view = handle.refresh()
     if view is None:
         return {"epoch": 0, "agree": True, "nodes": []}
     share = shares(view)
-    futures = {m.id: ring.transport.submit(ring.transport.health, m.id) for m in view.members}
+    futures = {m.id: handle.transport.submit(handle.transport.health, m.id) for m in view.members}
     nodes = []
     for member in view.members:
         entry: dict[str, Any] = {"id": member.id, "state": member.state,
@@ -83,14 +81,14 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def replicas(ring: "Ring", key: str) -> list[dict[str, Any]]:
+def replicas(handle: RingHandle, key: str) -> list[dict[str, Any]]:
     """Ask every node that should hold ``key`` (readers and future writers) what it holds.
 
     :returns: one ``{"node", "holds", "digest", "deleted"}`` per node (``error`` when down).
     """
-    view = ring._current()
+    view = handle.current()
     nodes = list(dict.fromkeys(view.readers.for_key(key) + view.future.for_key(key)))
-    futures = {n: ring.transport.submit(ring.transport.get_record, n, key, view.params)
+    futures = {n: handle.transport.submit(handle.transport.get_record, n, key, view.params)
                for n in nodes}
     out = []
     for node, fut in futures.items():

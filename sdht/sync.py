@@ -23,16 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from . import kinds, params as cluster_params
 from .errors import NodeError, SDHTError
+from .handle import RingHandle
 from .ring import RingView, intervals
+from .transport import Transport
 from .wire import BATCH, DEPTH, FANOUT, MAX_TREE_RANGES, STORED, node_range, tombstone_cutoff
-
-if TYPE_CHECKING:
-    from .client import Ring
-    from .transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +96,7 @@ def _classify(level: int, index: int, ranges: list[tuple[int, int]]) -> str:
     return _IN if covered == high - low else _PARTIAL
 
 
-def sync_range(transport: "Transport", a: str, b: str, start: int, end: int,
+def sync_range(transport: Transport, a: str, b: str, start: int, end: int,
                params: Mapping[str, Any] | None = None) -> SyncReport:
     """Make replicas ``a`` and ``b`` agree on every key with a position in ``[start, end)``.
 
@@ -109,7 +107,7 @@ def sync_range(transport: "Transport", a: str, b: str, start: int, end: int,
     return sync_ranges(transport, a, b, [(start, end)], params)
 
 
-def sync_ranges(transport: "Transport", a: str, b: str, ranges: Iterable[tuple[int, int]],
+def sync_ranges(transport: Transport, a: str, b: str, ranges: Iterable[tuple[int, int]],
                 params: Mapping[str, Any] | None = None) -> SyncReport:
     """Like :func:`sync_range` over several ``[start, end)`` ranges at once (fewer rounds)."""
     params = params or cluster_params.DEFAULTS   # the ring's, when the caller has one
@@ -120,7 +118,7 @@ def sync_ranges(transport: "Transport", a: str, b: str, ranges: Iterable[tuple[i
     return report
 
 
-def _sync(transport: "Transport", a: str, b: str, ranges: list[tuple[int, int]],
+def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
           params: Mapping[str, Any]) -> SyncReport:
     report = SyncReport(a, b)
     compare: list[tuple[int, int]] = []
@@ -171,7 +169,7 @@ def _sync(transport: "Transport", a: str, b: str, ranges: list[tuple[int, int]],
     return report
 
 
-def _copy(transport: "Transport", source: str, target: str, refs: list[bytes],
+def _copy(transport: Transport, source: str, target: str, refs: list[bytes],
           params: Mapping[str, Any]) -> int:
     """Copy the entries ``refs`` names from ``source`` to ``target``; return how many it
     stored. What its kind says has expired (old tombstones) is not copied."""
@@ -186,7 +184,7 @@ def _copy(transport: "Transport", source: str, target: str, refs: list[bytes],
     return stored
 
 
-def _push(transport: "Transport", node: str, records: list[kinds.Entry]) -> int:
+def _push(transport: Transport, node: str, records: list[kinds.Entry]) -> int:
     try:
         outcomes, _ = transport.put_many(node, records)
         return sum(1 for o in outcomes if o.status == STORED)
@@ -233,7 +231,7 @@ class RingSpread:
     unreachable: dict[str, str]
 
 
-def spread_ring(transport: "Transport", view: RingView, skip: Iterable[str] = ()) -> RingSpread:
+def spread_ring(transport: Transport, view: RingView, skip: Iterable[str] = ()) -> RingSpread:
     """Give ``view`` to every member (but ``skip``) that holds an older ring, or none (a node
     restarted on an empty disk), and note the newest ring any member holds."""
     pushed, newest, unreachable = 0, view, {}
@@ -252,7 +250,7 @@ def spread_ring(transport: "Transport", view: RingView, skip: Iterable[str] = ()
     return RingSpread(pushed, newest, unreachable)
 
 
-def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> RepairReport:
+def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = None) -> RepairReport:
     """Sync every ring interval's replicas now (see :meth:`sdht.Ring.repair`).
 
     Members holding an older ring (or none: a node that lost its disk) are given the current
@@ -260,12 +258,12 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
     (the hub), then those that missed what the hub learned from later ones, once more.
     """
     began = time.monotonic()
-    view = ring.refresh()
+    view = handle.refresh()
     report = RepairReport()
     if view is None or not view.members:
         return report
     report.epoch = view.epoch
-    spread = spread_ring(ring.transport, view)
+    spread = spread_ring(handle.transport, view)
     report.rings_pushed = spread.pushed
     report.errors += spread.unreachable.values()
     down = set(spread.unreachable)
@@ -280,10 +278,10 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
             hub, others = alive[0], alive[1:]
             # First sweep: the hub gathers every replica's records. Those synced before the
             # last one that brought the hub something new lack it: sync them once more.
-            gains = [_repair_pair(ring, view, hub, other, ranges, report) for other in others]
+            gains = [_repair_pair(handle, view, hub, other, ranges, report) for other in others]
             last = max((i for i, gained in enumerate(gains) if gained), default=0)
             for other in others[:last]:
-                _repair_pair(ring, view, hub, other, ranges, report)
+                _repair_pair(handle, view, hub, other, ranges, report)
         done += count
         if progress:
             progress(done, total)
@@ -291,11 +289,11 @@ def repair(ring: "Ring", progress: Callable[[int, int], None] | None = None) -> 
     return report
 
 
-def _repair_pair(ring: "Ring", view: RingView, hub: str, other: str,
+def _repair_pair(handle: RingHandle, view: RingView, hub: str, other: str,
                  ranges: list[tuple[int, int]], report: RepairReport) -> bool:
     """Sync ``hub`` with ``other``; add to ``report``; return whether the hub stored anything."""
     try:
-        rep = sync_ranges(ring.transport, hub, other, ranges, view.params)
+        rep = sync_ranges(handle.transport, hub, other, ranges, view.params)
     except SDHTError as exc:
         report.errors.append(f"sync {hub} / {other}: {exc}")
         return False

@@ -64,7 +64,7 @@ def _request_json() -> dict[str, Any]:
 def _answer(ring: Ring, key: str, **extra: Any) -> Response:
     return jsonify({"key": key, "position": position(key) / RING_SIZE,
                     "preference": ring.preference(key),
-                    "replicas": replicas(ring, key), "epoch": ring.view.epoch if ring.view
+                    "replicas": replicas(ring.handle, key), "epoch": ring.view.epoch if ring.view
                     else 0, **extra})
 
 
@@ -80,7 +80,7 @@ def ring_state() -> Response:
     """The ring as the page draws it: members, token fractions, shares and health."""
     ring = _ring()
     try:
-        state = cluster_status(ring)
+        state = cluster_status(ring.handle)
     except NoNodes:
         return jsonify({"self": current_app.config["NODE_ID"], "epoch": 0, "nodes": []})
     tokens = token_fractions(ring.view) if ring.view else {}

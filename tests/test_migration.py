@@ -91,7 +91,7 @@ class TestLiveMigration:
         # Stage the join by hand, as a client that crashed after publishing it would leave it.
         from sdht.migration import _publish
         from sdht.ring import JOINING, Member
-        _publish(ring, ring.view.with_member(Member(newcomer, JOINING, 128)), ())
+        _publish(ring.handle, ring.view.with_member(Member(newcomer, JOINING, 128)), ())
         (other,) = node_apps(1, into=apps)
         with pytest.raises(RingBusy):
             ring.join(other)

@@ -108,7 +108,7 @@ def _ring(ctx: click.Context) -> Ring:
 def _estimate(ring: Ring, node: str, action: str, dead: bool = False) -> int | None:
     """Estimate how many records a join or remove of ``node`` will copy (for the ETA)."""
     try:
-        state = cluster_status(ring)
+        state = cluster_status(ring.handle)
         view = ring.view
         held = sum(n["records"] or 0 for n in state["nodes"])
         copies = max(1, min(view.params["n"], len(view.readers.node_ids)))
@@ -328,7 +328,7 @@ def _row(n: dict[str, Any]) -> tuple[str, ...]:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show every node: state, ring share, records, bytes, epoch, revision, response time,
     error rate, heartbeat, and whether it holds the newest ring."""
-    state = cluster_status(_ring(ctx))
+    state = cluster_status(_ring(ctx).handle)
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
