@@ -1,0 +1,247 @@
+"""Quorums: ask a key's replicas in parallel and decide when enough of them have answered.
+
+A read needs ``r`` replicas, a write ``w`` acknowledgements from each placement, current and
+future (DESIGN: "Flows"). :class:`Quorum` runs the requests (one per node, or one batch per
+node), notes in :class:`~sdht.health.NodeHealth` which nodes answered, re-routes when a node
+reports a newer ring, and raises :class:`~sdht.errors.QuorumError` when too few answered.
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Callable, Iterable, Mapping, TypeVar
+
+from .errors import InvalidRecord, QuorumError, SDHTError, TransportError
+from .handle import RingHandle
+from .health import NodeHealth
+from .kinds import common
+from .kinds.register import Record, winner
+from .wire import BATCH, SUPERSEDED
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: How many times an operation is re-routed after a node reports a newer ring.
+MAX_REROUTES = 3
+
+#: ``(results by node, errors by node, epochs seen)``, as :meth:`Quorum.gather` returns them.
+Gathered = tuple[dict[str, Any], dict[str, str], list[int]]
+#: ``(answers by key then node, errors by node, epochs seen)``, from :meth:`Quorum.batch_rounds`.
+BatchAnswers = tuple[dict[str, dict[str, Any]], dict[str, str], list[int]]
+
+
+class Quorum:
+    """The replica requests of one client: parallel, health-aware, re-routed on a newer ring.
+
+    :param handle: the ring view and transport to route by.
+    :param health: failure memory shared by every request (a new one when None).
+    """
+
+    def __init__(self, handle: RingHandle, health: NodeHealth | None = None) -> None:
+        self.handle = handle
+        #: Which nodes failed lately; requests avoid them while others can make the quorum.
+        self.health = health or NodeHealth()
+
+    # -- one key ------------------------------------------------------------------------------
+
+    def read(self, key: str) -> Record | None:
+        """Read ``key`` from ``r`` replicas; return the winner (a tombstone included) or None.
+
+        Replicas that answered with an older version are sent the winner in the background
+        (read repair).
+
+        :raises QuorumError: when fewer than ``r`` replicas answered.
+        """
+        transport = self.handle.transport
+        for _ in range(MAX_REROUTES):
+            view = self.handle.current()
+            p = view.params
+            replicas = view.readers.for_key(key)
+            need = min(p["r"], len(replicas))
+            # Ask r replicas (DESIGN: "Flows", get), healthy ones first; the others only if
+            # one of those fails.
+            calls = {node: (transport.get_record, node, key, p)
+                     for node in self.health.order(replicas)}
+            first = dict(list(calls.items())[:need])
+            replies, errors, epochs = self.gather(
+                first, need, spares={n: c for n, c in calls.items() if n not in first})
+            if self.handle.noticed(epochs):
+                continue
+            if len(replies) < need:
+                raise QuorumError(f"read of {key!r}: {len(replies)} of {need} replicas answered",
+                                  key, need, len(replies), errors)
+            found = {node: rec for node, rec in replies.items() if valid(rec, key, p)}
+            best = winner(list(found.values()), p["decay"])
+            if best is not None:
+                for node, rec in found.items():
+                    if rec is None or rec.digest != best.digest:  # behind: the order is total
+                        transport.submit(self.repair, node, [best])
+            return best
+        raise QuorumError(f"read of {key!r}: the ring kept changing", key)
+
+    def replicate(self, rec: Record) -> float | None:
+        """Write ``rec`` to its replicas until ``w`` of the current and of the future
+        placement acknowledged. Returns None on success, or the higher score that beat it.
+
+        :raises QuorumError: when fewer than ``w`` of a placement acknowledged.
+        """
+        for _ in range(MAX_REROUTES):
+            view = self.handle.current()
+            w = view.params["w"]
+            now_set = view.readers.for_key(rec.key)
+            next_set = view.future.for_key(rec.key)
+            targets = list(dict.fromkeys(now_set + next_set))
+            # Return once w of each placement answered: a stopped replica must not hold every
+            # write for a full timeout. Answers already in (a superseded one too) still count.
+            calls = {node: (self.handle.transport.put_record, node, rec) for node in targets}
+            suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
+            replies, errors, epochs = self.gather(
+                calls, len(targets), spares=suspects,
+                enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
+            if self.handle.noticed(epochs):
+                continue  # placement moved while we wrote: write again where it is now
+            lost = [o.score for o in replies.values() if o.status == SUPERSEDED]
+            if lost:
+                return max(s for s in lost if s is not None)
+            short = write_shortfall((now_set, next_set), replies, w)
+            if short is not None:
+                got, need = short
+                raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
+                                  f"acknowledged", rec.key, need, got, errors)
+            return None
+        raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
+
+    def repair(self, node: str, records: list[Record]) -> None:
+        """Read repair: write the winners back to a replica that answered behind. Best
+        effort: anti-entropy catches what this misses."""
+        try:
+            self.handle.transport.put_many(node, records)
+        except SDHTError as exc:
+            log.debug("read repair of %d keys on %s failed: %s", len(records), node, exc)
+
+    # -- running requests ---------------------------------------------------------------------
+
+    def call(self, node: str, fn: Callable[..., T], *args: Any) -> T:
+        """Run one request to ``node``, noting in :attr:`health` whether it answered."""
+        try:
+            result = fn(*args)
+        except TransportError:
+            self.health.failed(node)
+            raise
+        self.health.answered(node)
+        return result
+
+    def gather(self, calls: dict[str, tuple], need: int,
+               enough: Callable[[dict[str, Any]], bool] | None = None,
+               spares: dict[str, tuple] | None = None) -> Gathered:
+        """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
+        of the results so far is true) or all finished; the others are left running.
+
+        :param calls: per node, ``(fn, *args)``; ``fn`` returns ``(value, epoch)``.
+        :param spares: calls started only when ``calls`` can no longer succeed without them
+            (replicas beyond the first ``r`` of a read, suspect nodes of a write).
+        :returns: ``(results by node, errors by node, epochs seen)``.
+        """
+        futures: dict[Future, str] = {}
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        epochs: list[int] = []
+        spares = dict(spares or {})
+
+        def start(batch: dict[str, tuple]) -> set[Future]:
+            started = {self.handle.transport.submit(self.call, node, fn, *args): node
+                       for node, (fn, *args) in batch.items()}
+            futures.update(started)
+            return set(started)
+
+        pending = start(calls)
+        while not (enough(results) if enough else len(results) >= need):
+            short = not pending or (enough is None and len(results) + len(pending) < need)
+            if short and spares:
+                pending |= start(spares)
+                spares = {}
+            if not pending:
+                break
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in done:
+                node = futures[fut]
+                try:
+                    value, epoch = fut.result()
+                except SDHTError as exc:
+                    errors[node] = str(exc)
+                    continue
+                results[node] = value
+                epochs.append(epoch)
+        return results, errors, epochs
+
+    def batch_rounds(self, fn: Callable[[str, list], tuple[list, int]],
+                     plans: Mapping[str, tuple[list[str], list[str]]],
+                     item: Callable[[str], Any],
+                     satisfied: Callable[[str, dict[str, Any]], bool]) -> BatchAnswers:
+        """Batch requests in up to two rounds: each key to its first nodes, then the keys
+        not yet ``satisfied`` to their other nodes. One batch per node per round (in chunks of
+        :data:`BATCH`), nodes in parallel.
+
+        :param fn: sends one chunk to a node: ``fn(node, items) -> (answers, epoch)``.
+        :param plans: per key, ``(nodes of the first round, nodes of the second)``.
+        :param item: what to send for a key (the key itself, or its record).
+        :param satisfied: whether a key's answers so far (by node) are enough.
+        :returns: ``(answers by key then node, errors by node, epochs seen)``.
+        """
+        answers: dict[str, dict[str, Any]] = {key: {} for key in plans}
+        errors: dict[str, str] = {}
+        epochs: list[int] = []
+
+        def run(node: str, items: list) -> tuple[list, int]:
+            out: list = []
+            epoch = 0
+            for i in range(0, len(items), BATCH):
+                part, epoch = fn(node, items[i:i + BATCH])
+                out += part
+            return out, epoch
+
+        for round_ in (0, 1):
+            by_node: dict[str, list[str]] = {}
+            for key, nodes in plans.items():
+                if round_ == 0 or not satisfied(key, answers[key]):
+                    for node in nodes[round_]:
+                        by_node.setdefault(node, []).append(key)
+            if not by_node:
+                break
+            replies, failed, seen = self.gather(
+                {node: (run, node, [item(k) for k in ks]) for node, ks in by_node.items()},
+                len(by_node))
+            errors.update(failed)
+            epochs += seen
+            for node, values in replies.items():
+                for key, value in zip(by_node[node], values):
+                    answers[key][node] = value
+        return answers, errors, epochs
+
+
+def write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
+                    w: int) -> tuple[int, int] | None:
+    """The write quorum: ``w`` acknowledgements (or all, on a smaller list) from each
+    placement, current and future (DESIGN: "Flows", join). Returns ``(got, needed)`` of the
+    first placement short of it, or None when the write is acknowledged."""
+    acked = set(acked)
+    for members in placements:
+        got, need = sum(1 for n in members if n in acked), min(w, len(members))
+        if got < need:
+            return got, need
+    return None
+
+
+def valid(rec: Record | None, key: str, params: Mapping[str, Any]) -> bool:
+    """Is a replica's answer for ``key`` usable? None (it holds nothing) is; a record must be
+    of that key and pass the proof-of-work gate, or it is ignored as forged."""
+    if rec is None:
+        return True
+    try:
+        if rec.key != key:
+            raise InvalidRecord(f"the answer is a record of {rec.key!r}")
+        common.check_work(rec.w, rec.digest, params["min_work"])
+        return True
+    except InvalidRecord as exc:
+        log.warning("ignoring an answer for %r: %s", key, exc)
+        return False
