@@ -9,20 +9,16 @@ ranges); at a leaf the nodes list their ``(key, digest)`` pairs within the range
 behind differing pairs are copied both ways and merged by the accept rule, through the nodes'
 ordinary validated write route, so a sync can only move each replica up to the winner.
 
-With k differing keys among n, a sync costs about ``k * 16 * 4`` tree hashes from each node (16
-children at each of 4 levels below the root), that is ``k * 16 * log2(n) / log2(16)`` when
-``log16(n)`` is about the tree's depth: a constant factor (about 4 per node) of k * log2(n).
-
 Tombstones older than ``tombstone_grace`` are not copied: past the grace a node may purge them,
 and copying them back would only make them bounce. A replica that was away longer than the
-grace must be wiped and refilled, not merged, or it would bring deleted values back
-(docs/anti-entropy.md).
+grace must be wiped and refilled, not merged, or it would bring deleted values back. These
+rules, and a sync's cost (16 tree hashes per level per differing key): docs/anti-entropy.md.
 """
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterable, Mapping
 
 from . import kinds, params as cluster_params
@@ -51,9 +47,9 @@ class SyncReport:
     rounds: int = 0          # request rounds (one request to each node per round)
 
     def add(self, other: "SyncReport") -> None:
-        for name in ("hashes", "compared", "differences", "pushed_to_a", "pushed_to_b",
-                     "rounds"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        """Add the counts of ``other`` (a sync of more ranges between the same nodes)."""
+        for f in fields(self)[2:]:   # every field after the two node names is a count
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass
@@ -278,10 +274,10 @@ def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = Non
             hub, others = alive[0], alive[1:]
             # First sweep: the hub gathers every replica's records. Those synced before the
             # last one that brought the hub something new lack it: sync them once more.
-            gains = [_repair_pair(handle, view, hub, other, ranges, report) for other in others]
+            gains = [_repair_pair(handle.transport, view, hub, o, ranges, report) for o in others]
             last = max((i for i, gained in enumerate(gains) if gained), default=0)
             for other in others[:last]:
-                _repair_pair(handle, view, hub, other, ranges, report)
+                _repair_pair(handle.transport, view, hub, other, ranges, report)
         done += count
         if progress:
             progress(done, total)
@@ -289,11 +285,11 @@ def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = Non
     return report
 
 
-def _repair_pair(handle: RingHandle, view: RingView, hub: str, other: str,
+def _repair_pair(transport: Transport, view: RingView, hub: str, other: str,
                  ranges: list[tuple[int, int]], report: RepairReport) -> bool:
     """Sync ``hub`` with ``other``; add to ``report``; return whether the hub stored anything."""
     try:
-        rep = sync_ranges(handle.transport, hub, other, ranges, view.params)
+        rep = sync_ranges(transport, hub, other, ranges, view.params)
     except SDHTError as exc:
         report.errors.append(f"sync {hub} / {other}: {exc}")
         return False
@@ -302,7 +298,3 @@ def _repair_pair(handle: RingHandle, view: RingView, hub: str, other: str,
     report.differences += rep.differences
     report.pushed += rep.pushed_to_a + rep.pushed_to_b
     return rep.pushed_to_a > 0
-
-
-__all__ = ["RepairReport", "RingSpread", "SyncReport", "merge_ranges", "repair", "shared_ranges",
-           "spread_ring", "sync_range", "sync_ranges"]
