@@ -28,7 +28,7 @@ def default_ring() -> Ring:
     global _default
     with _lock:
         if _default is None:
-            _default = Ring(seeds_from_env(), cluster_key=os.environ.get("SDHT_CLUSTER_KEY"))
+            _default = Ring(seeds_from_env())   # keys, if any, from SDHT_OPERATOR_KEY/PUBKEY
         return _default
 
 

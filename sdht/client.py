@@ -2,7 +2,7 @@
 
 ``Ring`` is the API; the module-level functions in :mod:`sdht` are thin wrappers over a default
 ``Ring`` bootstrapped from ``SDHT_SEEDS``. The ring itself (members, states, parameters, epoch)
-lives on the nodes, so any process can find it again from one member (DESIGN: "Flows").
+lives on the nodes, so any process can find it again from one member (docs/design.md, "Flows").
 
 ``Ring`` is a facade. The work is done by: :mod:`sdht.handle` (the ring view and transport),
 :mod:`sdht.quorum` (parallel replica requests and the read and write quorums),
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from . import batch, migration, params as cluster_params, sync
+from . import batch, migration, params as cluster_params, repair as ring_repair
 from .errors import KeyNotFound, WriteConflict
 from .handle import RingHandle
 from .health import NodeHealth
@@ -24,6 +24,7 @@ from .pow import mint
 from .quorum import MAX_REROUTES, Quorum
 from .ring import Node, RingView
 from .transport import DEFAULT_TIMEOUT, Transport
+from .trust import Keys
 from .wire import now_us
 
 __all__ = ["AUTO_WORK_MARGIN", "MAX_REROUTES", "Node", "Ring"]
@@ -40,16 +41,22 @@ class Ring:
     :param params: cluster parameters for a ring this client creates (ignored when joining an
         existing ring, whose parameters win).
     :param timeout: ``(connect, read)`` seconds per request.
-    :param cluster_key: key for admin routes, when the nodes require one.
-    :param transport: an injected :class:`~sdht.transport.Transport` (tests, custom pools).
+    :param keys: the operator keys this client trusts rings from and, for operators, signs
+        membership changes and admin requests with (:class:`sdht.trust.Keys`); by default
+        from ``SDHT_OPERATOR_KEY`` / ``SDHT_OPERATOR_PUBKEY``, and none of them means
+        development mode (unsigned rings, loopback nodes).
+    :param transport: an injected :class:`~sdht.transport.Transport` (tests, custom pools);
+        it carries its own keys.
     """
 
     def __init__(self, seeds: Iterable["Node | str"] = (), *,
                  params: Mapping[str, Any] | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-                 cluster_key: str | None = None, transport: Transport | None = None) -> None:
+                 keys: Keys | None = None, transport: Transport | None = None) -> None:
+        if transport is None:
+            transport = Transport(timeout, keys if keys is not None else Keys.from_env())
         #: What migration, sync and status work through: the view and the transport.
-        self.handle = RingHandle(transport or Transport(timeout, cluster_key),
+        self.handle = RingHandle(transport,
                                  [Node.parse(s).id for s in seeds],
                                  cluster_params.with_defaults(params))
         #: The replica requests, with their failure memory (:attr:`health`).
@@ -152,7 +159,7 @@ class Ring:
         if lost is None:
             return rec
         # A replica holds a higher score: mint once more with just enough work to beat it,
-        # at a fresh timestamp (DESIGN: "Flows", set).
+        # at a fresh timestamp (docs/design.md, "Flows", set).
         t = max(now_us(), rec.t + 1)
         needed = register.work_to_beat(lost, t, p["decay"])
         budget = (p["min_work"] + AUTO_WORK_MARGIN) if work is None else w
@@ -247,13 +254,13 @@ class Ring:
         """
         return migration.remove(self.handle, Node.parse(node).id, dead, progress)
 
-    def repair(self, progress: Callable[[int, int], None] | None = None) -> sync.RepairReport:
+    def repair(self, progress: Callable[[int, int], None] | None = None) -> ring_repair.RepairReport:
         """Run anti-entropy over the whole ring now: sync every interval's replicas.
 
         Members holding an older ring (or none, after losing their disk) get the current one.
 
         :param progress: called with ``(ranges done, ranges in all)``.
-        :returns: a :class:`~sdht.sync.RepairReport` of what was compared and fixed; nodes
+        :returns: a :class:`~sdht.repair.RepairReport` of what was compared and fixed; nodes
             that could not be reached are listed in its ``errors``.
         """
-        return sync.repair(self.handle, progress)
+        return ring_repair.repair(self.handle, progress)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Iterable
 
-from .errors import NodeError, NoNodes, TransportError
+from . import trust
+from .errors import NodeError, NoNodes, TransportError, UntrustedRing
 from .ring import RingView
 from .transport import Transport
 
@@ -45,8 +46,8 @@ class RingHandle:
         best, reached = self.view, 0
         for node in candidates:
             try:
-                view = self.transport.get_ring(node)
-            except (TransportError, NodeError) as exc:
+                view = self.ring_of(node)
+            except (TransportError, NodeError, UntrustedRing) as exc:
                 log.debug("ring refresh: %s", exc)
                 continue
             reached += 1
@@ -73,6 +74,44 @@ class RingHandle:
             raise NoNodes("the ring has no members: join a node first, or name a member "
                           "(sdht.connect('HOST:PORT') or SDHT_SEEDS=HOST:PORT)")
         return self.view
+
+    # -- trust: rings are the operator's (sdht/trust.py) -------------------------------------
+
+    def ring_of(self, node: str) -> RingView | None:
+        """Return the ring ``node`` holds (None when it has none), if the operator signed it.
+
+        :raises UntrustedRing: when it is not signed by an operator key this client trusts.
+        """
+        view = self.transport.get_ring(node)
+        if view is not None:
+            self.check(view)
+        return view
+
+    def check(self, view: RingView) -> None:
+        """Accept ``view`` only when the operator signed it (any ring in development mode).
+
+        :raises UntrustedRing: otherwise.
+        """
+        self.transport.keys.check_ring(view.body(), view.signature)
+
+    def sign(self, view: RingView) -> RingView:
+        """Return ``view`` signed with the operator key, for publishing; unsigned in
+        development mode (no keys at all).
+
+        :raises Unauthorized: when the ring has keys but this client lacks the private one.
+        """
+        keys = self.transport.keys
+        if keys.development and keys.private is None:
+            return view
+        return view.signed(keys.sign_ring(view.body()))
+
+    def member_key(self, node: str) -> str | None:
+        """Return the public key ``node`` will sign its requests with (derived from the
+        operator key), or None in development mode."""
+        keys = self.transport.keys
+        if not keys.can_sign_rings:
+            return None
+        return trust.public_of(trust.node_private_key(keys.private, node))
 
     def adopt(self, view: RingView) -> None:
         """Make ``view`` the known ring (one this client published, or found on a node).

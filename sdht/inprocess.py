@@ -17,13 +17,12 @@ fails half-way: tests of hung nodes, killed processes and durability need real n
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Mapping
-from urllib.parse import urlencode
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from .errors import NodeError, NodeUnavailable
-from .transport import DEFAULT_TIMEOUT, Reply, Transport, _decode
-from .wire import EPOCH_HEADER, KEY_HEADER
+from .errors import NodeUnavailable
+from .transport import DEFAULT_TIMEOUT, Transport
+from .trust import Keys
 
 #: A WSGI application: ``app(environ, start_response) -> iterable of bytes``.
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
@@ -34,15 +33,15 @@ class WSGITransport(Transport):
 
     :param apps: node id (``host:port``) to WSGI app. The mapping is kept, not copied, so
         nodes added to it later (a node about to join) are reachable at once.
-    :param cluster_key: sent on admin routes, as by the HTTP transport.
+    :param keys: this party's keys, as for the HTTP transport.
     :param max_parallel: threads for fanning requests out to replicas.
     :param timeout: kept for the interface; in-process calls do not time out.
     """
 
-    def __init__(self, apps: Mapping[str, WSGIApp], *, cluster_key: str | None = None,
+    def __init__(self, apps: Mapping[str, WSGIApp], *, keys: Keys | None = None,
                  max_parallel: int = 16,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
-        super().__init__(timeout, cluster_key, max_parallel)
+        super().__init__(timeout, keys, max_parallel)
         self.apps = apps
         self.down: set[str] = set()
 
@@ -63,39 +62,25 @@ class WSGITransport(Transport):
         self.pool.shutdown(wait=True, cancel_futures=True)
         super().close()
 
-    def request(self, node: str, method: str, path: str, *, params: dict | None = None,
-                data: bytes | None = None, admin: bool = False,
-                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
-        """Call ``node``'s app with one request and decode the answer (msgpack or JSON).
+    def _exchange(self, node: str, method: str, target: str, data: bytes | None,
+                  headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
+        """Call ``node``'s app with one request; return its status, headers and raw body.
 
         :raises NodeUnavailable: when ``node`` is not in :attr:`apps` or is marked down.
-        :raises NodeError: when the app answers with a status not in ``ok``.
         """
         app = None if node in self.down else self.apps.get(node)
         if app is None:
             why = "marked down" if node in self.down else "not served in this process"
             raise NodeUnavailable(f"{node} is unreachable: {why}", node)
-        hdrs = dict(headers or {})
-        if admin and self.cluster_key:
-            hdrs[KEY_HEADER] = self.cluster_key
-        query = urlencode([(k, v) for k, v in (params or {}).items() if v is not None])
+        path, _, query = target.partition("?")
         builder = EnvironBuilder(path=path, base_url=f"http://{node}", query_string=query,
-                                 method=method, data=data, headers=list(hdrs.items()),
-                                 multithread=True)
+                                 method=method, data=data, headers=list(headers.items()),
+                                 multithread=True,
+                                 # a caller in this process is a loopback caller
+                                 environ_base={"REMOTE_ADDR": "127.0.0.1"})
         try:
             environ = builder.get_environ()
         finally:
             builder.close()
         app_iter, status_line, answer = run_wsgi_app(app, environ, buffered=True)
-        raw = b"".join(app_iter)
-        status = int(status_line.split(None, 1)[0])
-        body = _decode(answer.get("Content-Type", ""), raw)
-        try:
-            epoch = int(answer.get(EPOCH_HEADER, "0"))
-        except ValueError:
-            epoch = 0
-        if status not in ok:
-            message = body.get("message") if isinstance(body, dict) else None
-            raise NodeError(f"{node} answered {status} to {method} {path}: "
-                            f"{message or body!r}", node, status, body)
-        return Reply(status, body, epoch)
+        return int(status_line.split(None, 1)[0]), answer, b"".join(app_iter)

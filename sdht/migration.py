@@ -1,4 +1,4 @@
-"""Membership changes: join and remove, with live data migration (DESIGN: "Flows").
+"""Membership changes: join and remove, with live data migration (docs/design.md, "Flows").
 
 A change goes through three ring epochs, each published to every member before the next step:
 
@@ -111,13 +111,14 @@ def join(handle: RingHandle, node: str, tokens: int | None,
         view = handle.refresh()
     except RingError:
         view = None
-    own = handle.transport.get_ring(node)  # also proves the node is up
+    own = handle.ring_of(node)  # also proves the node is up
     if (view is None or not view.members) and own is not None and own.member(node):
         view = own                       # the node already belongs to a ring: adopt it
         handle.adopt(own)
     if view is None or not view.members:
         first = RingView(max(own.epoch if own else 0, view.epoch if view else 0) + 1,
-                         (Member(node, NORMAL, tokens or handle.new_ring_params["tokens"]),),
+                         (Member(node, NORMAL, tokens or handle.new_ring_params["tokens"],
+                                 handle.member_key(node)),),
                          dict(view.params if view else handle.new_ring_params))
         _publish(handle, first, [])
         report.epoch, report.seconds = first.epoch, time.monotonic() - began
@@ -132,10 +133,11 @@ def join(handle: RingHandle, node: str, tokens: int | None,
         raise RingBusy(f"{node} is {member.state}; finish that change first")
     _check_idle(view, node)
     tokens = tokens or (member.tokens if member else view.params["tokens"])
+    key = member.key if member else handle.member_key(node)
     staged = view if member is not None else _bump(
-        view.with_member(Member(node, JOINING, tokens)), own)
-    return _complete(handle, staged, staged.with_member(Member(node, NORMAL, tokens)), report,
-                     (), progress, began)
+        view.with_member(Member(node, JOINING, tokens, key)), own)
+    return _complete(handle, staged, staged.with_member(Member(node, NORMAL, tokens, key)),
+                     report, (), progress, began)
 
 
 def remove(handle: RingHandle, node: str, dead: bool,
@@ -151,7 +153,7 @@ def remove(handle: RingHandle, node: str, dead: bool,
         raise RingBusy(f"{node} is still joining; finish the join first")
     _check_idle(view, node)
     staged = view if member.state == LEAVING else view.with_member(
-        Member(node, LEAVING, member.tokens))
+        Member(node, LEAVING, member.tokens, member.key))
     return _complete(handle, staged, staged.without_member(node), report,
                      (node,) if dead else (), progress, began)
 
@@ -217,6 +219,7 @@ def _publish(handle: RingHandle, view: RingView, dead: Iterable[str],
     :raises TransportError: when a live member cannot be reached; nothing moves until all
         members have the staged ring, so stale clients are redirected before data moves.
     """
+    view = handle.sign(view)
     targets = [n for n in dict.fromkeys([*(m.id for m in view.members), *also])
                if n not in set(dead)]
     futures = {n: handle.transport.submit(handle.transport.put_ring, n, view) for n in targets}

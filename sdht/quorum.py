@@ -1,7 +1,7 @@
 """Quorums: ask a key's replicas in parallel and decide when enough of them have answered.
 
 A read needs ``r`` replicas, a write ``w`` acknowledgements from each placement, current and
-future (DESIGN: "Flows"). :class:`Quorum` runs the requests (one per node, or one batch per
+future (docs/design.md, "Flows"). :class:`Quorum` runs the requests (one per node, or one batch per
 node), notes in :class:`~sdht.health.NodeHealth` which nodes answered, re-routes when a node
 reports a newer ring, and raises :class:`~sdht.errors.QuorumError` when too few answered.
 """
@@ -58,7 +58,7 @@ class Quorum:
             p = view.params
             replicas = view.readers.for_key(key)
             need = min(p["r"], len(replicas))
-            # Ask r replicas (DESIGN: "Flows", get), healthy ones first; the others only if
+            # Ask r replicas (docs/design.md, "Flows", get), healthy ones first; the others only if
             # one of those fails.
             calls = {node: (transport.get_record, node, key, p)
                      for node in self.health.order(replicas)}
@@ -222,7 +222,7 @@ class Quorum:
 def write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
                     w: int) -> tuple[int, int] | None:
     """The write quorum: ``w`` acknowledgements (or all, on a smaller list) from each
-    placement, current and future (DESIGN: "Flows", join). Returns ``(got, needed)`` of the
+    placement, current and future (docs/design.md, "Flows", join). Returns ``(got, needed)`` of the
     first placement short of it, or None when the write is acknowledged."""
     acked = set(acked)
     for members in placements:

@@ -33,28 +33,47 @@ def token_positions(node_id: str, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Member:
-    """A node as the ring sees it: its id (``host:port``), state and number of tokens."""
+    """A node as the ring sees it: its id (``host:port``), state, number of tokens, and the
+    public key (hex) it signs its requests with, when the ring has keys (sdht/trust.py)."""
 
     id: str
     state: str = NORMAL
     tokens: int = cluster_params.DEFAULTS["tokens"]
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "state": self.state, "tokens": self.tokens}
+        """Return the member's JSON form (``key`` only when it has one)."""
+        out: dict[str, Any] = {"id": self.id, "state": self.state, "tokens": self.tokens}
+        if self.key is not None:
+            out["key"] = self.key
+        return out
 
 
 @dataclass(frozen=True)
 class RingView:
-    """The ring's membership, cluster parameters and epoch, as every node stores it."""
+    """The ring's membership, cluster parameters and epoch, as every node stores it, and the
+    operator's signature of all that (None on an unsigned, development ring)."""
 
     epoch: int = 0
     members: tuple[Member, ...] = ()
     params: dict[str, Any] = field(default_factory=lambda: dict(cluster_params.DEFAULTS))
+    signature: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """Return the JSON form without the signature: what the operator signs."""
+        return {"epoch": self.epoch, "params": self.params,
+                "members": [m.to_json() for m in self.members]}
 
     def to_json(self) -> dict[str, Any]:
         """Return the JSON form stored on nodes and served at ``/v1/ring``."""
-        return {"epoch": self.epoch, "params": self.params,
-                "members": [m.to_json() for m in self.members]}
+        out = self.body()
+        if self.signature is not None:
+            out["signature"] = self.signature
+        return out
+
+    def signed(self, signature: str) -> "RingView":
+        """Return this ring carrying ``signature``."""
+        return RingView(self.epoch, self.members, self.params, signature)
 
     @classmethod
     def from_json(cls, obj: Any) -> "RingView":
@@ -65,9 +84,11 @@ class RingView:
         try:
             epoch = obj["epoch"]
             members = tuple(Member(str(m["id"]), m.get("state", NORMAL),
-                                   int(m.get("tokens", cluster_params.DEFAULTS["tokens"])))
+                                   int(m.get("tokens", cluster_params.DEFAULTS["tokens"])),
+                                   m.get("key"))
                             for m in obj["members"])
             params = {**cluster_params.DEFAULTS, **obj.get("params", {})}
+            signature = obj.get("signature")
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # OverflowError: int(float("inf")), as from a JSON "tokens": Infinity
             raise ConfigError(f"malformed ring: {exc!r}") from None
@@ -77,10 +98,14 @@ class RingView:
         for m in members:
             if m.state not in STATES or not tokens.low <= m.tokens <= tokens.high:
                 raise ConfigError(f"member {m.id}: bad state or token count")
+            if m.key is not None and not _is_hex(m.key, 64):
+                raise ConfigError(f"member {m.id}: a key must be 64 hex digits")
             parse_node_id(m.id)
+        if signature is not None and not _is_hex(signature, 128):
+            raise ConfigError("a ring signature must be 128 hex digits")
         if len({m.id for m in members}) != len(members):
             raise ConfigError("ring lists a member twice")
-        return cls(epoch, members, cluster_params.check(params))
+        return cls(epoch, members, cluster_params.check(params), signature)
 
     def member(self, node_id: str) -> Member | None:
         """Return the member with this id, or None."""
@@ -116,6 +141,11 @@ class RingView:
     def future(self) -> "Placement":
         """Placement once pending changes complete (normal and joining members)."""
         return self.placement((NORMAL, JOINING))
+
+
+def _is_hex(text: Any, length: int) -> bool:
+    return (isinstance(text, str) and len(text) == length
+            and all(c in "0123456789abcdef" for c in text))
 
 
 def parse_node_id(text: str) -> tuple[str, int]:

@@ -21,7 +21,7 @@ HEALTH_FIELDS = ("records", "bytes", "epoch", "revision", "mean_response_ms", "e
 def shares(view: RingView) -> dict[str, float]:
     """Return, for each member, the fraction of ring positions it replicates for reads.
 
-    Within each interval between tokens the preference list is fixed (DESIGN: "The ring"), so
+    Within each interval between tokens the preference list is fixed (docs/design.md, "The ring"), so
     summing interval lengths per replica is exact. With ``n`` replicas the shares sum to ``n``
     (or to the number of readable members, when fewer). Joining members get 0.
     """

@@ -1,4 +1,4 @@
-"""Anti-entropy: replicas compare hash trees and exchange what differs (DESIGN: "anti-entropy").
+"""Anti-entropy: replicas compare hash trees and exchange what differs (docs/design.md, "anti-entropy").
 
 Each node keeps a hash tree over the positions of its records (:mod:`storage.tree`: fan-out 16,
 depth 4, 65536 leaves). :func:`sync_ranges` walks the trees of two replicas level by level, one
@@ -17,14 +17,11 @@ rules, and a sync's cost (16 tree hashes per level per differing key): docs/anti
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, Iterable, Mapping
 
 from . import kinds, params as cluster_params
-from .errors import NodeError, SDHTError
-from .handle import RingHandle
-from .ring import RingView, intervals
+from .errors import NodeError
 from .transport import Transport
 from .wire import BATCH, DEPTH, FANOUT, MAX_TREE_RANGES, STORED, node_range, tombstone_cutoff
 
@@ -50,21 +47,6 @@ class SyncReport:
         """Add the counts of ``other`` (a sync of more ranges between the same nodes)."""
         for f in fields(self)[2:]:   # every field after the two node names is a count
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
-
-
-@dataclass
-class RepairReport:
-    """What :meth:`sdht.Ring.repair` did across the ring."""
-
-    epoch: int = 0
-    ranges: int = 0          # ring intervals covered
-    syncs: int = 0           # pairwise syncs run
-    hashes: int = 0
-    differences: int = 0
-    pushed: int = 0          # records some replica stored
-    rings_pushed: int = 0    # members that held an older ring and were given the current one
-    errors: list[str] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -198,103 +180,3 @@ def _push(transport: Transport, node: str, records: list[kinds.Entry]) -> int:
             continue
         stored += outcome.status == STORED
     return stored
-
-
-# -- the whole ring -------------------------------------------------------------------------------
-
-def shared_ranges(view: RingView, node: str | None = None
-                  ) -> dict[frozenset, tuple[list[tuple[int, int]], int]]:
-    """Group the ring's intervals by their set of readers.
-
-    :param node: keep only the intervals this node replicates.
-    :returns: for each replica set, its merged ranges and how many ring intervals they cover.
-    """
-    readers = view.readers
-    groups: dict[frozenset, list[tuple[int, int]]] = {}
-    for start, end, probe in intervals(readers.boundaries()):
-        replicas = frozenset(readers.preference(probe))
-        if node is None or node in replicas:
-            groups.setdefault(replicas, []).append((start, end))
-    return {k: (merge_ranges(v), len(v)) for k, v in groups.items()}
-
-
-@dataclass
-class RingSpread:
-    """What :func:`spread_ring` did: members given the ring, the newest ring seen, failures."""
-
-    pushed: int
-    newest: RingView
-    unreachable: dict[str, str]
-
-
-def spread_ring(transport: Transport, view: RingView, skip: Iterable[str] = ()) -> RingSpread:
-    """Give ``view`` to every member (but ``skip``) that holds an older ring, or none (a node
-    restarted on an empty disk), and note the newest ring any member holds."""
-    pushed, newest, unreachable = 0, view, {}
-    for member in view.members:
-        if member.id in skip:
-            continue
-        try:
-            held = transport.get_ring(member.id)
-            if held is None or held.epoch < view.epoch:
-                transport.put_ring(member.id, view)
-                pushed += 1
-            elif held.epoch > newest.epoch:
-                newest = held
-        except SDHTError as exc:
-            unreachable[member.id] = str(exc)
-    return RingSpread(pushed, newest, unreachable)
-
-
-def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = None) -> RepairReport:
-    """Sync every ring interval's replicas now (see :meth:`sdht.Ring.repair`).
-
-    Members holding an older ring (or none: a node that lost its disk) are given the current
-    one first. Each interval's replicas are synced against the first of them that answers
-    (the hub), then those that missed what the hub learned from later ones, once more.
-    """
-    began = time.monotonic()
-    view = handle.refresh()
-    report = RepairReport()
-    if view is None or not view.members:
-        return report
-    report.epoch = view.epoch
-    spread = spread_ring(handle.transport, view)
-    report.rings_pushed = spread.pushed
-    report.errors += spread.unreachable.values()
-    down = set(spread.unreachable)
-    groups = shared_ranges(view)
-    report.ranges = total = sum(count for _, count in groups.values())
-    done = 0
-    if progress:
-        progress(0, total)
-    for replicas, (ranges, count) in sorted(groups.items(), key=lambda item: item[1][0][0]):
-        alive = sorted(replicas - down)
-        if len(alive) > 1:
-            hub, others = alive[0], alive[1:]
-            # First sweep: the hub gathers every replica's records. Those synced before the
-            # last one that brought the hub something new lack it: sync them once more.
-            gains = [_repair_pair(handle.transport, view, hub, o, ranges, report) for o in others]
-            last = max((i for i, gained in enumerate(gains) if gained), default=0)
-            for other in others[:last]:
-                _repair_pair(handle.transport, view, hub, other, ranges, report)
-        done += count
-        if progress:
-            progress(done, total)
-    report.seconds = time.monotonic() - began
-    return report
-
-
-def _repair_pair(transport: Transport, view: RingView, hub: str, other: str,
-                 ranges: list[tuple[int, int]], report: RepairReport) -> bool:
-    """Sync ``hub`` with ``other``; add to ``report``; return whether the hub stored anything."""
-    try:
-        rep = sync_ranges(transport, hub, other, ranges, view.params)
-    except SDHTError as exc:
-        report.errors.append(f"sync {hub} / {other}: {exc}")
-        return False
-    report.syncs += 1
-    report.hashes += rep.hashes
-    report.differences += rep.differences
-    report.pushed += rep.pushed_to_a + rep.pushed_to_b
-    return rep.pushed_to_a > 0

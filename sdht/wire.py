@@ -20,8 +20,12 @@ from .errors import InvalidRecord
 EPOCH_HEADER = "X-SDHT-Epoch"
 #: Every node answer names the node (its ring id), when it has one.
 NODE_HEADER = "X-SDHT-Node"
-#: The cluster key, on routes that change what a node holds without a proof of work.
-KEY_HEADER = "X-SDHT-Cluster-Key"
+#: A signed request (sdht/trust.py): who signed it, when (Unix seconds), and the signature.
+SIGNER_HEADER = "X-SDHT-Signer"
+DATE_HEADER = "X-SDHT-Date"
+SIGNATURE_HEADER = "X-SDHT-Signature"
+#: The token a node's page sends with writes, when the node has keys.
+PAGE_TOKEN_HEADER = "X-SDHT-Page-Token"
 #: Marks a batch write of entries moved by a join or remove (counted by the node's metrics).
 MIGRATION_HEADER = "X-SDHT-Migration"
 MSGPACK = "application/msgpack"

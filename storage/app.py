@@ -14,7 +14,7 @@ from flask import Flask
 
 from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and tools)
 
-from . import http, metrics, routes, sync_routes, web
+from . import auth, http, metrics, routes, sync_routes, web
 from .config import load_config
 from .store import Store
 
@@ -37,6 +37,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     Store(settings["DATA_DIR"], settings["MAP_SIZE"], settings["SYNC"]).close()
     app.extensions["sdht.store"] = None
     http.init_app(app)
+    auth.init_app(app)     # keys: signed rings, signed admin requests, or loopback only
     app.register_blueprint(routes.bp)
     app.register_blueprint(sync_routes.bp)
     metrics.init_app(app)  # request figures and /metrics

@@ -12,7 +12,10 @@ from sdht.wire import MAX_BATCH
 DEFAULT_CONFIG: dict[str, Any] = {
     "DATA_DIR": None,              # SDHT_DATA_DIR: the LMDB directory (required)
     "NODE_ID": None,               # SDHT_NODE_ID: this node's host:port, as the ring names it
-    "CLUSTER_KEY": None,           # SDHT_CLUSTER_KEY: required on admin routes when set
+    # SDHT_OPERATOR_PUBKEY: the operator's public key(s), comma-separated: rings must be signed
+    # by one (several while a key is rotated). Unset: development mode, loopback clients only.
+    "OPERATOR_PUBKEY": None,
+    "NODE_KEY": None,              # SDHT_NODE_KEY: this node's private key, or its file
     "MAP_SIZE": 4 << 30,           # SDHT_MAP_SIZE: LMDB map size in bytes (4 GiB)
     "SYNC": True,                  # SDHT_SYNC: fsync every commit (durable acknowledgements)
     "MAX_BATCH": MAX_BATCH,        # SDHT_MAX_BATCH: records or keys in one batch request

@@ -19,7 +19,7 @@ from sdht.ring import RingView
 from sdht.wire import SAME, STORED, packb, packed_array
 
 from . import metrics
-from .auth import require_cluster_key
+from .auth import check_ring, mode, require_authority
 from .http import (ApiError, admit, batch, body, check_key, int_arg, msgpack_response, params,
                    range_args, ring_view, store)
 from .layout import is_data_key
@@ -34,6 +34,7 @@ def health() -> Response:
     return jsonify({"node": current_app.config["NODE_ID"], "epoch": view.epoch if view else 0,
                     **store().stats(), "uptime": time.time() - current_app.config["STARTED"],
                     "location": current_app.config["LOCATION"], "pid": os.getpid(),
+                    "mode": mode(),
                     **metrics.current().figures()})
 
 
@@ -48,14 +49,15 @@ def get_ring() -> Response:
 
 @bp.put("/ring")
 def put_ring() -> tuple[Response, int]:
-    """Replace the stored ring with a higher epoch (admin); 409 with the held ring otherwise."""
-    require_cluster_key()
+    """Replace the stored ring with a higher epoch, when the operator signed it (403
+    otherwise); 409 with the held ring when it is not newer."""
     try:
         view = RingView.from_json(request.get_json(force=True, silent=False))
     except HTTPException:
         raise ApiError(400, "malformed_body", "the ring must be a JSON object") from None
     except ConfigError as exc:
         raise ApiError(400, "bad_ring", str(exc) or "malformed ring") from None
+    check_ring(view)
     replaced, held = store().replace_ring(view)
     if not replaced:
         return jsonify({"error": "stale_epoch", "message": f"epoch {view.epoch} is not newer "
@@ -101,7 +103,9 @@ def get_records() -> Response:
 @bp.post("/entries/get")
 def get_entries() -> Response:
     """Batch read by entry reference (the LMDB keys the tree listings name, any kind): a
-    msgpack array of references in, an array of packed entries (or nil) out."""
+    msgpack array of references in, an array of packed entries (or nil) out (the operator or a
+    member only: peers read what they sync)."""
+    require_authority()
     refs = batch(body(), "references")
     if not all(is_data_key(ref) for ref in refs):
         raise ApiError(400, "bad_reference", "references must be entry keys from a tree listing")
@@ -124,7 +128,9 @@ def put_records() -> Response:
 
 @bp.get("/range")
 def scan_range() -> Response:
-    """A page of packed entries with positions in ``[start, end)``, resumed ``after`` a cursor."""
+    """A page of packed entries with positions in ``[start, end)``, resumed ``after`` a cursor
+    (a dump of what the node holds: the operator or a member only)."""
+    require_authority()
     start, end = range_args()
     limit = int_arg("limit", 1, current_app.config["MAX_BATCH"], 1000)
     after_hex = request.args.get("after")
@@ -141,7 +147,7 @@ def scan_range() -> Response:
 
 @bp.delete("/range")
 def delete_range() -> Response:
-    """Delete every entry with a position in ``[start, end)`` (admin)."""
-    require_cluster_key()
+    """Delete every entry with a position in ``[start, end)`` (the operator only)."""
+    require_authority(members=False)
     start, end = range_args()
     return jsonify({"deleted": store().delete_range(start, end)})

@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 from sdht.errors import InvalidRecord
 from sdht.wire import RING_SIZE, decode_ranges, encode_ranges, is_tree_node, packb, tombstone_cutoff
 
-from .auth import require_cluster_key
+from .auth import require_authority
 from .http import ApiError, body, msgpack_response, params, store
 
 bp = Blueprint("v1_sync", __name__, url_prefix="/v1")
@@ -43,13 +43,15 @@ def _ranges(obj: Any) -> list[tuple[int, int]]:
 
 @bp.post("/tree")
 def tree() -> Response:
-    """Hashes of ``nodes`` and ``(key, digest)`` listings of ``list`` within ``ranges``.
+    """Hashes of ``nodes`` and ``(reference, digest)`` listings of ``list`` within ``ranges``.
 
     Body: ``{"nodes": [[level, index], ...], "list": [[level, index], ...],
     "ranges": [[first, last], ...]}`` (inclusive position ranges; the whole ring by default).
     Answer: ``{"hashes": [bytes, ...], "entries": [[[ref, digest], ...], ...],
     "truncated": bool}``, where ``ref`` is an entry's reference for ``/v1/entries/get``.
+    The operator or a member only: listings reveal what the node holds.
     """
+    require_authority()
     obj = body()
     if not isinstance(obj, dict):
         raise ApiError(400, "bad_tree_request", "the body must be a msgpack map")
@@ -69,7 +71,7 @@ def tree() -> Response:
 def sync_pass() -> Response:
     """Record a finished background sync pass (admin): add ``rounds`` and ``differences`` to
     the counters and, when ``purge`` is true, drop tombstones older than ``tombstone_grace``."""
-    require_cluster_key()
+    require_authority()
     obj = request.get_json(force=True, silent=True)
     if not isinstance(obj, dict):
         raise ApiError(400, "malformed_body", "the body must be a JSON object")

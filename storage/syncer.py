@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 
 from sdht.errors import SDHTError
 from sdht.ring import RingView
-from sdht.sync import shared_ranges, spread_ring, sync_ranges
+from sdht.repair import shared_ranges, spread_ring
+from sdht.sync import sync_ranges
 from sdht.transport import DEFAULT_TIMEOUT, Transport
+from sdht.trust import Keys
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +59,12 @@ class Syncer:
     """
 
     def __init__(self, address: str, node_id: str, interval: float,
-                 cluster_key: str | None = None,
+                 keys: Keys | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
         self.address, self.node_id, self.interval = address, node_id, interval
-        self.transport = Transport(timeout, cluster_key, max_parallel=4)
+        # The node's own keys: peers accept its tree and entry reads as a member's, and rings
+        # it learns from peers are checked against the operator key like any other.
+        self.transport = Transport(timeout, keys, max_parallel=4)
         self.stopped = threading.Event()
         self.last_purge: float | None = None
         self.thread: threading.Thread | None = None
@@ -134,6 +138,7 @@ def start_from_config(bind: str) -> Syncer | None:
 
     :returns: the running :class:`Syncer`, or None when ``SDHT_SYNC_INTERVAL`` is 0.
     """
+    from .auth import node_keys
     from .config import load_config
     cfg = load_config()
     if cfg["SYNC_INTERVAL"] <= 0:
@@ -144,5 +149,5 @@ def start_from_config(bind: str) -> Syncer | None:
     elif host in ("[::]", "::"):
         host = "[::1]"
     address = f"{host}:{port}"
-    return Syncer(address, cfg["NODE_ID"] or address, cfg["SYNC_INTERVAL"],
-                  cfg["CLUSTER_KEY"]).start()
+    cfg["NODE_ID"] = cfg["NODE_ID"] or address
+    return Syncer(address, cfg["NODE_ID"], cfg["SYNC_INTERVAL"], node_keys(cfg)).start()

@@ -20,8 +20,9 @@ from sdht.ring import position
 from sdht.wire import RING_SIZE
 from sdht.status import cluster_status, jsonable, replicas, token_fractions
 from sdht.transport import Transport
+from sdht.trust import Keys
 
-from .auth import require_cluster_key
+from .auth import keys, mode, require_page_token
 from .http import ApiError
 
 #: Largest JSON body the page's routes accept (bytes); values are small on this page.
@@ -46,7 +47,8 @@ def _ring() -> Ring:
             node = current_app.config["NODE_ID"]
             if not node:
                 raise NoNodes("this node has no NODE_ID, so it cannot reach the ring")
-            transport = Transport(UI_TIMEOUT, current_app.config["CLUSTER_KEY"], max_parallel=8)
+            # The page trusts the rings this node trusts; it makes no signed requests.
+            transport = Transport(UI_TIMEOUT, Keys(keys().operator_public), max_parallel=8)
             held = (os.getpid(), Ring([node], transport=transport))
             current_app.extensions["sdht.ui_ring"] = held
         return held[1]
@@ -71,8 +73,9 @@ def _answer(ring: Ring, key: str, **extra: Any) -> Response:
 @ui.get("/")
 def index() -> str:
     """The node's page."""
+    dev = keys().development
     return render_template("index.html", node=current_app.config["NODE_ID"] or "this node",
-                           needs_key=bool(current_app.config["CLUSTER_KEY"]))
+                           needs_key=not dev, dev_mode=dev, mode=mode())
 
 
 @ui.get("/v1/ui/ring")
@@ -103,7 +106,7 @@ def ui_get() -> Response:
 def ui_set() -> Response:
     """Write ``{"key", "value"}`` through the ring; ``"raw": true`` keeps a string as is,
     otherwise a string that parses as JSON is stored as the parsed value."""
-    require_cluster_key()
+    require_page_token()
     body = _request_json()
     value = body.get("value")
     if isinstance(value, str) and not body.get("raw"):
@@ -119,7 +122,7 @@ def ui_set() -> Response:
 @ui.post("/v1/ui/delete")
 def ui_delete() -> Response:
     """Delete ``{"key"}`` through the ring (writes a tombstone)."""
-    require_cluster_key()
+    require_page_token()
     key = _request_json()["key"]
     ring = _ring()
     ring.delete(key)

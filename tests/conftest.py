@@ -39,11 +39,16 @@ class NodeProcess:
         return f"http://{self.id}"
 
     def start(self, timeout: float = 30.0) -> "NodeProcess":
-        """Start the node and wait until it answers its health route."""
+        """Start the node and wait until it answers its health route; a node that does not
+        come up is stopped before the error is raised."""
         self.log = open(self.data_dir.parent / f"node-{self.port}.log", "ab")
         self.proc = processes.start_node(self.port, self.data_dir, self.log, self.workers,
                                          env={"PYTHONPATH": str(ROOT), **self.env}, cwd=ROOT)
-        processes.wait_healthy(self.proc, self.id, timeout, log=self.log.name)
+        try:
+            processes.wait_healthy(self.proc, self.id, timeout, log=self.log.name)
+        except Exception:
+            self.stop()
+            raise
         return self
 
     def healthy(self) -> bool:
@@ -69,6 +74,10 @@ class NodeProcess:
             stop_group(self.proc, timeout)
             self.log.close()
 
+    def restart(self, timeout: float = 30.0) -> "NodeProcess":
+        """Start the node again on its port and data (after :meth:`kill` or :meth:`stop`)."""
+        return self.start(timeout)
+
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
@@ -77,9 +86,9 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
     def factory(name: str | None = None, **kwargs) -> NodeProcess:
         data = tmp_path / (name or f"node{len(started)}")
-        node = NodeProcess(data, **kwargs).start()
-        started.append(node)
-        return node
+        node = NodeProcess(data, **kwargs)
+        started.append(node)   # before start: a node that fails to come up is stopped too
+        return node.start()
 
     yield factory
     for node in started:
@@ -115,9 +124,11 @@ def node(start_node) -> NodeProcess:
 
 @pytest.fixture
 def app(tmp_path):
-    """An in-process storage app (real ``create_app`` over a real LMDB dir)."""
+    """An in-process storage app (real ``create_app`` over a real LMDB dir), closed after."""
     from storage.app import create_app
-    return create_app({"DATA_DIR": str(tmp_path / "lmdb"), "NODE_ID": "127.0.0.1:1"})
+    made = create_app({"DATA_DIR": str(tmp_path / "lmdb"), "NODE_ID": "127.0.0.1:1"})
+    yield made
+    close_node_app(made)
 
 
 @pytest.fixture
@@ -138,22 +149,24 @@ def close_node_app(app) -> None:
 
 @pytest.fixture
 def node_apps(tmp_path: Path) -> Iterator[Callable[..., dict]]:
-    """Factory: ``node_apps(count, into=None, **config)`` builds ``count`` storage apps in this
-    process, each with its own LMDB dir and a made-up ``127.0.0.1:<port>`` id (no socket is
-    opened). Returns ``{node id: app}`` of the new apps, also added to ``into`` when given (a
+    """Factory: ``node_apps(count, into=None, per_node=None, **config)`` builds ``count``
+    storage apps in this process, each with its own LMDB dir and a made-up ``127.0.0.1:<port>``
+    id (no socket is opened), and the settings ``per_node(node_id)`` returns, if given. Returns ``{node id: app}`` of the new apps, also added to ``into`` when given (a
     transport's mapping, to reach them); every app's store is closed at teardown."""
     import itertools
     from storage.app import create_app
     ports = itertools.count(20001)
     made: list = []
 
-    def make(count: int, into: dict | None = None, **config) -> dict:
+    def make(count: int, into: dict | None = None, per_node: Callable | None = None,
+             **config) -> dict:
         apps = {}
         for _ in range(count):
             port = next(ports)
             node_id = f"127.0.0.1:{port}"
+            own = per_node(node_id) if per_node else {}   # say, the node's own key
             apps[node_id] = create_app({"DATA_DIR": str(tmp_path / f"inproc-{port}"),
-                                        "NODE_ID": node_id, **config})
+                                        "NODE_ID": node_id, **config, **own})
             made.append(apps[node_id])
         if into is not None:
             into.update(apps)
@@ -177,6 +190,63 @@ def inprocess_cluster(node_apps) -> Iterator[Callable[..., tuple]]:
     def make(count: int, params: dict | None = None) -> tuple:
         apps = node_apps(count)
         ring = sdht.Ring(list(apps)[:1], params=params, transport=WSGITransport(apps))
+        rings.append(ring)
+        for node_id in list(apps):
+            ring.join(node_id)
+        return ring, apps
+
+    yield make
+    for ring in rings:
+        ring.close()
+
+
+# -- keys (sdht.trust): an operator key pair and the node settings derived from it -------------
+
+class Operator:
+    """A test operator: its key pair, the keys its tools hold, and each node's settings."""
+
+    def __init__(self) -> None:
+        from sdht import trust
+        self.private = trust.new_private_key()
+        self.public = trust.public_of(self.private)
+
+    def keys(self):
+        """The keys of the operator's own tools (they sign rings and admin requests)."""
+        from sdht.trust import Keys
+        return Keys((self.public,), self.private)
+
+    def node_private(self, node_id: str) -> str:
+        from sdht.trust import node_private_key
+        return node_private_key(self.private, node_id)
+
+    def node_config(self, node_id: str) -> dict:
+        """``create_app`` settings of a keyed node."""
+        return {"OPERATOR_PUBKEY": self.public, "NODE_KEY": self.node_private(node_id)}
+
+    def node_env(self, node_id: str) -> dict:
+        """Environment of a keyed ``sdht-storage`` process."""
+        return {"SDHT_OPERATOR_PUBKEY": self.public, "SDHT_NODE_KEY": self.node_private(node_id)}
+
+
+@pytest.fixture
+def operator() -> Operator:
+    """A fresh operator key pair."""
+    return Operator()
+
+
+@pytest.fixture
+def keyed_cluster(node_apps, operator) -> Iterator[Callable[..., tuple]]:
+    """Factory: ``keyed_cluster(count, params=None)``: in-process nodes that hold the operator's
+    public key and their own derived keys, joined by a ring holding the operator key.
+    Returns ``(ring, apps)``."""
+    import sdht
+    from sdht.inprocess import WSGITransport
+    rings = []
+
+    def make(count: int, params: dict | None = None) -> tuple:
+        apps = node_apps(count, per_node=operator.node_config)
+        ring = sdht.Ring(list(apps)[:1], params=params,
+                         transport=WSGITransport(apps, keys=operator.keys()))
         rings.append(ring)
         for node_id in list(apps):
             ring.join(node_id)

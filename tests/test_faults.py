@@ -13,6 +13,7 @@ from conftest import wait_for
 import sdht
 from sdht.kinds.register import beats
 from sdht.ring import RING_SIZE
+from storage.layout import data_key
 
 INTERVAL = "0.5"   # seconds between the nodes' own anti-entropy passes
 
@@ -152,7 +153,7 @@ def test_root_hash_covers_the_whole_ring(cluster):
     ring, nodes = cluster(1)
     ring.set("x", 1)
     body, _ = ring.transport.tree(nodes[0].id, [(0, 0)], [(0, 0)], [(0, RING_SIZE)])
-    assert [k for k, _ in body["entries"][0]] == ["x"]
+    assert [ref for ref, _ in body["entries"][0]] == [data_key(0, "x")]
 
 
 def test_soak_smoke():

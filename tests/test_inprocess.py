@@ -41,13 +41,13 @@ class TestTransport:
         assert info.value.status == 400 and info.value.node == node
         assert info.value.body["error"] == "inverted_range"
 
-    def test_admin_routes_send_the_cluster_key(self, node_apps):
-        apps = node_apps(1, CLUSTER_KEY="sesame")
+    def test_admin_routes_are_signed_with_the_transports_keys(self, node_apps, operator):
+        apps = node_apps(1, per_node=operator.node_config)
         node = next(iter(apps))
-        keyless, keyed = WSGITransport(apps), WSGITransport(apps, cluster_key="sesame")
+        keyless, keyed = WSGITransport(apps), WSGITransport(apps, keys=operator.keys())
         with pytest.raises(sdht.NodeError) as info:
             keyless.delete_range(node, 0, 1 << 64)
-        assert info.value.status == 403
+        assert info.value.status == 401
         assert keyed.delete_range(node, 0, 1 << 64) == 0
         keyless.close()
         keyed.close()

@@ -18,7 +18,6 @@ from sdht.params import DEFAULTS as DEFAULT_PARAMS
 from sdht.wire import now_us
 from sdht.ring import RING_SIZE, position
 from storage.app import EPOCH_HEADER, create_app
-from storage.auth import KEY_HEADER
 from storage.layout import entry_key, stored
 
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -235,24 +234,6 @@ class TestRing:
         assert client.put("/v1/record", data=mint("k", 1, 5.0).pack()).status_code == 201
 
 
-class TestClusterKey:
-    @pytest.mark.parametrize("call", [
-        lambda c, h: c.put("/v1/ring", json=ring(1), headers=h),
-        lambda c, h: c.delete(f"/v1/range?start=0&end={RING_SIZE}", headers=h)])
-    def test_admin_routes_need_the_key(self, make_app, call):
-        client = make_app(CLUSTER_KEY="s3cret").test_client()
-        assert client.put("/v1/record", data=mint("k", 1, 3.0).pack()).status_code == 201
-        before = state(client)
-        for headers in ({}, {KEY_HEADER: "wrong"}, {KEY_HEADER: ""}, {KEY_HEADER: "s3cret "}):
-            assert_refused(call(client, headers), 403)
-        assert state(client) == before
-        assert client.get("/v1/health").headers[EPOCH_HEADER] == "0"
-        assert call(client, {KEY_HEADER: "s3cret"}).status_code == 200
-
-    def test_without_a_configured_key_admin_routes_are_open(self, make_app):
-        assert make_app().test_client().put("/v1/ring", json=ring(1)).status_code == 200
-
-
 class TestData:
     def test_write_outcomes(self, make_app):
         client = make_app().test_client()
@@ -393,7 +374,7 @@ class TestConfig:
 
 
 class TestPageRoutes:
-    """The page's JSON routes: bounded input, and the cluster key for writes made for a caller."""
+    """The page's JSON routes: bounded input (their authority: tests/test_trust.py)."""
 
     DEEP = "[" * 30_000
 
@@ -406,14 +387,3 @@ class TestPageRoutes:
     def test_deep_json_ring_is_a_400(self, client):
         resp = client.put("/v1/ring", data=self.DEEP, content_type="application/json")
         assert resp.status_code == 400 and "error" in resp.get_json()
-
-    @pytest.mark.parametrize("route", ["/v1/ui/set", "/v1/ui/delete"])
-    def test_writes_need_the_cluster_key_when_one_is_set(self, make_app, route):
-        client = make_app(CLUSTER_KEY="s3cret", NODE_ID="127.0.0.1:1").test_client()
-        body = {"key": "k", "value": "v"}
-        for headers in ({}, {KEY_HEADER: "wrong"}):
-            resp = client.post(route, json=body, headers=headers)
-            assert resp.status_code == 403 and resp.get_json()["error"] == "forbidden"
-        # With the key it gets past the check to the ring (unreachable here: 503, not 403).
-        assert client.post(route, json=body, headers={KEY_HEADER: "s3cret"}).status_code == 503
-        assert client.post("/v1/ui/get", json={"key": "k"}).status_code == 503   # reads: no key

@@ -156,9 +156,10 @@ class TestBackgroundSync:
         assert t.delete_range(nodes[0].id, 0, RING_SIZE) > 0
         wait_for(lambda: len({root(t, n.id) for n in nodes}) == 1, 20,
                  what="anti-entropy to refill the emptied replica")
-        health = [t.health(n.id) for n in nodes]
-        assert sum(h["sync_rounds"] for h in health) > 0
-        assert sum(h["sync_differences"] for h in health) >= 200
+        # A pass reports its counts to its node after its syncs: wait for that report too.
+        wait_for(lambda: sum(t.health(n.id)["sync_differences"] for n in nodes) >= 200, 10,
+                 what="the pass that refilled it to report its differences")
+        assert sum(t.health(n.id)["sync_rounds"] for n in nodes) > 0
 
     def test_tombstones_are_purged_after_the_grace(self, cluster):
         ring, nodes = cluster(3, params={"tombstone_grace": 1.0}, interval="0.3")

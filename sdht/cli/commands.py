@@ -10,88 +10,26 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
-from pathlib import Path
-from typing import Any, Callable
 
 import click
 
 from . import localcluster
+from .cluster import cluster, keygen
+from .output import (Progress, parse_value, progress_callback, report_line, show_value,
+                     status_lines)
 from ..client import Ring
 from ..errors import SDHTError
 from ..migration import plan_transfers
 from ..ring import JOINING, LEAVING, Member
-from ..wire import RING_SIZE
 from ..status import cluster_status, jsonable
 from ..transport import DEFAULT_TIMEOUT
+from ..trust import Keys
+from ..wire import RING_SIZE
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
 # -- helpers --------------------------------------------------------------------------------------
-
-class Progress:
-    """A one-line progress display on stderr: count, rate and, when a total is known, ETA.
-
-    On a terminal the line redraws in place (10 times a second at most); otherwise a line is
-    printed every few seconds, so logs stay short.
-    """
-
-    def __init__(self, label: str, total: int | None = None, unit: str = "records") -> None:
-        self.label, self.total, self.unit = label, total, unit
-        self.began = self.last = time.monotonic()
-        self.done = 0
-        self.tty = sys.stderr.isatty()
-
-    def update(self, done: int) -> None:
-        """Show that ``done`` items are finished."""
-        self.done = done
-        if self.total is not None and done > self.total:
-            self.total = done  # the estimate was low
-        now = time.monotonic()
-        if now - self.last >= (0.1 if self.tty else 2.0):
-            self.last = now
-            self._show(final=False)
-
-    def finish(self) -> None:
-        """Print the final line."""
-        self._show(final=True)
-
-    def _show(self, final: bool) -> None:
-        elapsed = max(time.monotonic() - self.began, 1e-6)
-        rate = self.done / elapsed
-        text = f"{self.label}: {self.done:,}"
-        if self.total and not final:
-            text += f" / ~{self.total:,} {self.unit} {min(100, 100 * self.done // self.total)}%"
-        else:
-            text += f" {self.unit}"
-        text += f"  {rate:,.0f}/s"
-        if final:
-            text += f"  in {elapsed:.1f}s"
-        elif self.total and rate > 0:
-            text += f"  ETA {max(0.0, (self.total - self.done) / rate):.0f}s"
-        if self.tty:
-            click.echo("\r\x1b[K" + text, err=True, nl=final)
-        else:
-            click.echo(text, err=True)
-
-
-def parse_value(text: str, raw: bool) -> Any:
-    """Return ``text`` parsed as JSON when it parses (and ``raw`` is false), else the text."""
-    if raw:
-        return text
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-    except RecursionError:
-        raise click.BadParameter("the JSON value nests too deeply") from None
-
-
-def show_value(value: Any) -> str:
-    """Render a value for a terminal: strings as they are, anything else as JSON."""
-    return value if isinstance(value, str) else json.dumps(jsonable(value))
-
 
 def _ring(ctx: click.Context) -> Ring:
     obj = ctx.ensure_object(dict)
@@ -100,8 +38,7 @@ def _ring(ctx: click.Context) -> Ring:
         if not seeds:
             raise click.ClickException("no seeds: pass --seeds HOST:PORT, set SDHT_SEEDS, or "
                                        "start a demo cluster with 'sdht cluster start'")
-        obj["ring"] = ctx.with_resource(Ring(seeds, timeout=obj["timeout"],
-                                             cluster_key=obj["cluster_key"]))
+        obj["ring"] = ctx.with_resource(Ring(seeds, timeout=obj["timeout"], keys=obj["keys"]))
     return obj["ring"]
 
 
@@ -122,83 +59,43 @@ def _estimate(ring: Ring, node: str, action: str, dead: bool = False) -> int | N
         return None
 
 
-def _progress_callback(progress: Progress) -> Callable[..., None]:
-    def callback(*args: Any, **kwargs: Any) -> None:
-        counts = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
-        if len(counts) > 1:  # (done, total), as repair reports ranges
-            progress.total = counts[1]
-        if counts:
-            progress.update(counts[0])
-    return callback
-
-
-def _report(report: Any) -> str:
-    fields = getattr(report, "__dict__", None) or {}
-    return ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in fields.items() if k not in ("node", "action"))
-
-
 # -- the command group ----------------------------------------------------------------------------
 
 @click.group(context_settings=CONTEXT)
 @click.option("--seeds", envvar="SDHT_SEEDS", default="", metavar="HOST:PORT[,...]",
               help="Nodes to learn the ring from [env SDHT_SEEDS; default: the demo cluster].")
-@click.option("--cluster-key", envvar="SDHT_CLUSTER_KEY", default=None,
-              help="Key for admin routes, when the nodes require one [env SDHT_CLUSTER_KEY].")
+@click.option("--operator-key", envvar="SDHT_OPERATOR_KEY", default=None, metavar="FILE",
+              help="The operator's private key (file or hex), for join, remove, repair and "
+                   "keygen --node [env SDHT_OPERATOR_KEY; default: the demo cluster's].")
+@click.option("--operator-pubkey", envvar="SDHT_OPERATOR_PUBKEY", default=None, metavar="HEX",
+              help="Operator public key(s) to trust rings from, comma-separated [env "
+                   "SDHT_OPERATOR_PUBKEY; default: the operator key's own].")
 @click.option("--timeout", type=click.FloatRange(0.1, 600), default=DEFAULT_TIMEOUT[1],
               show_default=True, help="Seconds to wait for a node's answer.")
 @click.version_option(package_name="sdht", message="sdht %(version)s")
 @click.pass_context
-def cli(ctx: click.Context, seeds: str, cluster_key: str | None, timeout: float) -> None:
-    """Operate an sdht ring: a demo cluster, keys, members, repair and status."""
+def cli(ctx: click.Context, seeds: str, operator_key: str | None,
+        operator_pubkey: str | None, timeout: float) -> None:
+    """Operate an sdht ring: a demo cluster, keys, members, repair and status.
+
+    Options go before the command (sdht --seeds HOST:PORT status); every one also has an
+    environment variable.
+    """
     ctx.ensure_object(dict).update(
-        seeds=[s.strip() for s in seeds.split(",") if s.strip()], cluster_key=cluster_key,
+        seeds=[s.strip() for s in seeds.split(",") if s.strip()],
+        keys=_keys(operator_key, operator_pubkey),
         timeout=(min(DEFAULT_TIMEOUT[0], timeout), timeout))
 
 
-# -- demo cluster ---------------------------------------------------------------------------------
-
-@cli.group(context_settings=CONTEXT)
-def cluster() -> None:
-    """Start and stop a local demo cluster."""
-
-
-_data_option = click.option(
-    "--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-    help="Cluster directory [env SDHT_CLUSTER_DIR; default ~/.local/state/sdht/cluster].")
+def _keys(operator_key: str | None, operator_pubkey: str | None) -> Keys:
+    """The CLI's keys: as given, else the demo cluster's operator key when it has one."""
+    if not operator_key and not operator_pubkey:
+        operator_key = localcluster.operator_key(localcluster.default_dir())
+    return Keys.of(operator_key, operator_pubkey)
 
 
-@cluster.command("start")
-@click.option("-n", "--nodes", "count", type=click.IntRange(1, 32), default=3, show_default=True,
-              help="How many nodes.")
-@click.option("--base-port", type=click.IntRange(0, 65535), default=5555, show_default=True,
-              help="Port of the first node; the others follow. 0 picks free ports.")
-@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
-              help="gunicorn workers per node.")
-@_data_option
-@click.pass_context
-def cluster_start(ctx: click.Context, count: int, base_port: int, workers: int,
-                  data_dir: Path | None) -> None:
-    """Start COUNT nodes on 127.0.0.1 and join them into one ring."""
-    data_dir = data_dir or localcluster.default_dir()
-    state = localcluster.start(data_dir, count, base_port, workers)
-    ids = [n["id"] for n in state["nodes"]]
-    with Ring(ids[:1], timeout=ctx.obj["timeout"], cluster_key=ctx.obj["cluster_key"]) as ring:
-        for node in ids:
-            ring.join(node)
-    click.echo(f"started {count} nodes in {data_dir} (logs: {data_dir}/PORT.log)")
-    for node in state["nodes"]:
-        click.echo(f"  {node['id']}  pid {node['pid']}  http://{node['id']}/")
-    click.echo(f"seeds: export SDHT_SEEDS={','.join(ids)}")
-
-
-@cluster.command("stop")
-@_data_option
-def cluster_stop(data_dir: Path | None) -> None:
-    """Stop the demo cluster's nodes (only the processes it started)."""
-    data_dir = data_dir or localcluster.default_dir()
-    stopped = localcluster.stop(data_dir)
-    click.echo(f"stopped {len(stopped)} node(s)" + (f": {', '.join(stopped)}" if stopped else ""))
+cli.add_command(cluster)
+cli.add_command(keygen)
 
 
 # -- keys -----------------------------------------------------------------------------------------
@@ -275,9 +172,9 @@ def join(ctx: click.Context, node: str, tokens: int | None) -> None:
     """Add NODE (HOST:PORT, a running sdht-storage) to the ring, moving data to it."""
     ring = _ring(ctx)
     progress = Progress(f"joining {node}, records moved", _estimate(ring, node, "join"))
-    report = ring.join(node, tokens, progress=_progress_callback(progress))
+    report = ring.join(node, tokens, progress=progress_callback(progress))
     progress.finish()
-    click.echo(f"joined {node}: {_report(report)}")
+    click.echo(f"joined {node}: {report_line(report)}")
 
 
 @cli.command("remove")
@@ -288,9 +185,9 @@ def remove(ctx: click.Context, node: str, dead: bool) -> None:
     """Take NODE out of the ring, moving its data to the nodes that gain its ranges."""
     ring = _ring(ctx)
     progress = Progress(f"removing {node}, records moved", _estimate(ring, node, "remove", dead))
-    report = ring.remove(node, dead, _progress_callback(progress))
+    report = ring.remove(node, dead, progress_callback(progress))
     progress.finish()
-    click.echo(f"removed {node}: {_report(report)}")
+    click.echo(f"removed {node}: {report_line(report)}")
 
 
 @cli.command("repair")
@@ -301,26 +198,12 @@ def repair(ctx: click.Context) -> None:
     if not hasattr(ring, "repair"):
         raise click.ClickException("repair is not available in this version of sdht")
     progress = Progress("repairing", None, "ranges")
-    report = ring.repair(progress=_progress_callback(progress))
+    report = ring.repair(progress=progress_callback(progress))
     progress.finish()
-    click.echo(f"repaired: {_report(report) or report}")
+    click.echo(f"repaired: {report_line(report) or report}")
 
 
 # -- status ---------------------------------------------------------------------------------------
-
-COLUMNS = ("NODE", "STATE", "SHARE", "RECORDS", "BYTES", "EPOCH", "REV", "MEAN ms", "ERR %",
-           "HEARTBEAT", "RING")
-
-
-def _row(n: dict[str, Any]) -> tuple[str, ...]:
-    if not n["up"]:
-        return (n["id"], "down", f"{100 * n['share']:.1f}%") + ("-",) * 7 + ("?",)
-    beat = time.strftime("%H:%M:%S", time.localtime(n["heartbeat"])) if n["heartbeat"] else "-"
-    return (n["id"], n["state"], f"{100 * n['share']:.1f}%", f"{n['records']:,}",
-            f"{n['bytes']:,}", str(n["epoch"]), f"{n['revision']:,}",
-            f"{n['mean_response_ms'] or 0:.2f}", f"{100 * (n['error_rate'] or 0):.2f}", beat,
-            "ok" if n["agrees"] else "STALE")
-
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -332,15 +215,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
-    rows = [COLUMNS] + [_row(n) for n in state["nodes"]]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(COLUMNS))]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(r, widths))).rstrip())
-    up = sum(1 for n in state["nodes"] if n["up"])
-    click.echo(f"{up} of {len(state['nodes'])} nodes up; ring epoch {state['epoch']}; "
-               + ("all nodes agree on the ring" if state["agree"] else
-                  "some nodes hold an older ring"))
+    for line in status_lines(state):
+        click.echo(line)
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """A local demo cluster: storage nodes on loopback ports, started and stopped by ``sdht cluster``.
 
 Each node is ``python -m storage.server`` (gunicorn) in its own session and process group, with
-its LMDB data in ``DIR/PORT`` and its log in ``DIR/PORT.log``. The state file ``DIR/cluster.json``
+its LMDB data in ``DIR/PORT``, its log in ``DIR/PORT.log`` and its key in ``DIR/PORT.key``; the
+operator key that signs the demo ring is ``DIR/operator.key``. The state file ``DIR/cluster.json``
 records each node's port, PID and process start time, so ``stop`` signals exactly those process
 groups and never a process that merely reused a PID.
 
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import trust
 from ..errors import ClusterError, ConfigError
 # stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
 from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
@@ -25,6 +27,8 @@ from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_healt
                         stop_group, wait_for)
 
 STATE_FILE = "cluster.json"
+#: The demo cluster's operator key, made by its first start: the CLI signs with it.
+OPERATOR_KEY_FILE = "operator.key"
 #: Seconds to wait for a node to answer its health route (STOP_DEADLINE: for one to exit).
 START_DEADLINE = 30.0
 
@@ -122,9 +126,14 @@ def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
     ports = pick_ports(count, base_port)
     state: dict[str, Any] = {"data": str(data_dir.resolve()), "nodes": []}
     procs = []
+    operator = operator_key(data_dir, create=True)
     for port in ports:
+        # Every demo node runs with keys: the operator's public key, and its own derived key.
+        node_key = write_secret(data_dir / f"{port}.key",
+                                trust.node_private_key(operator, f"127.0.0.1:{port}"))
+        env = {"SDHT_OPERATOR_PUBKEY": trust.public_of(operator), "SDHT_NODE_KEY": str(node_key)}
         with open(data_dir / f"{port}.log", "ab") as log:
-            proc = start_node(port, data_dir / str(port), log, workers)
+            proc = start_node(port, data_dir / str(port), log, workers, env=env)
         procs.append(proc)
         state["nodes"].append({"id": f"127.0.0.1:{port}", "port": port, "pid": proc.pid,
                                "start_time": _start_time(proc.pid),
@@ -149,6 +158,28 @@ def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
         raise ClusterError(f"node(s) {', '.join(waiting)} did not answer in time; see their "
                            f"logs in {state['data']}") from None
     return state
+
+
+def operator_key(data_dir: Path, create: bool = False) -> str | None:
+    """Return the demo cluster's operator key (``DIR/operator.key``), made when ``create``
+    and missing; None when there is none."""
+    path = data_dir / OPERATOR_KEY_FILE
+    if path.exists():
+        return trust.read_key(str(path))
+    if not create:
+        return None
+    private = trust.new_private_key()
+    write_secret(path, private)
+    (data_dir / "operator.pub").write_text(trust.public_of(private) + "\n")
+    return private
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only; return the path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
 
 
 def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:

@@ -137,8 +137,8 @@ document.getElementById("key-form").addEventListener("submit", async (event) => 
   document.getElementById("result").dataset.state = "busy";
   try {
     const headers = {"Content-Type": "application/json"};
-    const key = document.getElementById("cluster-key");
-    if (key && key.value) headers["X-SDHT-Cluster-Key"] = key.value;
+    const token = document.getElementById("page-token");
+    if (token && token.value) headers["X-SDHT-Page-Token"] = token.value;
     const resp = await fetch("/v1/ui/" + op, {method: "POST", headers, body: JSON.stringify(body)});
     showResult(op, await resp.json(), resp.ok);
   } catch (err) {

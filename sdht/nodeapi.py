@@ -1,0 +1,224 @@
+"""The storage node's routes as the library calls them, with every answer checked.
+
+:class:`NodeAPI` turns each route into a method (``get_record``, ``put_many``, ``tree``, ...)
+over one primitive, :meth:`NodeAPI.request`, which a transport provides (HTTP in
+:mod:`sdht.transport`, in-process WSGI in :mod:`sdht.inprocess`). Nothing a node answers is
+trusted: a body of the wrong shape, a count that does not match the request, or an entry that
+fails its kind's checks raises an :class:`~sdht.errors.SDHTError`, never a ``KeyError`` or
+``TypeError`` (docs/security.md).
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Mapping
+
+from . import kinds, wire
+from .errors import NodeError, SDHTError
+from .kinds.register import Record
+from .ring import RingView
+from .wire import (BATCH, MIGRATION_HEADER, OUTCOMES, SUPERSEDED, encode_ranges, packb,
+                   packed_array)
+
+MSGPACK = {"Content-Type": wire.MSGPACK}
+JSON_BODY = {"Content-Type": wire.JSON}
+
+
+@dataclass
+class Reply:
+    """A node's answer: HTTP status, decoded body and the ring epoch the node holds."""
+
+    status: int
+    body: Any
+    epoch: int
+
+
+@dataclass
+class PutOutcome:
+    """What a node did with one written entry: ``stored``, ``same`` or ``superseded``.
+
+    For ``superseded`` the score and digest are those of the higher version the node holds.
+    """
+
+    status: str
+    score: float | None = None
+    digest: bytes | None = None
+
+
+@contextmanager
+def answer_of(node: str, route: str) -> Iterator[None]:
+    """Turn a malformed answer from ``node`` into a :class:`NodeError` (sdht errors, such as
+    an entry failing its kind's checks, pass through as they are)."""
+    try:
+        yield
+    except SDHTError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise NodeError(f"{node} answered {route} with a malformed body "
+                        f"({exc.__class__.__name__}: {str(exc)[:200]})", node) from None
+
+
+def _count(node: str, items: Any, expected: int, route: str) -> list:
+    if not isinstance(items, list) or len(items) != expected:
+        raise NodeError(f"{node} answered {route} with {len(items) if isinstance(items, list) else 'no'}"
+                        f" items for {expected} asked", node)
+    return items
+
+
+class NodeAPI:
+    """Route methods over :meth:`request`. Entries that come back are decoded against the
+    ring's limits, the same limits the nodes applied when they accepted them: ``params`` when
+    given, else :attr:`params`, which the Ring owning the transport keeps at its ring's."""
+
+    params: Mapping[str, Any]
+
+    def request(self, node: str, method: str, path: str, *, params: dict | None = None,
+                data: bytes | None = None, admin: bool = False,
+                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
+        """Send one request to ``node`` and decode its answer (provided by a transport)."""
+        raise NotImplementedError
+
+    # -- entries --------------------------------------------------------------------------------
+
+    def get_record(self, node: str, key: str,
+                   params: Mapping[str, Any] | None = None) -> tuple[Record | None, int]:
+        """Return the register ``node`` holds for ``key`` (or None) and the node's epoch."""
+        reply = self.request(node, "GET", "/v1/record", params={"key": key}, ok=(200, 404))
+        if reply.status == 404:
+            return None, reply.epoch
+        with answer_of(node, "GET /v1/record"):
+            return kinds.register.from_wire(reply.body, params or self.params), reply.epoch
+
+    def put_record(self, node: str, entry: kinds.Entry) -> tuple[PutOutcome, int]:
+        """Write one entry; return the node's outcome and epoch."""
+        reply = self.request(node, "PUT", "/v1/record", data=entry.pack(), headers=MSGPACK,
+                             ok=(200, 201, 409))
+        with answer_of(node, "PUT /v1/record"):
+            if reply.status == 409:
+                return PutOutcome(SUPERSEDED, float(reply.body["score"]),
+                                  bytes.fromhex(reply.body["digest"])), reply.epoch
+            return PutOutcome(_outcome(reply.body["status"])), reply.epoch
+
+    def get_many(self, node: str, keys: list[str],
+                 params: Mapping[str, Any] | None = None) -> tuple[list[Record | None], int]:
+        """Batch read: the registers ``node`` holds for ``keys`` (None where missing)."""
+        reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
+        p = params or self.params
+        with answer_of(node, "POST /v1/records/get"):
+            items = _count(node, reply.body, len(keys), "POST /v1/records/get")
+            return ([None if obj is None else kinds.register.from_wire(obj, p) for obj in items],
+                    reply.epoch)
+
+    def get_entries(self, node: str, refs: list[bytes],
+                    params: Mapping[str, Any] | None = None) -> list[kinds.Entry | None]:
+        """Batch read of entries of any kind by the references tree listings name."""
+        reply = self.request(node, "POST", "/v1/entries/get", data=packb(refs),
+                             headers=MSGPACK, admin=True)
+        p = params or self.params
+        with answer_of(node, "POST /v1/entries/get"):
+            items = _count(node, reply.body, len(refs), "POST /v1/entries/get")
+            return [None if obj is None else kinds.from_wire(obj, p) for obj in items]
+
+    def put_many(self, node: str, entries: list[kinds.Entry],
+                 migration: bool = False) -> tuple[list[PutOutcome], int]:
+        """Batch write of entries of any kind, each under its accept rule; one outcome each.
+
+        :param migration: mark the batch as entries moved by a join or remove, which the node
+            counts in its ``sdht_migration_records_received`` metric.
+        """
+        body = packed_array([e.pack() for e in entries])
+        headers = {**MSGPACK, MIGRATION_HEADER: "1"} if migration else MSGPACK
+        reply = self.request(node, "POST", "/v1/records", data=body, headers=headers)
+        with answer_of(node, "POST /v1/records"):
+            items = _count(node, reply.body, len(entries), "POST /v1/records")
+            return ([PutOutcome(_outcome(o["s"]), o.get("score"), o.get("digest"))
+                     for o in items], reply.epoch)
+
+    def scan(self, node: str, start: int, end: int, after: str | None = None,
+             limit: int = BATCH, params: Mapping[str, Any] | None = None
+             ) -> tuple[list[kinds.Entry], str | None]:
+        """One page of the entries ``node`` holds in ``[start, end)``, and the next cursor
+        (a range scan needs authority: it dumps what the node holds)."""
+        query: dict[str, Any] = {"start": start, "end": end, "limit": limit}
+        if after:
+            query["after"] = after
+        reply = self.request(node, "GET", "/v1/range", params=query, admin=True)
+        p = params or self.params
+        with answer_of(node, "GET /v1/range"):
+            items, cursor = reply.body["records"], reply.body["next"]
+            if not isinstance(items, list) or len(items) > limit:
+                raise ValueError(f"a page of more than {limit} entries")
+            if cursor is not None and not (isinstance(cursor, str) and len(cursor) <= 1024):
+                raise ValueError("a malformed cursor")
+            return [kinds.from_wire(obj, p) for obj in items], cursor
+
+    def delete_range(self, node: str, start: int, end: int) -> int:
+        """Drop every entry ``node`` holds in ``[start, end)``; return how many."""
+        reply = self.request(node, "DELETE", "/v1/range", params={"start": start, "end": end},
+                             admin=True)
+        with answer_of(node, "DELETE /v1/range"):
+            return int(reply.body["deleted"])
+
+    # -- anti-entropy ---------------------------------------------------------------------------
+
+    def tree(self, node: str, nodes: list[tuple[int, int]], listed: list[tuple[int, int]] = (),
+             ranges: list[tuple[int, int]] | None = None) -> tuple[Any, int]:
+        """Hash-tree hashes of ``nodes`` and ``(reference, digest)`` listings of ``listed``
+        within ``ranges`` (half-open ``(start, end)`` pairs); see ``POST /v1/tree``.
+
+        :returns: the checked body and the node's epoch.
+        """
+        body: dict[str, Any] = {"nodes": [list(n) for n in nodes],
+                                "list": [list(n) for n in listed]}
+        if ranges is not None:
+            body["ranges"] = encode_ranges(ranges)
+        reply = self.request(node, "POST", "/v1/tree", data=packb(body), headers=MSGPACK,
+                             admin=True)
+        with answer_of(node, "POST /v1/tree"):
+            answer = reply.body
+            _count(node, answer["hashes"], len(nodes), "POST /v1/tree")
+            for listing in _count(node, answer["entries"], len(listed), "POST /v1/tree"):
+                for ref, digest in listing:
+                    if type(ref) is not bytes or type(digest) is not bytes:
+                        raise TypeError("a listing of non-bytes")
+            return answer, reply.epoch
+
+    def sync_pass(self, node: str, rounds: int, differences: int, purge: bool) -> int:
+        """Report a background sync pass to ``node`` (admin); it purges expired tombstones
+        when ``purge``. Returns how many it purged."""
+        body = json.dumps({"rounds": rounds, "differences": differences, "purge": purge})
+        reply = self.request(node, "POST", "/v1/sync/pass", data=body.encode(), admin=True,
+                             headers=JSON_BODY)
+        with answer_of(node, "POST /v1/sync/pass"):
+            return int(reply.body["purged"])
+
+    # -- ring and health ------------------------------------------------------------------------
+
+    def get_ring(self, node: str) -> RingView | None:
+        """Return the ring ``node`` stores, or None if it has not joined one. Whether the ring
+        is trusted (signed by the operator) is for the caller to check."""
+        reply = self.request(node, "GET", "/v1/ring", ok=(200, 404))
+        return None if reply.status == 404 else RingView.from_json(reply.body)
+
+    def put_ring(self, node: str, view: RingView) -> RingView:
+        """Offer ``view`` to ``node``; return the ring it holds afterwards (maybe a newer one)."""
+        reply = self.request(node, "PUT", "/v1/ring", data=json.dumps(view.to_json()).encode(),
+                             headers=JSON_BODY, admin=True, ok=(200, 409))
+        if reply.status == 200:
+            return view
+        with answer_of(node, "PUT /v1/ring"):
+            return RingView.from_json(reply.body["ring"])
+
+    def health(self, node: str) -> dict[str, Any]:
+        """Return the node's health JSON."""
+        body = self.request(node, "GET", "/v1/health").body
+        if not isinstance(body, dict):
+            raise NodeError(f"{node} answered GET /v1/health with a malformed body", node)
+        return body
+
+
+def _outcome(status: Any) -> str:
+    if status not in OUTCOMES:
+        raise ValueError(f"unknown outcome {str(status)[:40]!r}")
+    return status
