@@ -119,12 +119,17 @@ class Ring:
     def set(self, key: str, value: Any, work: float | None = None) -> Record:
         """Store ``value`` under ``key`` on the key's replicas; return the written record.
 
-        Mints ``min_work`` (or ``work``, to "rent" the key against cheaper writes). When a
-        replica holds a version of higher priority, re-mints once with just enough work to beat
-        it, unless that would cost more than ``AUTO_WORK_MARGIN`` above ``min_work``.
+        Mints ``min_work`` (or ``work``, up to the ring's ``max_work``, to "rent" the key
+        against cheaper writes). When a replica holds a version of higher priority, re-mints
+        once with just enough work to beat it, unless that would cost more than
+        ``AUTO_WORK_MARGIN`` above ``min_work``. Last writer wins: when a concurrent write
+        lands after this one, ``set`` still returns this record, which that later write has
+        superseded (a ``get`` then returns the later value), as in any last-writer-wins store.
 
-        :raises InvalidRecord: for a bad key or value (``ValueTooLarge`` for one too large).
-        :raises WriteConflict: when a higher-priority version holds the key.
+        :raises InvalidRecord: for a bad key or value (``ValueTooLarge`` for one too large),
+            or work outside ``[min_work, max_work]``.
+        :raises WriteConflict: when the key is held by more work than this write will pay
+            (a rented key).
         :raises QuorumError: when fewer than ``w`` replicas acknowledged.
         """
         return self._write(key, value, work, deleted=False)
@@ -170,7 +175,13 @@ class Ring:
         rec = mint(key, value, max(w, math.ceil(needed * 1000) / 1000), t=t, deleted=deleted)
         lost = self.quorum.replicate(rec)
         if lost is not None:
-            raise WriteConflict(f"{key!r}: lost twice to a higher-priority version", key, lost)
+            # Lost again, to a version written meanwhile. If plain work would beat it now, it
+            # is simply a later write: last writer wins, and this write is done (superseded,
+            # as any write may be a moment later). Only a rented key is a conflict.
+            needed = register.work_to_beat(lost, max(now_us(), rec.t + 1), p["decay"])
+            if needed > budget:
+                raise WriteConflict(f"{key!r} was rented meanwhile by a version of higher "
+                                    f"priority (score {lost:.6f})", key, lost)
         return rec
 
     # -- batches ------------------------------------------------------------------------------

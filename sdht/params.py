@@ -11,8 +11,8 @@ from typing import Any, Mapping
 
 from .errors import ConfigError, InvalidRecord
 
-#: The most work a client mints for one entry, and the most a cluster may demand as min_work:
-#: e**60 hashes is already far beyond any machine, so a larger request is a mistake.
+#: The most a cluster may set as min_work or max_work: e**60 hashes is already far beyond any
+#: machine, so a larger figure is a mistake.
 WORK_CEILING = 60.0
 
 
@@ -38,6 +38,9 @@ TABLE: dict[str, Param] = {p.name: p for p in (
           "holds ~2.8 hours"),
     Param("min_work", 3.0, 0.0, WORK_CEILING,
           "least work (natural-log units) every entry must show: ~20 hashes, ~10 us to mint"),
+    Param("max_work", 12.0, 0.0, WORK_CEILING,
+          "most work an entry may declare: rent holds a key at most (max_work - min_work) / "
+          "decay seconds (9 / 0.0001 s = 25 h by default; e**12 hashes, ~0.2 s to mint)"),
     Param("max_skew", 2.0, 0.0, 86400.0,
           "seconds a timestamp may run ahead of a node's clock"),
     Param("n", 3, 1, 16, "replicas per key"),
@@ -71,6 +74,8 @@ def check(params: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"unknown cluster parameter(s): {', '.join(map(str, unknown))}")
     if params["r"] > params["n"] or params["w"] > params["n"]:
         raise ConfigError("r and w must not exceed n")
+    if params["max_work"] < params["min_work"]:
+        raise ConfigError("max_work must not be below min_work")
     return dict(params)
 
 
@@ -95,13 +100,13 @@ def parse(name: str, text: str, label: str | None = None) -> int | float:
 
 
 def check_work(w: float, params: Mapping[str, Any]) -> float:
-    """Check work a caller asks to mint: between the ring's ``min_work`` and
-    :data:`WORK_CEILING`. Returns it as a float.
+    """Check work a caller asks to mint: between the ring's ``min_work`` and ``max_work``.
+    Returns it as a float.
 
     :raises InvalidRecord: when it is outside that range.
     """
     w = float(w)
-    if not params["min_work"] <= w <= WORK_CEILING:
+    if not params["min_work"] <= w <= params["max_work"]:
         raise InvalidRecord(f"work {w} must be between min_work ({params['min_work']}) and "
-                          f"{WORK_CEILING:g}")
+                            f"max_work ({params['max_work']})")
     return w

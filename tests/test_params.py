@@ -58,9 +58,11 @@ def test_environment_values_parse_by_the_parameter_type():
         load_config({"DATA_DIR": "/x"}, environ={"SDHT_N": "three"})
 
 
-def test_work_asked_for_is_between_min_work_and_the_ceiling():
-    p = params.with_defaults({"min_work": 3.0})
-    assert params.check_work(params.WORK_CEILING, p) == params.WORK_CEILING
-    for bad in (2.9, params.WORK_CEILING + 0.1, 1000):
+def test_work_asked_for_is_between_min_work_and_max_work():
+    p = params.with_defaults({"min_work": 3.0, "max_work": 10.0})
+    assert params.check_work(10, p) == 10.0
+    for bad in (2.9, 10.1, 1000):
         with pytest.raises(InvalidRecord):
             params.check_work(bad, p)
+    with pytest.raises(ConfigError, match="max_work"):
+        params.with_defaults({"min_work": 5.0, "max_work": 4.0})

@@ -35,13 +35,16 @@ def realised_work(digest: bytes) -> float:
     return MAX_WORK - math.log(int.from_bytes(digest, "big") + 1)
 
 
-def check_work(w: float, digest: bytes, min_work: float) -> None:
-    """The proof-of-work gate: ``w`` is at least ``min_work`` and ``digest`` shows it.
+def check_work(w: float, digest: bytes, min_work: float, max_work: float = MAX_WORK) -> None:
+    """The proof-of-work gate: ``w`` is between ``min_work`` and ``max_work`` (the ring's
+    ceiling on rent; a reader of stored entries leaves it at ``MAX_WORK``), and ``digest``
+    shows it.
 
     :raises InvalidRecord: when the declared work is out of range or the digest does not meet it.
     """
-    if not (math.isfinite(w) and min_work <= w <= MAX_WORK):
-        raise InvalidRecord(f"declared work {w!r} is outside [{min_work}, {MAX_WORK:.2f}]")
+    if not (math.isfinite(w) and min_work <= w <= min(max_work, MAX_WORK)):
+        raise InvalidRecord(f"declared work {w!r} is outside [{min_work}, "
+                            f"{min(max_work, MAX_WORK):.2f}]")
     if int.from_bytes(digest, "big") >= work_target(w):
         raise InvalidRecord(f"digest does not show the declared work {w:.3f} "
                             f"(it shows {realised_work(digest):.3f})")

@@ -173,11 +173,12 @@ def winner(records: list[Record | None], decay: float) -> Record | None:
 # -- the accept rule ------------------------------------------------------------------------------
 
 def check(rec: Record, params: Mapping[str, Any], now: int | None = None) -> None:
-    """Check what the order cannot: the proof-of-work gate and the clock.
+    """Check what the order cannot: the proof-of-work gate (up to the ring's ``max_work``)
+    and the clock.
 
     :raises InvalidRecord: when the work is not shown or ``t`` is too far ahead of ``now``.
     """
-    common.check_work(rec.w, rec.digest, params["min_work"])
+    common.check_work(rec.w, rec.digest, params["min_work"], params["max_work"])
     common.check_time(rec.t, params["max_skew"], now)
 
 
