@@ -81,12 +81,16 @@ class NodeProcess:
 
 @pytest.fixture
 def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
-    """Factory fixture: ``start_node(**kw)`` starts a real node; all are stopped at teardown."""
+    """Factory fixture: ``start_node(name=None, operator=None, **kw)`` starts a real node (with
+    keys derived from ``operator``'s when given); all are stopped at teardown."""
     started: list[NodeProcess] = []
 
-    def factory(name: str | None = None, **kwargs) -> NodeProcess:
+    def factory(name: str | None = None, operator: "Operator | None" = None,
+                **kwargs) -> NodeProcess:
         data = tmp_path / (name or f"node{len(started)}")
         node = NodeProcess(data, **kwargs)
+        if operator is not None:   # a keyed node: the operator's public key and its own key
+            node.env = {**node.env, **operator.node_env(node.id)}
         started.append(node)   # before start: a node that fails to come up is stopped too
         return node.start()
 
@@ -97,15 +101,19 @@ def start_node(tmp_path: Path) -> Iterator[Callable[..., NodeProcess]]:
 
 @pytest.fixture
 def cluster(start_node) -> Iterator[Callable[..., tuple]]:
-    """Factory: ``cluster(count, params=None, timeout=(2, 10), workers=2, env=None)`` starts
-    ``count`` real nodes, joins them into one ring and returns ``(ring, nodes)``."""
+    """Factory: ``cluster(count, params=None, timeout=(2, 10), workers=2, env=None,
+    operator=None)`` starts ``count`` real nodes (keyed by ``operator`` when given), joins them
+    into one ring (signed with the operator key) and returns ``(ring, nodes)``."""
     import sdht
+    from sdht.trust import Keys
     rings = []
 
     def make(count: int, params: dict | None = None, timeout: tuple = (2.0, 10.0),
-             workers: int = 2, env: dict[str, str] | None = None) -> tuple:
-        nodes = [start_node(workers=workers, env=env) for _ in range(count)]
-        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout)
+             workers: int = 2, env: dict[str, str] | None = None,
+             operator: "Operator | None" = None) -> tuple:
+        nodes = [start_node(workers=workers, env=env, operator=operator) for _ in range(count)]
+        keys = operator.keys() if operator is not None else Keys()
+        ring = sdht.Ring([nodes[0].id], params=params, timeout=timeout, keys=keys)
         rings.append(ring)
         for n in nodes:
             ring.join(n.id)
