@@ -96,7 +96,7 @@ def read_key(text_or_path: str) -> str:
         return text
     try:
         with open(text, encoding="ascii") as f:
-            return f.read().strip()
+            return f.read(1024).strip()   # a key file is 65 bytes; bound what a typo reads
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read a key from {text!r}: {exc}") from None
 
@@ -139,10 +139,10 @@ class Keys:
     @classmethod
     def of(cls, private: str | None, public: str | None, name: str = OPERATOR) -> "Keys":
         """Keys from settings: ``private`` a key or its file, ``public`` comma-separated
-        operator public keys. An operator's tool that gives only its private key trusts its
+        operator public keys (each a key or its file). An operator's tool that gives only its private key trusts its
         own public key."""
         own = read_key(private) if private else None
-        trusted = [k for k in (public or "").split(",") if k.strip()]
+        trusted = [read_key(k) for k in (public or "").split(",") if k.strip()]
         if own and not trusted and name == OPERATOR:
             trusted = [public_of(own)]
         return cls(tuple(trusted), own, name)
