@@ -20,6 +20,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "SYNC": True,                  # SDHT_SYNC: fsync every commit (durable acknowledgements)
     "MAX_BATCH": MAX_BATCH,        # SDHT_MAX_BATCH: records or keys in one batch request
     "MAX_BODY_BYTES": 64 << 20,    # SDHT_MAX_BODY_BYTES: request body limit (64 MiB)
+    # SDHT_READ_TIMEOUT: seconds a client has to send a request's headers, and the longest it
+    # may go silent while sending a body or reading an answer (storage.limits, docs/security.md)
+    "READ_TIMEOUT": 10.0,
     "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
     "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
     # Cluster parameters used until the node stores a ring (which then carries its own):
@@ -28,7 +31,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
-          "SYNC_INTERVAL": float}
+          "READ_TIMEOUT": float, "SYNC_INTERVAL": float}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -63,6 +66,8 @@ def load_config(config: Mapping[str, Any] | None = None,
     params.update(explicit.pop("PARAMS", {}) or {})
     merged.update(explicit)
     merged["PARAMS"] = params
+    if not 0 < merged["READ_TIMEOUT"] <= 3600:  # 0 would make client sockets non-blocking
+        raise ConfigError(f"READ_TIMEOUT={merged['READ_TIMEOUT']!r} must be in (0, 3600] seconds")
     if not merged["DATA_DIR"]:
         raise ConfigError("no data directory: set SDHT_DATA_DIR or pass DATA_DIR")
     # The same checks a ring's parameters get: SDHT_DECAY=inf, say, would give NaN scores and

@@ -2,7 +2,8 @@
 
 The command replaces itself with gunicorn (same PID, so a supervisor or test can stop it by PID)
 running ``storage.app:create_app()`` with settings passed through ``SDHT_*`` variables. gunicorn's
-``preload_app`` stays off, so each worker imports the app and opens LMDB after the fork.
+``preload_app`` stays off, so each worker imports the app and opens LMDB after the fork. The
+worker class and the server hooks come from :mod:`storage.gunicorn_conf`.
 """
 from __future__ import annotations
 
@@ -53,10 +54,11 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
     os.makedirs(metrics_dir)
     env.update(PROMETHEUS_MULTIPROC_DIR=metrics_dir, SDHT_STARTED=repr(time.time()))
     argv = [sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}",
-            "--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads),
+            "--workers", str(workers), "--threads", str(threads),
             "--timeout", str(timeout), "--graceful-timeout", "10", "--keep-alive", "30",
             "--name", f"sdht-storage-{port}",
-            # Server hooks: the node's background anti-entropy runs in the master.
+            # The worker class (gthread handing threads whole requests only), the server hooks
+            # (the node's background anti-entropy runs in the master).
             "--config", "python:storage.gunicorn_conf", "storage.app:create_app()"]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
