@@ -2,12 +2,15 @@
 (``gunicorn -c python:storage.gunicorn_conf``).
 
 ``sdht-storage`` passes this module to gunicorn; a hand-run ``gunicorn 'storage.app:create_app()'``
-can pass it too, or go without the background sync and the request buffering.
+can pass it too, or go without the background sync and the request buffering. gunicorn takes
+from it the names of its settings and ignores the names it does not know (gunicorn 20.1 knows no
+control socket), so one module serves every gunicorn from 20.1 on.
 """
 from __future__ import annotations
 
 import contextlib
 import io
+import os
 import selectors
 import socket
 import time
@@ -24,6 +27,14 @@ from storage.limits import BUFFER_BYTES, CLOSE, LINGER, RECV_BYTES, Incoming, Re
 
 #: The worker below: gunicorn's threads, handed whole requests only.
 worker_class = "storage.gunicorn_conf.Worker"
+
+# gunicorn 25.1 and later open a control socket (for gunicornc: worker counts, reloads, stops),
+# by default at one path for every gunicorn of the user, $XDG_RUNTIME_DIR/gunicorn.ctl or
+# ~/.gunicorn/gunicorn.ctl, so the nodes of a host would take it from each other. A node opens
+# none, unless SDHT_CONTROL_SOCKET (sdht-storage --control-socket) names its own path.
+control_socket_disable = not os.environ.get("SDHT_CONTROL_SOCKET")
+if not control_socket_disable:
+    control_socket = os.environ["SDHT_CONTROL_SOCKET"]
 
 
 # -- server hooks ---------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The command replaces itself with gunicorn (same PID, so a supervisor or test can stop it by PID)
 running ``storage.app:create_app()`` with settings passed through ``SDHT_*`` variables. gunicorn's
 ``preload_app`` stays off, so each worker imports the app and opens LMDB after the fork. The
-worker class and the server hooks come from :mod:`storage.gunicorn_conf`.
+worker class, the server hooks and the control socket come from :mod:`storage.gunicorn_conf`.
 """
 from __future__ import annotations
 
@@ -31,8 +31,12 @@ from sdht.ring import parse_node_id
 @click.option("--timeout", type=click.IntRange(1, 3600), default=60, show_default=True,
               help="Seconds before gunicorn restarts a silent worker.")
 @click.option("--location", default=None, help="Free-form location label shown in health.")
+@click.option("--control-socket", type=click.Path(dir_okay=False), default=None,
+              envvar="SDHT_CONTROL_SOCKET",
+              help="This node's own gunicorn control socket, for gunicornc (gunicorn 25.1 and "
+                   "later), or $SDHT_CONTROL_SOCKET [default: none].")
 def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_id: str | None,
-         timeout: int, location: str | None) -> None:
+         timeout: int, location: str | None, control_socket: str | None) -> None:
     """Start a storage node on HOST:PORT keeping its records in DATA."""
     node_id = node_id or f"{host}:{port}"
     try:
@@ -47,6 +51,12 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
     env = dict(os.environ, SDHT_DATA_DIR=os.path.abspath(data_dir), SDHT_NODE_ID=node_id)
     if location:
         env["SDHT_LOCATION"] = location
+    env.pop("SDHT_CONTROL_SOCKET", None)
+    if control_socket:
+        if not has_control_socket():
+            raise click.UsageError("this gunicorn has no control socket (gunicorn 25.1 and "
+                                   "later have one)")
+        env["SDHT_CONTROL_SOCKET"] = os.path.abspath(control_socket)
     # Per-node metrics shared by the workers (storage/metrics.py); stale files from an earlier
     # run would inflate the counters, so the directory starts empty.
     metrics_dir = os.path.join(os.path.abspath(data_dir), "prometheus")
@@ -58,10 +68,16 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
             "--timeout", str(timeout), "--graceful-timeout", "10", "--keep-alive", "30",
             "--name", f"sdht-storage-{port}",
             # The worker class (gthread handing threads whole requests only), the server hooks
-            # (the node's background anti-entropy runs in the master).
+            # (the node's background anti-entropy runs in the master), no shared control socket.
             "--config", "python:storage.gunicorn_conf", "storage.app:create_app()"]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def has_control_socket() -> bool:
+    """Whether the installed gunicorn has a control socket (gunicorn 25.1 and later)."""
+    from gunicorn.config import Config
+    return "control_socket_disable" in Config().settings
 
 
 if __name__ == "__main__":  # pragma: no cover
