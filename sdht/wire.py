@@ -46,6 +46,17 @@ BATCH = 1000
 MAX_BATCH = 10_000
 #: Position ranges one hash-tree request may restrict to, on both sides.
 MAX_TREE_RANGES = 1024
+#: Work one hash-tree request may ask of a node by default: its ``nodes``, plus for each node
+#: of its ``list`` the ranges that meet that node (the node merges overlapping ranges first).
+#: A request naming distinct tree nodes, at most ``MAX_BATCH`` of each, over disjoint ranges
+#: stays within it; the node answers 413 ``tree_too_costly`` above it (``2 * SDHT_MAX_BATCH +
+#: MAX_TREE_RANGES`` on a node with another batch limit).
+MAX_TREE_WORK = 2 * MAX_BATCH + MAX_TREE_RANGES
+#: Bytes of entries a node puts in one answer by default (``SDHT_MAX_ANSWER_BYTES``), as it
+#: puts at most ``SDHT_MAX_BODY_BYTES`` in a request. Past it a page of ``/v1/range`` ends early
+#: (its cursor resumes), a tree listing ends ``truncated``, and a batch read of more than one
+#: key answers 413 ``answer_too_large``: ask for fewer keys at a time.
+MAX_ANSWER_BYTES = 64 << 20
 
 # -- the hash tree's shape ------------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from sdht.errors import ConfigError
 from sdht import params as cluster_params
-from sdht.wire import MAX_BATCH
+from sdht.wire import MAX_ANSWER_BYTES, MAX_BATCH
 
 #: Every node setting, its default, and (in the comment) its environment variable.
 DEFAULT_CONFIG: dict[str, Any] = {
@@ -20,6 +20,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "SYNC": True,                  # SDHT_SYNC: fsync every commit (durable acknowledgements)
     "MAX_BATCH": MAX_BATCH,        # SDHT_MAX_BATCH: records or keys in one batch request
     "MAX_BODY_BYTES": 64 << 20,    # SDHT_MAX_BODY_BYTES: request body limit (64 MiB)
+    "MAX_ANSWER_BYTES": MAX_ANSWER_BYTES,  # SDHT_MAX_ANSWER_BYTES: entries in one answer (64 MiB)
     # SDHT_READ_TIMEOUT: seconds a client has to send a request's headers, and the longest it
     # may go silent while sending a body or reading an answer (storage.limits, docs/security.md)
     "READ_TIMEOUT": 10.0,
@@ -31,7 +32,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 
 _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
-          "READ_TIMEOUT": float, "SYNC_INTERVAL": float}
+          "MAX_ANSWER_BYTES": int, "READ_TIMEOUT": float, "SYNC_INTERVAL": float}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

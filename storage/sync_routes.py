@@ -8,12 +8,14 @@ sync loop itself never opens LMDB (it runs in the gunicorn master, across worker
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from typing import Any
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from sdht.errors import InvalidRecord
-from sdht.wire import RING_SIZE, decode_ranges, encode_ranges, is_tree_node, packb, tombstone_cutoff
+from sdht.wire import (MAX_TREE_RANGES, RING_SIZE, decode_ranges, encode_ranges, is_tree_node,
+                       node_range, packb, tombstone_cutoff)
 
 from .auth import require_authority
 from .http import ApiError, body, msgpack_response, params, store
@@ -41,6 +43,30 @@ def _ranges(obj: Any) -> list[tuple[int, int]]:
         raise ApiError(400, "bad_tree_request", str(exc)) from None
 
 
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Join sorted ``[start, end)`` ranges that overlap or touch: the same positions, each
+    listed once, and sorted ends too."""
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def _meeting(listed: list[tuple[int, int]], ranges: list[tuple[int, int]]
+             ) -> list[tuple[int, int]]:
+    """For each listed tree node, the slice ``(first, stop)`` of the (disjoint, sorted)
+    ``ranges`` that meet it."""
+    starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
+    out = []
+    for level, index in listed:
+        low, high = node_range(level, index)
+        out.append((bisect_right(ends, low), bisect_left(starts, high)))
+    return out
+
+
 @bp.post("/tree")
 def tree() -> Response:
     """Hashes of ``nodes`` and ``(reference, digest)`` listings of ``list`` within ``ranges``.
@@ -50,20 +76,44 @@ def tree() -> Response:
     Answer: ``{"hashes": [bytes, ...], "entries": [[[ref, digest], ...], ...],
     "truncated": bool}``, where ``ref`` is an entry's reference for ``/v1/entries/get``.
     The operator or a member only: listings reveal what the node holds.
+
+    What one request costs is bounded: its work, ``nodes`` plus for each node of ``list`` the
+    ranges that meet it, at most ``2 * MAX_BATCH + MAX_TREE_RANGES`` (413 ``tree_too_costly``,
+    see :data:`sdht.wire.MAX_TREE_WORK`); the listings, at most ``MAX_BATCH`` entries and
+    ``MAX_ANSWER_BYTES`` bytes, past which they end and the answer says ``truncated``.
     """
     require_authority()
+    cfg = current_app.config
+    # Far above what MAX_BATCH nodes of each kind and MAX_TREE_RANGES ranges take (5 and 19
+    # bytes each): a bigger body is refused before it is decoded.
+    if (request.content_length or 0) > 16 * 2 * cfg["MAX_BATCH"] + 32 * MAX_TREE_RANGES + 4096:
+        raise ApiError(413, "tree_too_costly", "the tree request body is too large")
     obj = body()
     if not isinstance(obj, dict):
         raise ApiError(400, "bad_tree_request", "the body must be a msgpack map")
-    nodes, listed, ranges = _nodes(obj, "nodes"), _nodes(obj, "list"), _ranges(obj)
+    nodes, listed, ranges = _nodes(obj, "nodes"), _nodes(obj, "list"), _merge(_ranges(obj))
+    meeting = _meeting(listed, ranges)
+    work = len(nodes) + sum(max(1, stop - first) for first, stop in meeting)
+    if work > 2 * cfg["MAX_BATCH"] + MAX_TREE_RANGES:
+        raise ApiError(413, "tree_too_costly", f"the request asks for {work} hashes and "
+                       f"listed ranges; the limit is {2 * cfg['MAX_BATCH'] + MAX_TREE_RANGES}")
     st = store()
-    budget = current_app.config["MAX_BATCH"]
-    entries = []
-    for level, index in listed:
-        found = st.entries(level, index, ranges, budget + 1)
-        budget -= len(found)
-        entries.append([[ref, digest] for ref, digest in found])
-    answer = {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": budget < 0}
+    budget, room, truncated = cfg["MAX_BATCH"], cfg["MAX_ANSWER_BYTES"], False
+    entries: list[list[list[bytes]]] = []
+    for (level, index), (first, stop) in zip(listed, meeting):
+        listing: list[list[bytes]] = []
+        entries.append(listing)
+        if truncated or first >= stop:
+            continue
+        found = st.entries(level, index, ranges[first:stop], budget + 1)
+        for ref, digest in found:
+            room -= len(ref) + len(digest) + 8   # msgpack framing included, roughly
+            if budget == 0 or room < 0:
+                truncated = True
+                break
+            listing.append([ref, digest])
+            budget -= 1
+    answer = {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": truncated}
     return msgpack_response(packb(answer))
 
 
