@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 import msgpack
 from flask import Blueprint, Response, current_app, jsonify, request
@@ -25,6 +26,34 @@ from .http import (ApiError, admit, batch, body, check_key, int_arg, msgpack_res
 from .layout import is_data_key
 
 bp = Blueprint("v1", __name__, url_prefix="/v1")
+
+#: Keys, references or entries read from the store at a time: a batch read stops at
+#: ``MAX_ANSWER_BYTES`` (sdht.wire) having held at most one such slice more.
+SLICE = 64
+
+
+def _cap_body(item_bytes: int) -> None:
+    """Refuse (413) a body longer than ``MAX_BATCH`` items of ``item_bytes`` can be, before
+    it is decoded: decoding costs by the byte, and junk can cost seconds."""
+    if (request.content_length or 0) > current_app.config["MAX_BATCH"] * (item_bytes + 5) + 5:
+        raise ApiError(413, "batch_too_large", "the body is longer than "
+                       f"{current_app.config['MAX_BATCH']} items can be")
+
+
+def _read_bounded(read: Callable[[list], list[bytes | None]], keys: list) -> list[bytes | None]:
+    """``read(keys)``, a slice at a time; 413 ``answer_too_large`` when the entries found pass
+    ``MAX_ANSWER_BYTES`` (one entry alone always goes out)."""
+    room = current_app.config["MAX_ANSWER_BYTES"]
+    out: list[bytes | None] = []
+    for i in range(0, len(keys), SLICE):
+        for item in read(keys[i:i + SLICE]):
+            room -= len(item) if item is not None else 1
+            if room < 0 and out:
+                raise ApiError(413, "answer_too_large", "the entries asked for pass "
+                               f"{current_app.config['MAX_ANSWER_BYTES']} bytes: ask for fewer "
+                               "at a time")
+            out.append(item)
+    return out
 
 
 @bp.get("/health")
@@ -96,8 +125,9 @@ def put_record() -> tuple[Response, int]:
 def get_records() -> Response:
     """Batch read: a msgpack array of keys in, an array of packed registers (or nil) out."""
     p = params()
+    _cap_body(p["max_key_bytes"])
     keys = [check_key(key, p) for key in batch(body(), "keys")]
-    return msgpack_response(packed_array(store().get_many(keys)))
+    return msgpack_response(packed_array(_read_bounded(store().get_many, keys)))
 
 
 @bp.post("/entries/get")
@@ -106,10 +136,11 @@ def get_entries() -> Response:
     msgpack array of references in, an array of packed entries (or nil) out (the operator or a
     member only: peers read what they sync)."""
     require_authority()
+    _cap_body(store().env.max_key_size())   # a reference is an LMDB key
     refs = batch(body(), "references")
     if not all(is_data_key(ref) for ref in refs):
         raise ApiError(400, "bad_reference", "references must be entry keys from a tree listing")
-    return msgpack_response(packed_array(store().get_refs(refs)))
+    return msgpack_response(packed_array(_read_bounded(store().get_refs, refs)))
 
 
 @bp.post("/records")
@@ -128,8 +159,9 @@ def put_records() -> Response:
 
 @bp.get("/range")
 def scan_range() -> Response:
-    """A page of packed entries with positions in ``[start, end)``, resumed ``after`` a cursor
-    (a dump of what the node holds: the operator or a member only)."""
+    """A page of packed entries with positions in ``[start, end)``, resumed ``after`` a cursor:
+    at most ``limit`` entries, and no more than ``MAX_ANSWER_BYTES`` (but one entry). A dump of
+    what the node holds: the operator or a member only."""
     require_authority()
     start, end = range_args()
     limit = int_arg("limit", 1, current_app.config["MAX_BATCH"], 1000)
@@ -138,11 +170,34 @@ def scan_range() -> Response:
         after = bytes.fromhex(after_hex) if after_hex else None
     except ValueError:
         raise ApiError(400, "bad_argument", "after must be a hex cursor") from None
-    entries, cursor = store().scan(start, end, after, limit)
+    entries, cursor = _scan_bounded(start, end, after, limit)
     # {"records": [...], "next": cursor}: the entries go out as stored, never re-encoded.
     return msgpack_response(msgpack.Packer().pack_map_header(2) + packb("records")
                             + packed_array(entries) + packb("next")
                             + packb(cursor.hex() if cursor else None))
+
+
+def _scan_bounded(start: int, end: int, after: bytes | None, limit: int
+                  ) -> tuple[list[bytes], bytes | None]:
+    """:meth:`storage.store.Store.scan`, a slice at a time, ending the page early (with its
+    cursor) before it passes ``MAX_ANSWER_BYTES``."""
+    st, room = store(), current_app.config["MAX_ANSWER_BYTES"]
+    entries: list[bytes] = []
+    while True:
+        page, cursor = st.scan(start, end, after, min(SLICE, limit - len(entries)))
+        fit = 0
+        for item in page:
+            room -= len(item)
+            if room < 0 and (entries or fit):
+                break
+            fit += 1
+        if fit < len(page):  # the page ends inside this slice: its cursor is the fit-th key
+            page, cursor = st.scan(start, end, after, fit) if fit else ([], after)
+            return entries + page, cursor
+        entries += page
+        if cursor is None or len(entries) >= limit:
+            return entries, cursor
+        after = cursor
 
 
 @bp.delete("/range")
