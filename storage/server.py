@@ -14,7 +14,9 @@ import time
 
 import click
 
+from sdht.errors import ConfigError
 from sdht.ring import parse_node_id
+from sdht.trust import DEV_MODE, Keys, is_loopback
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +45,7 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
         parse_node_id(node_id)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    check_keys(host, node_id)
     try:
         os.makedirs(data_dir, exist_ok=True)
     except OSError as exc:  # one line for the operator, not a traceback
@@ -72,6 +75,22 @@ def main(port: int, host: str, data_dir: str, workers: int, threads: int, node_i
             "--config", "python:storage.gunicorn_conf", "storage.app:create_app()"]
     sys.stdout.flush()
     os.execve(sys.executable, argv, env)
+
+
+def check_keys(host: str, node_id: str) -> None:
+    """Refuse to serve another address than loopback without keys; say so when a node runs
+    in development mode (docs/security.md)."""
+    try:
+        keys = Keys.of(os.environ.get("SDHT_NODE_KEY"), os.environ.get("SDHT_OPERATOR_PUBKEY"),
+                       node_id)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not keys.development:
+        return
+    if not is_loopback(host):
+        raise click.UsageError(f"a node without keys serves loopback only; to bind {host}, "
+                               "set SDHT_OPERATOR_PUBKEY and SDHT_NODE_KEY (sdht keygen)")
+    click.echo(f"sdht-storage {node_id}: {DEV_MODE}: serving loopback clients only", err=True)
 
 
 def has_control_socket() -> bool:

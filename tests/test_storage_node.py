@@ -195,8 +195,12 @@ def random_body(rnd: random.Random, pool: list[Record]) -> bytes:
     if mode == 4:  # rings, mostly broken
         ring = {"epoch": rnd.choice([1, -1, 2**70, "1", None, 1.5]),
                 "members": rnd.choice([[], [{"id": "127.0.0.1:1", "tokens": rnd.choice(
-                    [1, 0, 10**9, "x"])}], "x", None]),
+                    [1, 0, 10**9, "x"]), "key": rnd.choice(["ab" * 32, "zz", 7, None])}],
+                    "x", None]),
                 "params": {rnd.choice(list(DEFAULT_PARAMS)): random_obj(rnd, 4)}}
+        if rnd.random() < 0.5:   # the signed form: a signature of the right or wrong shape
+            ring["signature"] = rnd.choice(["ab" * 64, "zz" * 64, "ab", 5, None,
+                                            STRANGER.sign_ring({"epoch": 1})])
         text = json.dumps(ring, default=repr, skipkeys=True)
         cut = rnd.randrange(len(text) + 1) if rnd.random() < 0.3 else len(text)
         return text[:cut].encode()
@@ -224,9 +228,14 @@ def random_query(rnd: random.Random, pool: list[Record]) -> dict:
     return query
 
 
+#: Signs rings and requests that no node here trusts.
+STRANGER = Keys((), new_private_key())
+
+
 class TestFuzz:
     def test_random_requests_never_break_the_node(self, start_node):
-        node = start_node(env={"SDHT_MAX_BODY_BYTES": "65536"})
+        # Keyed, so the signed routes check their random signatures rather than skip them.
+        node = start_node(env={"SDHT_MAX_BODY_BYTES": "65536"}, operator=Operator())
         rnd = random.Random(int(os.environ.get("SDHT_FUZZ_SEED", "20261121")))
         pool = [mint(f"fuzz{i}", random_obj(rnd, 3, plain=True) if i % 3 else None, 3.0,
                  deleted=i % 3 == 0)
@@ -368,6 +377,20 @@ def run_server(*args: str) -> subprocess.CompletedProcess:
 
 
 class TestCommands:
+    def test_a_keyless_node_refuses_other_addresses_and_says_why(self, tmp_path):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SDHT_")}
+        done = subprocess.run([sys.executable, "-m", "storage.server", "-p", "8000", "--data",
+                               str(tmp_path / "d"), "--host", "192.0.2.1"], cwd=ROOT,
+                              env={**env, "PYTHONPATH": str(ROOT)}, capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 2 and "serves loopback only" in done.stderr
+        assert not (tmp_path / "d").exists()
+
+    def test_a_keyless_node_says_it_is_in_development_mode(self, node):
+        assert "development mode, no key" in Path(node.log.name).read_text()
+        assert requests.get(f"{node.url}/v1/health", timeout=TIMEOUT).json()["mode"] == \
+            "development mode, no key"
+
     def test_help(self):
         done = run_server("--help")
         assert done.returncode == 0
@@ -379,7 +402,10 @@ class TestCommands:
         ["-p", "abc", "--data", "x"], ["-p", "70000", "--data", "x"],
         ["-p", "8000", "--data", "x", "--workers", "0"],
         ["-p", "8000", "--data", "x", "--node-id", "no-port"],
-        ["-p", "8000", "--data", "{file}/under-a-file"], ["--bogus"]])
+        ["-p", "8000", "--data", "{file}/under-a-file"], ["--bogus"],
+        # no keys: another address than loopback is refused before anything binds
+        ["-p", "8000", "--data", "x", "--host", "0.0.0.0"],
+        ["-p", "8000", "--data", "x", "--host", "::"]])
     def test_bad_arguments_exit_non_zero_with_one_error_line(self, tmp_path, args):
         afile = tmp_path / "file"
         afile.write_text("")
