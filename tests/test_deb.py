@@ -2,14 +2,18 @@
 
 Builds the working tree (what ``git ls-files --cached --others --exclude-standard`` lists, so
 uncommitted work is included) in a temp copy with ``dpkg-buildpackage`` under a Debian-only PATH,
-installs the .deb with apt, checks the unit with ``systemd-analyze verify``, starts a node with the
-unit's own ExecStart line as the ``sdht`` user, writes and reads a key through it with the
-installed library under /usr/bin/python3 (clean env, cwd outside the tree), then purges the
-package and checks that nothing is left. Needs root and dpkg-buildpackage; takes about a minute.
+installs the .deb with apt, checks the unit with ``systemd-analyze verify`` and the operator key
+pair postinst made, runs the unit's ExecStartPre (the node's key) as root and starts a node with
+the unit's own ExecStart line and Environment= defaults as the ``sdht`` user, joins it with the
+operator key and writes and reads a key through it with the installed library under
+/usr/bin/python3 (clean env, cwd outside the tree), checks that a node with no key and no operator
+key refuses to start, then purges the package and checks that nothing is left. Needs root and
+dpkg-buildpackage; takes about a minute.
 """
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shlex
 import shutil
@@ -30,6 +34,9 @@ DEBIAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 DEBIAN_ENV = {"PATH": DEBIAN_PATH, "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive"}
 UNIT = Path("/lib/systemd/system/sdht-storage@.service")
 DIST = Path("/usr/lib/python3/dist-packages")
+ETC = Path("/etc/sdht")
+OPERATOR_KEY, OPERATOR_PUB = ETC / "operator.key", ETC / "operator.pub"
+NODE_KEY_SCRIPT = Path("/usr/lib/sdht/node-key")
 
 pytestmark = [
     pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
@@ -118,31 +125,67 @@ def test_unit_verifies_silently(deb: Path) -> None:
         assert proc.returncode == 0 and proc.stdout == "", f"{target}:\n{proc.stdout}"
 
 
-def unit_command(port: int, data_dir: Path) -> list[str]:
-    """The unit's ExecStart for instance ``port``, with its default environment and ``data_dir``."""
-    text = UNIT.read_text()
-    (line,) = re.findall(r"^ExecStart=(.+)$", text, re.M)
-    (defaults,) = re.findall(r"^Environment=(.+)$", text, re.M)
-    env = dict(item.split("=", 1) for item in shlex.split(defaults))
+def _instance(text: str, port: int, data_dir: Path) -> str:
+    """``text`` from the unit, for instance ``port`` with its data in ``data_dir``."""
+    return text.replace("/var/lib/sdht/%i", str(data_dir)).replace("%i", str(port))
+
+
+def unit_environment(port: int, data_dir: Path) -> dict[str, str]:
+    """The unit's Environment= defaults for instance ``port`` (/etc/default/sdht sets nothing)."""
+    env: dict[str, str] = {}
+    for line in re.findall(r"^Environment=(.+)$", UNIT.read_text(), re.M):
+        env.update(item.split("=", 1) for item in shlex.split(_instance(line, port, data_dir)))
+    return env
+
+
+def unit_command(port: int, data_dir: Path, key: str = "ExecStart") -> list[str]:
+    """The unit's ``key`` command line (one) for instance ``port``, with its default environment
+    and ``data_dir``; an ExecStartPre must run as root ("+")."""
+    (line,) = re.findall(rf"^{key}=(.+)$", UNIT.read_text(), re.M)
+    if key == "ExecStartPre":
+        assert line.startswith("+"), line
+        line = line[1:]
+    env = unit_environment(port, data_dir)
     argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], arg) for arg in shlex.split(line)]
-    assert "/var/lib/sdht/%i" in argv, argv
-    argv[argv.index("/var/lib/sdht/%i")] = str(data_dir)
-    return [arg.replace("%i", str(port)) for arg in argv]
+    if key == "ExecStart":
+        assert "/var/lib/sdht/%i" in argv, argv
+    return [_instance(arg, port, data_dir) for arg in argv]
+
+
+def unit_start_pre(port: int, data_dir: Path) -> subprocess.CompletedProcess:
+    """Run the unit's ExecStartPre (the node's key) for instance ``port`` as root."""
+    argv = unit_command(port, data_dir, "ExecStartPre")
+    assert argv[0] == str(NODE_KEY_SCRIPT), argv
+    return subprocess.run(argv, cwd="/", env={**DEBIAN_ENV, **unit_environment(port, data_dir)},
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=60)
 
 
 @pytest.fixture
-def unit_node(deb: Path, tmp_path: Path) -> Iterator[int]:
-    """A node started with the unit's command line, as the sdht user, from / with a clean env."""
-    port = free_port()
+def unit_top() -> Iterator[Path]:
+    """A directory for nodes' data, owned by the sdht user; removed afterwards."""
     top = Path(tempfile.mkdtemp(prefix="sdht-deb-"))
     shutil.chown(top, "sdht", "sdht")  # mkdtemp makes it 0700: the sdht user's alone
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def unit_node(deb: Path, unit_top: Path, tmp_path: Path) -> Iterator[int]:
+    """A node started as the unit does: its ExecStartPre as root, then its command line with its
+    Environment= defaults, as the sdht user, from / with an otherwise clean env."""
+    port = free_port()
+    data_dir = unit_top / str(port)
+    pre = unit_start_pre(port, data_dir)
+    assert pre.returncode == 0, pre.stdout
+    assert "derived the key of node" in pre.stdout, pre.stdout
     log = open(tmp_path / "node.log", "wb")  # opened here: kept by pytest, written via the fd
-    argv = unit_command(port, top / str(port))
+    argv = unit_command(port, data_dir)
     assert argv[0] == "/usr/bin/sdht-storage"
     proc = subprocess.Popen(
         ["setpriv", "--reuid=sdht", "--regid=sdht", "--init-groups", "--no-new-privs", "--", *argv],
-        cwd="/", env={**DEBIAN_ENV, "HOME": "/var/lib/sdht"}, stdout=log,
-        stderr=subprocess.STDOUT, start_new_session=True)
+        cwd="/", env={**DEBIAN_ENV, "HOME": "/var/lib/sdht", **unit_environment(port, data_dir)},
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy() -> bool:
         if proc.poll() is not None:
@@ -171,7 +214,6 @@ def unit_node(deb: Path, tmp_path: Path) -> Iterator[int]:
             time.sleep(0.05)
         proc.wait(10)
         log.close()
-        shutil.rmtree(top, ignore_errors=True)
 
 
 CLIENT = textwrap.dedent("""
@@ -192,25 +234,72 @@ CLIENT = textwrap.dedent("""
     assert resp.status_code == 200, (resp.status_code, resp.text)
     assert from_packed(resp.content, DEFAULT_PARAMS).value == {"v": 1}
     print("raw http ok")
-    if hasattr(sdht, "Ring"):  # the ring API, once sdht/client.py has landed
-        ring = sdht.Ring()
-        ring.join(sdht.Node("127.0.0.1", port))
-        ring.set("k", {"v": 1})
-        assert ring.get("k") == {"v": 1}
-        print("ring ok")
+    # The operator key is in SDHT_OPERATOR_KEY: the ring this client publishes is signed.
+    ring = sdht.Ring()
+    ring.join(sdht.Node("127.0.0.1", port))
+    ring.set("k", {"v": 1})
+    assert ring.get("k") == {"v": 1}
+    print("ring ok")
 """)
 
 
-def test_packaged_node_serves_the_installed_library(unit_node: int, tmp_path: Path) -> None:
+def test_install_makes_the_operator_key_pair(deb: Path) -> None:
+    from sdht import trust  # the tree under test; the package's is checked by the node below
+    key, pub = OPERATOR_KEY.stat(), OPERATOR_PUB.stat()
+    assert (key.st_mode & 0o7777, key.st_uid, key.st_gid) == (0o600, 0, 0), oct(key.st_mode)
+    assert (pub.st_mode & 0o7777, pub.st_uid, pub.st_gid) == (0o644, 0, 0), oct(pub.st_mode)
+    assert OPERATOR_PUB.read_text().strip() == trust.public_of(OPERATOR_KEY.read_text().strip())
+    for helper in (NODE_KEY_SCRIPT, NODE_KEY_SCRIPT.with_name("operator-key")):
+        assert helper.stat().st_mode & 0o777 == 0o755, helper
+    # Installing again (dpkg-reconfigure, upgrade) keeps the key pair.
+    before = OPERATOR_KEY.read_text()
+    run(["dpkg-reconfigure", "sdht"])
+    assert OPERATOR_KEY.read_text() == before
+
+
+def test_packaged_node_serves_the_installed_library(unit_node: int, unit_top: Path,
+                                                    tmp_path: Path) -> None:
+    from sdht import trust
+    health = requests.get(f"http://127.0.0.1:{unit_node}/v1/health", timeout=5).json()
+    assert health["mode"] == "signed rings", health
+    node_key = unit_top / str(unit_node) / "node.key"  # the unit's default, in the test's data dir
+    st = node_key.stat()
+    assert (st.st_mode & 0o777, st.st_uid) == (0o600, pwd.getpwnam("sdht").pw_uid), oct(st.st_mode)
+    operator = OPERATOR_KEY.read_text().strip()  # read by root, as the admin would
+    assert node_key.read_text().strip() == trust.node_private_key(operator,
+                                                                  f"127.0.0.1:{unit_node}")
     script = tmp_path / "client.py"
     script.write_text(CLIENT)
     # -I: isolated mode, no user site-packages, no PYTHON* variables, script dir not on sys.path.
     proc = run(["/usr/bin/python3", "-I", str(script), str(unit_node)], cwd="/", timeout=120,
-               env={"PATH": DEBIAN_PATH, "LANG": "C.UTF-8"})
-    assert "raw http ok" in proc.stdout
-    import sdht  # the tree under test: when it has the ring API, the packaged one must use it
-    if hasattr(sdht, "Ring"):
-        assert "ring ok" in proc.stdout, proc.stdout
+               env={"PATH": DEBIAN_PATH, "LANG": "C.UTF-8", "SDHT_OPERATOR_KEY": operator})
+    assert "raw http ok" in proc.stdout and "ring ok" in proc.stdout, proc.stdout
+    health = requests.get(f"http://127.0.0.1:{unit_node}/v1/health", timeout=5).json()
+    assert health["mode"] == "signed rings" and health["epoch"] >= 1, health
+
+
+def test_node_without_keys_refuses_to_start(deb: Path, unit_top: Path) -> None:
+    port = free_port()
+    data_dir = unit_top / str(port)
+    aside = OPERATOR_KEY.with_name("operator.key.test-aside")
+    OPERATOR_KEY.rename(aside)   # a host of a multi-host cluster: no operator key
+    try:
+        proc = unit_start_pre(port, data_dir)
+    finally:
+        aside.rename(OPERATOR_KEY)
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 1 and "refusing to start" in lines[0], proc.stdout
+    assert "node.key" in lines[0] and str(OPERATOR_KEY) in lines[0], lines[0]
+    assert not (data_dir / "node.key").exists()
+    # Nor without the operator's public key, whatever keys the node has.
+    (data_dir).mkdir()
+    proc = subprocess.run([str(NODE_KEY_SCRIPT), str(port)], cwd="/", stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=60,
+                          env={**DEBIAN_ENV, **unit_environment(port, data_dir),
+                               "SDHT_OPERATOR_PUBKEY": ""})
+    assert proc.returncode != 0 and len(proc.stdout.splitlines()) == 1, proc.stdout
+    assert "SDHT_OPERATOR_PUBKEY" in proc.stdout, proc.stdout
 
 
 def test_purge_leaves_nothing(deb: Path) -> None:
@@ -218,10 +307,12 @@ def test_purge_leaves_nothing(deb: Path) -> None:
     Path("/var/lib/sdht/8000").mkdir(parents=True, exist_ok=True)  # as a unit instance leaves it
     run(["apt-get", "remove", "-y", "sdht"])
     assert user_exists("sdht") and Path("/var/lib/sdht/8000").is_dir(), "remove must keep data"
+    assert OPERATOR_KEY.is_file() and OPERATOR_PUB.is_file(), "remove must keep the keys"
     run(["apt-get", "purge", "-y", "sdht"])
     assert not installed()
     left = [p for p in (DIST / "sdht", DIST / "storage", Path("/usr/bin/sdht-storage"),
-                        Path("/usr/bin/sdht"), UNIT, Path("/var/lib/sdht"), Path("/etc/default/sdht"))
+                        Path("/usr/bin/sdht"), UNIT, Path("/var/lib/sdht"), Path("/etc/default/sdht"),
+                        NODE_KEY_SCRIPT.parent, ETC)
             if p.exists()]
     assert not left, left
     assert not user_exists("sdht")
