@@ -40,14 +40,19 @@ class RingHandle:
 
         :param prefer: nodes to ask first (say, one that just reported a newer epoch).
         :raises NoNodes: when no member or seed could be reached.
+        :raises UntrustedRing: when nodes answered only with rings this client does not trust
+            (so a join never mistakes a ring it cannot check for no ring at all).
         """
         known = [m.id for m in self.view.members] if self.view else []
         candidates = list(dict.fromkeys([*prefer, *known, *self.seeds]))
-        best, reached = self.view, 0
+        best, reached, untrusted = self.view, 0, []
         for node in candidates:
             try:
                 view = self.ring_of(node)
-            except (TransportError, NodeError, UntrustedRing) as exc:
+            except UntrustedRing as exc:
+                untrusted.append(f"{node}: {exc}")
+                continue
+            except (TransportError, NodeError) as exc:
                 log.debug("ring refresh: %s", exc)
                 continue
             reached += 1
@@ -56,6 +61,9 @@ class RingHandle:
             # Stop after three answers: asking every member would cost a round trip per node.
             if reached >= 3 and best is not None:
                 break
+        if best is None and untrusted:
+            raise UntrustedRing(f"no ring this client trusts: {'; '.join(untrusted[:3])} "
+                                f"(check SDHT_OPERATOR_KEY / SDHT_OPERATOR_PUBKEY)")
         if not reached and candidates:
             raise NoNodes(f"none of {candidates} could be reached")
         self.view = best

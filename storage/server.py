@@ -86,6 +86,9 @@ def check_keys(host: str, node_id: str) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     if not keys.development:
+        if keys.private is None:
+            raise click.UsageError("SDHT_OPERATOR_PUBKEY needs SDHT_NODE_KEY too: the node "
+                                   "signs its requests to peers with it (sdht keygen --node)")
         return
     if not is_loopback(host):
         raise click.UsageError(f"a node without keys serves loopback only; to bind {host}, "

@@ -158,3 +158,28 @@ def test_stop_kills_exactly_its_processes(own_demo, tmp_path):
         assert "no demo cluster" in one_error_line(run(cluster_dir, "cluster", "stop", ok=False))
     finally:
         bystander.stop()
+
+
+def test_keys_the_first_join_and_keygen(tmp_path, start_node):
+    """With the operator key in the environment, the first join of a fresh keyed node makes a
+    signed ring; keygen derives that node's key and page token."""
+    from conftest import Operator
+    operator = Operator()
+    node = start_node(operator=operator)
+    key_file = tmp_path / "operator.key"
+    key_file.write_text(operator.private)
+    env_dir = tmp_path / "no-demo"
+    joined = run(env_dir, "--operator-key", str(key_file), "--seeds", node.id, "join", node.id)
+    assert f"joined {node.id}" in joined.stdout
+    ring = requests.get(f"{node.url}/v1/ring", timeout=5).json()
+    assert ring["signature"] and ring["members"][0]["key"]
+    derived = run(env_dir, "--operator-key", str(key_file), "keygen", "--node", node.id)
+    assert operator.node_private(node.id) in derived.stdout and "page token" in derived.stdout
+    made = run(env_dir, "keygen", "--out", str(tmp_path / "new.key"))
+    assert "public key" in made.stdout and (tmp_path / "new.key").stat().st_mode & 0o777 == 0o600
+    # A CLI holding another key trusts nothing this cluster serves: one line, non-zero exit.
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32)
+    line = one_error_line(run(env_dir, "--operator-key", str(other), "--seeds", node.id,
+                              "get", "k", ok=False))
+    assert "trust" in line

@@ -201,13 +201,21 @@ class TestRing:
         finally:
             reader.close()
 
-    def test_a_client_trusting_another_operator_finds_no_ring(self, keyed_cluster):
+    def test_a_client_trusting_another_operator_finds_no_ring(self, keyed_cluster, node_apps,
+                                                              operator):
         ring, apps = keyed_cluster(2)
+        other = trust.new_private_key()
         stranger = sdht.Ring(list(apps)[:1], transport=WSGITransport(
-            apps, keys=trust.Keys((trust.public_of(trust.new_private_key()),))))
+            apps, keys=trust.Keys((trust.public_of(other),), other)))
         try:
-            with pytest.raises(sdht.NoNodes):
+            with pytest.raises(UntrustedRing):
                 stranger.get("k")
+            # nor does its join mistake the ring it cannot check for none and start another
+            (new,) = node_apps(1, into=apps, per_node=operator.node_config)
+            with pytest.raises(UntrustedRing):
+                stranger.join(new)
+            assert stranger.transport.get_ring(new) is None
+            assert ring.refresh().member(new) is None
         finally:
             stranger.close()
 

@@ -47,6 +47,8 @@ def _estimate(ring: Ring, node: str, action: str, dead: bool = False) -> int | N
     try:
         state = cluster_status(ring.handle)
         view = ring.view
+        if view is None or not view.members:
+            return None   # the first join of a ring moves nothing
         held = sum(n["records"] or 0 for n in state["nodes"])
         copies = max(1, min(view.params["n"], len(view.readers.node_ids)))
         member = view.member(node)
