@@ -2,14 +2,13 @@
 
 The page draws the ring and this node's health, and gets, sets and deletes keys *through the
 ring*: the browser cannot cheaply mint proof of work, so ``/v1/ui/*`` run the ring library
-server-side (a :class:`sdht.Ring` seeded with this node) and answer the value together with the
-key's preference list and what each replica holds. The routes take small JSON bodies only.
+server-side (the node's own ring client, :mod:`storage.ringclient`) and answer the value
+together with the key's preference list and what each replica holds. The routes take small JSON
+bodies only.
 """
 from __future__ import annotations
 
 import json
-import os
-import threading
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
@@ -19,39 +18,20 @@ from sdht.errors import NoNodes
 from sdht.ring import position
 from sdht.wire import RING_SIZE
 from sdht.status import cluster_status, jsonable, replicas, token_fractions
-from sdht.transport import Transport
-from sdht.trust import Keys
 
 from .auth import keys, mode, require_page_token
 from .http import ApiError
+from .ringclient import ring as _ring
 
 #: Largest JSON body the page's routes accept (bytes); values are small on this page.
 UI_MAX_BODY = 64 << 10
-#: (connect, read) seconds for the ring operations the page asks for.
-UI_TIMEOUT = (1.0, 5.0)
 
 ui = Blueprint("ui", __name__)
-_lock = threading.Lock()
 
 
 def init_app(app: Flask) -> None:
     """Register the page and its routes on ``app``."""
     app.register_blueprint(ui)
-
-
-def _ring() -> Ring:
-    """This process's ring client, seeded with this node (made once per worker process)."""
-    with _lock:
-        held = current_app.extensions.get("sdht.ui_ring")
-        if held is None or held[0] != os.getpid():
-            node = current_app.config["NODE_ID"]
-            if not node:
-                raise NoNodes("this node has no NODE_ID, so it cannot reach the ring")
-            # The page trusts the rings this node trusts; it makes no signed requests.
-            transport = Transport(UI_TIMEOUT, Keys(keys().operator_public), max_parallel=8)
-            held = (os.getpid(), Ring([node], transport=transport))
-            current_app.extensions["sdht.ui_ring"] = held
-        return held[1]
 
 
 def _request_json() -> dict[str, Any]:
