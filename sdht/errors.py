@@ -14,14 +14,16 @@ Every exception the library raises on purpose derives from :class:`SDHTError`::
     │   └── UntrustedRing                a ring the operator did not sign
     ├── Unauthorized                     a request needs authority this party lacks
     ├── QuorumError                      fewer replicas answered than ``r`` or ``w`` require
+    │   └── CausalTimeout                no replica reached a session's version in time
     ├── WriteConflict                    a higher-priority version holds the key
     ├── NodeError                        one node answered with an error
     ├── TransportError                   a node could not be reached
     │   ├── NodeUnavailable              connection refused, reset or closed
     │   └── Timeout                      no answer within the timeout
-    └── ClusterError                     the local demo cluster cannot do as asked
-        ├── WaitTimeout(TimeoutError)    a process did not become ready in time
-        └── ProcessExited(RuntimeError)  a process exited while it was awaited
+    ├── ClusterError                     the local demo cluster cannot do as asked
+    │   ├── WaitTimeout(TimeoutError)    a process did not become ready in time
+    │   └── ProcessExited(RuntimeError)  a process exited while it was awaited
+    └── InvalidContext(ValueError)       a causal context that is malformed or implausible
 
 Each carries the context that helps a caller decide what to do (the key, the node).
 """
@@ -141,3 +143,13 @@ class ProcessExited(ClusterError, RuntimeError):
     def __init__(self, message: str, returncode: int | None = None) -> None:
         super().__init__(message)
         self.returncode = returncode
+
+
+class InvalidContext(SDHTError, ValueError):
+    """Raised when a causal context (:mod:`sdht.session`) is malformed, larger than its
+    bounds, or names versions no node could have accepted."""
+
+
+class CausalTimeout(QuorumError):
+    """Raised when a session's read found no replica at its context's version of the key (or
+    too few replies) before its deadline: an older version is never returned instead."""
