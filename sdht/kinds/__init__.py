@@ -7,7 +7,8 @@ proof-of-work gate, the clock), run on a whole batch before anything is written,
 Each kind is one module with the same names (the :class:`Kind` protocol below), imported by both
 the node and the library. The store, migration, anti-entropy and read repair never look inside
 an entry: they call its kind through :func:`kind_of`, so a new kind is a new module added to
-:data:`KINDS` and nothing else changes.
+:data:`KINDS` and nothing else changes. Kinds: :mod:`.register` (tag 0, last writer wins by
+proof-of-work priority) and :mod:`.name` (tag 1, a CASPaxos acceptor per unique name).
 
 Every entry on the wire is a msgpack map whose field ``x`` is its kind's tag.
 """
@@ -17,7 +18,7 @@ from typing import Any, Mapping, Protocol
 
 from ..errors import InvalidRecord
 from ..wire import unpackb
-from . import register
+from . import name, register
 
 
 class Entry(Protocol):
@@ -51,7 +52,7 @@ class Kind(Protocol):
 
 
 #: Every kind, by tag.
-KINDS: dict[int, Kind] = {register.TAG: register}  # type: ignore[dict-item]
+KINDS: dict[int, Kind] = {register.TAG: register, name.TAG: name}  # type: ignore[dict-item]
 
 
 def kind_of(tag: Any) -> Kind:
@@ -100,4 +101,5 @@ def admit(obj: Any, params: Mapping[str, Any], raw: bytes | None = None,
     return entry
 
 
-__all__ = ["Entry", "KINDS", "Kind", "admit", "from_packed", "from_wire", "kind_of", "register"]
+__all__ = ["Entry", "KINDS", "Kind", "admit", "from_packed", "from_wire", "kind_of", "name",
+           "register"]
