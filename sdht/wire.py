@@ -57,6 +57,10 @@ MAX_TREE_WORK = 2 * MAX_BATCH + MAX_TREE_RANGES
 #: (its cursor resumes), a tree listing ends ``truncated``, and a batch read of more than one
 #: key answers 413 ``answer_too_large``: ask for fewer keys at a time.
 MAX_ANSWER_BYTES = 64 << 20
+#: Bytes of body the library reads of one answer before it gives up on the node: a little
+#: above the largest legitimate answer (``MAX_ANSWER_BYTES`` of entries, plus their framing).
+#: ``Content-Length`` is never trusted: the body is read in chunks and counted.
+MAX_ANSWER_READ = 80 << 20
 
 # -- the hash tree's shape ------------------------------------------------------------------------
 
