@@ -11,7 +11,11 @@ from .errors import QuorumError
 from .kinds.register import Record, winner
 from .quorum import MAX_REROUTES, Quorum, valid, write_shortfall
 from .transport import PutOutcome
-from .wire import SUPERSEDED
+from .wire import SUPERSEDED, now_us
+
+#: A replica's answer for one key that failed its checks (:func:`sdht.quorum.check_answer`):
+#: counted as that replica's error for that key, never as an answer.
+FAULTY = object()
 
 
 def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
@@ -64,20 +68,34 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
     keys = list(dict.fromkeys(keys))
     handle = quorum.handle
     p = handle.current().params
+    faulty: dict[str, str] = {}
+
+    def fetch(node: str, part: list[str]) -> tuple[list[Any], int]:
+        """One batch from ``node``, each answer checked against its key before any use."""
+        recs, epoch = handle.transport.get_many(node, part, p)
+        now = now_us()
+        checked = [rec if valid(rec, key, p, now, node) else FAULTY
+                   for key, rec in zip(part, recs)]
+        if any(rec is FAULTY for rec in checked):
+            faulty[node] = f"{node} answered records that fail their checks"
+        return checked, epoch
+
+    def usable(got: dict[str, Any]) -> dict[str, Any]:
+        return {node: rec for node, rec in got.items() if rec is not FAULTY}
+
     for _ in range(MAX_REROUTES):
         view = handle.current()
         placed = {k: quorum.health.order(view.readers.for_key(k)) for k in keys}
         need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
-        # Ask each key's first r replicas (healthy first); keys whose replicas failed are
-        # asked of their other replicas in a second round.
+        # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
+        # answered records that fail their checks, are asked of their others in a second round.
         answers, errors, epochs = quorum.batch_rounds(
-            lambda node, part: handle.transport.get_many(node, part, p),
-            {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
-            lambda k: k, lambda k, got: len(got) >= need[k])
+            fetch, {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
+            lambda k: k, lambda k, got: len(usable(got)) >= need[k])
         if handle.noticed(epochs):
             continue
-        seen = {key: {node: rec for node, rec in got.items() if valid(rec, key, p)}
-                for key, got in answers.items()}
+        errors.update(faulty)
+        seen = {key: usable(got) for key, got in answers.items()}
         result: dict[str, Any] = {}
         repairs: dict[str, list[Record]] = {}
         for key, found in seen.items():

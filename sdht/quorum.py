@@ -11,11 +11,12 @@ import logging
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from .errors import InvalidRecord, QuorumError, SDHTError, TransportError
+from .errors import InvalidRecord, NodeError, QuorumError, SDHTError, TransportError
 from .handle import RingHandle
 from .health import NodeHealth
-from .kinds import common
+from .kinds import register
 from .kinds.register import Record, winner
+from .nodeapi import PutOutcome
 from .wire import BATCH, SUPERSEDED
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,8 @@ class Quorum:
             replicas = view.readers.for_key(key)
             need = min(p["r"], len(replicas))
             # Ask r replicas (docs/design.md, "Flows", get), healthy ones first; the others only if
-            # one of those fails.
-            calls = {node: (transport.get_record, node, key, p)
-                     for node in self.health.order(replicas)}
+            # one of those fails, or answers a record that fails its checks (then it is faulty).
+            calls = {node: (self.read_one, node, key, p) for node in self.health.order(replicas)}
             first = dict(list(calls.items())[:need])
             replies, errors, epochs = self.gather(
                 first, need, spares={n: c for n, c in calls.items() if n not in first})
@@ -70,10 +70,9 @@ class Quorum:
             if len(replies) < need:
                 raise QuorumError(f"read of {key!r}: {len(replies)} of {need} replicas answered",
                                   key, need, len(replies), errors)
-            found = {node: rec for node, rec in replies.items() if valid(rec, key, p)}
-            best = winner(list(found.values()), p["decay"])
+            best = winner(list(replies.values()), p["decay"])
             if best is not None:
-                for node, rec in found.items():
+                for node, rec in replies.items():
                     if rec is None or rec.digest != best.digest:  # behind: the order is total
                         transport.submit(self.repair, node, [best])
             return best
@@ -93,7 +92,7 @@ class Quorum:
             targets = list(dict.fromkeys(now_set + next_set))
             # Return once w of each placement answered: a stopped replica must not hold every
             # write for a full timeout. Answers already in (a superseded one too) still count.
-            calls = {node: (self.handle.transport.put_record, node, rec) for node in targets}
+            calls = {node: (self.write_one, node, rec, view.params) for node in targets}
             suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
             replies, errors, epochs = self.gather(
                 calls, len(targets), spares=suspects,
@@ -110,6 +109,36 @@ class Quorum:
                                   f"acknowledged", rec.key, need, got, errors)
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
+
+    def read_one(self, node: str, key: str,
+                 params: Mapping[str, Any]) -> tuple[Record | None, int]:
+        """One replica's answer for ``key`` (and its epoch), checked by :func:`check_answer`.
+
+        :raises NodeError: when the answer fails its checks: the replica is faulty.
+        """
+        rec, epoch = self.handle.transport.get_record(node, key, params)
+        check_answer(node, rec, key, params)
+        return rec, epoch
+
+    def write_one(self, node: str, rec: Record,
+                  params: Mapping[str, Any]) -> tuple[PutOutcome, int]:
+        """Write ``rec`` to one replica. A replica that says it holds a higher version must
+        show it: the record it then answers must pass :func:`check_answer` and outrank
+        ``rec``, and its score, not the one claimed, is what the write lost to (a faulty
+        replica must not make writes fail or re-mint).
+
+        :raises NodeError: when the replica cannot show the version it claimed.
+        """
+        transport = self.handle.transport
+        outcome, epoch = transport.put_record(node, rec)
+        if outcome.status != SUPERSEDED:
+            return outcome, epoch
+        held, _ = transport.get_record(node, rec.key, params)
+        check_answer(node, held, rec.key, params)
+        if held is None or not register.beats(held, rec, params["decay"]):
+            raise NodeError(f"{node} claimed a version of {rec.key!r} above the write, and "
+                            f"does not show one", node)
+        return PutOutcome(SUPERSEDED, held.score(params["decay"]), held.digest), epoch
 
     def repair(self, node: str, records: list[Record]) -> None:
         """Read repair: write the winners back to a replica that answered behind. Best
@@ -232,16 +261,36 @@ def write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
     return None
 
 
-def valid(rec: Record | None, key: str, params: Mapping[str, Any]) -> bool:
-    """Is a replica's answer for ``key`` usable? None (it holds nothing) is; a record must be
-    of that key and pass the proof-of-work gate, or it is ignored as forged."""
+def check_answer(node: str, rec: Any, key: str, params: Mapping[str, Any],
+                 now: int | None = None) -> None:
+    """Check a replica's answer for ``key`` before any use: None (it holds nothing), or a
+    register of that very key that passes its kind's checks at the ring's ``params`` (the
+    proof-of-work gate at ``min_work``, a time at most ``max_skew`` ahead of this client's
+    clock, ``now``). Its shape was checked as it was decoded (:mod:`sdht.nodeapi`).
+
+    :raises NodeError: naming ``node``, when it fails: the record is forged or the replica
+        faulty, and it is neither returned nor written back anywhere.
+    """
     if rec is None:
-        return True
+        return
     try:
+        if not isinstance(rec, Record):
+            raise InvalidRecord(f"the answer is not a register: {type(rec).__name__}")
         if rec.key != key:
-            raise InvalidRecord(f"the answer is a record of {rec.key!r}")
-        common.check_work(rec.w, rec.digest, params["min_work"])
-        return True
+            raise InvalidRecord(f"the answer is a record of {rec.key[:100]!r}")
+        register.check(rec, params, now)
     except InvalidRecord as exc:
-        log.warning("ignoring an answer for %r: %s", key, exc)
+        raise NodeError(f"{node} answered a record for {key[:100]!r} that fails its checks: "
+                        f"{exc}", node) from None
+
+
+def valid(rec: Any, key: str, params: Mapping[str, Any], now: int | None = None,
+          node: str = "a replica") -> bool:
+    """Whether a replica's answer for ``key`` is usable (see :func:`check_answer`); a failing
+    one is logged and must be counted as that replica's error."""
+    try:
+        check_answer(node, rec, key, params, now)
+        return True
+    except NodeError as exc:
+        log.warning("ignoring an answer: %s", exc)
         return False
