@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError
 from .handle import RingHandle
 from .ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals
+from .sync import admissible
 from .wire import BATCH, STORED
 
 log = logging.getLogger(__name__)
@@ -185,8 +186,10 @@ def _stream(handle: RingHandle, transfer: Transfer, report: MigrationReport,
     for source in transfer.sources:
         cursor: str | None = None
         while True:
+            params = handle.view.params
             records, cursor = handle.transport.scan(source, transfer.start, transfer.end,
-                                                  cursor, BATCH, handle.view.params)
+                                                  cursor, BATCH, params)
+            records = [r for r in records if admissible(r, params, source)]
             if records:
                 outcomes, _ = handle.transport.put_many(transfer.target, records,
                                                       migration=True)

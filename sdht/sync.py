@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Iterable, Mapping
 
 from . import kinds, params as cluster_params
-from .errors import NodeError
+from .errors import InvalidRecord, NodeError
 from .transport import Transport
 from .wire import BATCH, DEPTH, FANOUT, MAX_TREE_RANGES, STORED, node_range, tombstone_cutoff
 
@@ -155,11 +155,23 @@ def _copy(transport: Transport, source: str, target: str, refs: list[bytes],
     stored = 0
     for i in range(0, len(refs), BATCH):
         entries = transport.get_entries(source, refs[i:i + BATCH], params)
-        live = [e for e in entries
-                if e is not None and not kinds.kind_of(e.TAG).expired(e, cutoff)]
+        live = [e for e in entries if e is not None and admissible(e, params, source)
+                and not kinds.kind_of(e.TAG).expired(e, cutoff)]
         if live:
             stored += _push(transport, target, live)
     return stored
+
+
+def admissible(entry: kinds.Entry, params: Mapping[str, Any], source: str) -> bool:
+    """Whether ``entry``, as ``source`` answered it, passes its kind's checks (the proof-of-work
+    gate, the clock). Entries that do not are logged and not copied on: the receiving node would
+    refuse them anyway, and one of them would make it refuse the whole batch."""
+    try:
+        kinds.kind_of(entry.TAG).check(entry, params)
+        return True
+    except InvalidRecord as exc:
+        log.warning("not copying an entry of %r from %s: %s", entry.key[:100], source, exc)
+        return False
 
 
 def _push(transport: Transport, node: str, records: list[kinds.Entry]) -> int:
