@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError
+from .errors import NotAMember, RingBusy, RingError, SDHTError, TransportError, UntrustedRing
 from .handle import RingHandle
 from .ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals
 from .sync import admissible
@@ -110,6 +110,8 @@ def join(handle: RingHandle, node: str, tokens: int | None,
     began = time.monotonic()
     try:
         view = handle.refresh()
+    except UntrustedRing:
+        raise   # a ring this client cannot check is not "no ring": never start a second one
     except RingError:
         view = None
     own = handle.ring_of(node)  # also proves the node is up
