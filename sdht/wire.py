@@ -193,3 +193,17 @@ def _malformed(exc: Exception) -> InvalidRecord:
     if "max_ext_len" in str(exc) or "timestamp" in str(exc):
         return InvalidRecord("msgpack extension types are not allowed")
     return InvalidRecord(f"malformed msgpack: {exc or exc.__class__.__name__}")
+
+# -- causal contexts (sdht/session.py, the /kv-store gateway) --------------------------------------
+
+#: The JSON field of every /kv-store request and answer that carries the causal context, and the
+#: query argument a client that cannot send a GET body puts it in.
+CONTEXT_FIELD = "causal-context"
+#: The header that can carry the context instead (JSON text).
+CONTEXT_HEADER = "X-Causal-Context"
+#: Keys one context remembers at most; past it the oldest versions are dropped.
+CONTEXT_MAX_KEYS = 1000
+#: Bytes of entries one context holds at most (each key: its JSON length plus 96).
+CONTEXT_MAX_BYTES = 128 << 10
+#: Bytes of a version's digest a context keeps (hex in its JSON form).
+CONTEXT_DIGEST_BYTES = 16
