@@ -1,16 +1,17 @@
 """sdht: a ring DHT with decaying proof-of-work priority (see docs/design.md).
 
-``sdht.join/set/get/delete/remove`` work on a default :class:`Ring` (seeded from ``SDHT_SEEDS``);
+``sdht.join/set/get/delete/remove`` and ``sdht.register/lookup`` (unique names) work on a
+default :class:`Ring` (seeded from ``SDHT_SEEDS``);
 ``sdht.connect(address)`` returns an explicit one. Every error derives from :class:`SDHTError`.
 """
 from __future__ import annotations
 
-from .api import (connect, default_ring, delete, get, get_many, join, remove, set, set_default_ring,
-                  set_many)
+from .api import (connect, default_ring, delete, get, get_many, join, lookup, register, remove,
+                  set, set_default_ring, set_many)
 from .client import Ring
 from .errors import (ConfigError, InvalidRecord, KeyNotFound, NodeError, NodeUnavailable,
-                     NoNodes, NotAMember, QuorumError, RingBusy, RingError, SDHTError, Timeout,
-                     TransportError, ValueTooLarge, WriteConflict)
+                     NoNodes, NotAMember, OutcomeUnknown, QuorumError, RingBusy, RingError,
+                     SDHTError, Timeout, TransportError, ValueTooLarge, WriteConflict)
 from .migration import MigrationReport
 from .kinds.register import Record
 from .ring import Node
@@ -19,8 +20,10 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "InvalidRecord", "KeyNotFound", "MigrationReport", "Node", "NodeError",
-    "NodeUnavailable", "NoNodes", "NotAMember", "QuorumError", "Record", "Ring", "RingBusy",
+    "NodeUnavailable", "NoNodes", "NotAMember", "OutcomeUnknown", "QuorumError", "Record",
+    "Ring", "RingBusy",
     "RingError", "SDHTError", "Timeout", "TransportError", "ValueTooLarge", "WriteConflict",
-    "connect", "default_ring", "delete", "get", "get_many", "join", "remove", "set",
+    "connect", "default_ring", "delete", "get", "get_many", "join", "lookup", "register",
+    "remove", "set",
     "set_default_ring", "set_many",
 ]

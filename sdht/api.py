@@ -83,3 +83,13 @@ def set_many(items: Mapping[str, Any], work: float | None = None) -> int:
 def get_many(keys: Iterable[str]) -> dict[str, Any]:
     """Read many keys from the default ring; see :meth:`Ring.get_many`."""
     return default_ring().get_many(keys)
+
+
+def register(name: str, value: Any = None, owner: bytes | None = None) -> bool:
+    """Register a unique name in the default ring if it is free; see :meth:`Ring.register`."""
+    return default_ring().register(name, value, owner)
+
+
+def lookup(name: str) -> Any:
+    """The value a unique name is registered with, or None; see :meth:`Ring.lookup`."""
+    return default_ring().lookup(name)

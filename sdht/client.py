@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from . import batch, migration, params as cluster_params, repair as ring_repair
+from . import batch, migration, names, params as cluster_params, repair as ring_repair
 from .errors import KeyNotFound, WriteConflict
 from .handle import RingHandle
 from .health import NodeHealth
@@ -61,6 +61,8 @@ class Ring:
                                  cluster_params.with_defaults(params))
         #: The replica requests, with their failure memory (:attr:`health`).
         self.quorum = Quorum(self.handle)
+        #: The proposer of unique names (:meth:`register`, :meth:`lookup`).
+        self.names = names.Proposer(self.quorum)
 
     def close(self) -> None:
         """Release connections and threads."""
@@ -220,6 +222,22 @@ class Ring:
         for key in keys:
             common.check_key(key, p)
         return batch.read_many(self.quorum, keys)
+
+    # -- unique names (docs/names.md) ---------------------------------------------------------
+
+    def register(self, name: str, value: Any = None, owner: bytes | None = None) -> bool:
+        """Register ``name`` for ``value`` if it is free, atomically: True when this call
+        registered it (or ``owner``'s earlier call did), False when it was taken.
+
+        :raises OutcomeUnknown: when the outcome stays unknown at the deadline; retry with
+            its ``owner``. :raises QuorumError: when no majority answered (nothing proposed).
+        """
+        return self.names.claim(name, value, owner)[0]
+
+    def lookup(self, name: str) -> Any:
+        """Return the value ``name`` is registered with, or None when it is free."""
+        chosen = self.names.lookup(name)
+        return None if chosen is None else chosen.value
 
     # -- dict-like access ---------------------------------------------------------------------
 

@@ -14,7 +14,8 @@ Every exception the library raises on purpose derives from :class:`SDHTError`::
     │   └── UntrustedRing                a ring the operator did not sign
     ├── Unauthorized                     a request needs authority this party lacks
     ├── QuorumError                      fewer replicas answered than ``r`` or ``w`` require
-    │   └── CausalTimeout                no replica reached a session's version in time
+    │   ├── CausalTimeout                no replica reached a session's version in time
+    │   └── OutcomeUnknown               a name's registration may or may not have happened
     ├── WriteConflict                    a higher-priority version holds the key
     ├── NodeError                        one node answered with an error
     ├── TransportError                   a node could not be reached
@@ -153,3 +154,15 @@ class InvalidContext(SDHTError, ValueError):
 class CausalTimeout(QuorumError):
     """Raised when a session's read found no replica at its context's version of the key (or
     too few replies) before its deadline: an older version is never returned instead."""
+
+
+class OutcomeUnknown(QuorumError):
+    """Raised by ``register`` when its deadline passed after it proposed its claim to a name's
+    acceptors, without a majority's answer: the name may or may not be registered to it
+    (docs/names.md). It never guesses. ``owner`` is the call's id: pass it to ``register``
+    again to retry, and a retry that finds the earlier claim chosen returns True."""
+
+    def __init__(self, message: str, key: str | None = None, owner: bytes = b"",
+                 errors: dict[str, str] | None = None) -> None:
+        super().__init__(message, key, errors=errors)
+        self.owner = owner
