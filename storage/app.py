@@ -14,7 +14,7 @@ from flask import Flask
 
 from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and tools)
 
-from . import auth, http, limits, metrics, routes, sync_routes, web
+from . import auth, http, limits, metrics, names_routes, routes, sync_routes, web
 from .config import load_config
 from .store import Store
 
@@ -40,6 +40,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app)     # keys: signed rings, signed admin requests, or loopback only
     app.register_blueprint(routes.bp)
     app.register_blueprint(sync_routes.bp)
+    app.register_blueprint(names_routes.bp)  # unique names: acceptor, gateway registry
     metrics.init_app(app)  # request figures and /metrics
     web.init_app(app)      # the page at / and its /v1/ui routes
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced

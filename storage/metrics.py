@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sdht.wire import MIGRATION_HEADER
 
+from .acceptor import count_names
 from .http import ring_view, store
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -61,6 +62,9 @@ class Metrics:
                               "held), invalid (refused request).", ["outcome"], registry=reg)
         self.migrated = Counter("sdht_migration_records_received", "Records received in batch "
                                 "writes marked as migration (join or remove).", registry=reg)
+        self.names = Counter("sdht_name_messages", "Unique-name phase messages this acceptor "
+                             "answered, by phase (prepare, accept) and answer (ok, conflict, "
+                             "stale).", ["phase", "outcome"], registry=reg)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -77,10 +81,15 @@ class Metrics:
         ``requests`` and ``errors`` count answers outside :data:`QUIET_ROUTES`; an error is a
         status of 400 or more other than those in :data:`NOT_ERRORS`.
         """
-        count = errors = 0
+        count = errors = proposals = conflicts = 0
         seconds = 0.0
         for family in self.source().collect():
             for sample in family.samples:
+                if sample.name == "sdht_name_messages_total":
+                    proposals += int(sample.value) if sample.labels["phase"] == "accept" else 0
+                    conflicts += int(sample.value) if sample.labels["outcome"] == "conflict" \
+                        else 0
+                    continue
                 if sample.labels.get("route") in QUIET_ROUTES:
                     continue
                 if sample.name == "sdht_requests_total":
@@ -93,7 +102,11 @@ class Metrics:
         return {"requests": count, "errors": errors,
                 "error_rate": errors / count if count else 0.0,
                 "mean_response_ms": 1000.0 * seconds / count if count else 0.0,
-                "window": "since_start", "heartbeat": time.time()}
+                "window": "since_start", "heartbeat": time.time(),
+                # The unique-name registry (docs/names.md): names this node holds a claim for,
+                # accepts it answered, and phase messages it refused for a higher ballot.
+                "names": names_held(), "name_proposals": proposals,
+                "name_conflicts": conflicts}
 
     def exposition(self, stats: dict[str, Any]) -> bytes:
         """Return the Prometheus text exposition of every metric plus the store's gauges."""
@@ -128,6 +141,8 @@ class _StoreCollector:
                                ("sdht_bytes", "bytes", "Bytes of keys and records stored."),
                                ("sdht_revision", "revision", "Writes this node has accepted."),
                                ("sdht_ring_epoch", "epoch", "Epoch of the ring the node holds."),
+                               ("sdht_names", "names", "Unique names this node holds an "
+                                                       "accepted claim for."),
                                ("sdht_uptime_seconds", "uptime", "Seconds since the node "
                                                                  "started.")):
             yield GaugeMetricFamily(name, doc, value=float(self.stats.get(key) or 0))
@@ -145,6 +160,11 @@ class _StoreCollector:
 def current() -> Metrics:
     """Return the metrics of the app serving the current request."""
     return current_app.extensions["sdht.metrics"]
+
+
+def names_held() -> int:
+    """Names the serving node holds an accepted claim for (counted every few seconds)."""
+    return count_names(store(), current_app.config["DATA_DIR"])
 
 
 def init_app(app: Flask) -> Metrics:
@@ -184,7 +204,7 @@ def _observe(response: Response) -> Response:
 
 def _metrics_route() -> Response:
     view = ring_view()
-    stats = {**store().stats(), "epoch": view.epoch if view else 0,
+    stats = {**store().stats(), "epoch": view.epoch if view else 0, "names": names_held(),
              "uptime": time.time() - current_app.config["STARTED"]}
     return Response(current().exposition(stats), mimetype=None,
                     content_type=CONTENT_TYPE_LATEST)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from sdht import kinds
-from sdht.errors import InvalidRecord
+from sdht.errors import InvalidRecord, QuorumError
 from sdht.kinds import name
 from sdht.kinds.name import (CONFLICT, OK, STALE, ZERO, Claim, State, answer_from_wire,
                              answer_to_wire, on_accept, on_prepare)
@@ -253,3 +253,206 @@ def test_no_two_values_are_ever_chosen(schedule):
         assert len(chosen) <= 1, "two different claims were chosen"
         # Every round that completed learned the chosen claim: put-if-absent has one winner.
         assert {c.digest for c in model.learned} <= chosen
+
+
+# -- the proposer's decisions ---------------------------------------------------------------------
+
+def test_a_staged_change_needs_a_majority_of_both_replica_sets():
+    from sdht.names import decided
+    sets = [["a", "b", "c"], ["b", "c", "d"]]
+    ok = name.Answer(OK)
+    assert decided(sets, {"a": ok, "b": ok}, {}) is None        # the future set has one
+    assert decided(sets, {"a": ok, "b": ok, "d": ok}, {}) == OK
+    no = name.Answer(CONFLICT, (9, P1))
+    assert decided(sets, {"a": ok, "b": ok, "c": no, "d": no}, {}) == CONFLICT
+    assert decided(sets, {"a": ok}, {"b": "down", "c": "down"}) == "b: down; c: down"
+    assert decided(sets, {"a": name.Answer(STALE, epoch=9)}, {}) == STALE
+
+
+def test_a_proposer_fast_forwards_past_a_conflicting_ballot():
+    from sdht.names import Proposer
+    proposer = Proposer(quorum=None)  # type: ignore[arg-type]
+    first = proposer.ballot()
+    proposer.saw((first[0] + 10**9, P2))
+    assert proposer.ballot() > (first[0] + 10**9, P2)
+
+
+# -- through real nodes in this process -----------------------------------------------------------
+
+def node_state(apps, node: str, key: str) -> State | None:
+    """The acceptor state ``node`` stores for ``key``, read from its LMDB."""
+    from storage.acceptor import _STORED_LIMITS
+    from storage.http import store
+    from storage.layout import data_key, packed
+    app = apps[node]
+    with app.app_context():
+        st = store()
+        lkey = data_key(name.TAG, key)
+        with st.env.begin() as txn:
+            raw = txn.get(lkey, db=st.data)
+            return None if raw is None else name.from_wire(unpackb(packed(lkey, bytes(raw))),
+                                                           {**DEFAULTS, **_STORED_LIMITS})
+
+
+class TestRegistry:
+    def test_register_is_put_if_absent_and_lookup_reads_it(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        assert ring.lookup("user:alice") is None
+        assert ring.register("user:alice", {"bio": "first"}) is True
+        assert ring.register("user:alice", {"bio": "second"}) is False
+        assert ring.lookup("user:alice") == {"bio": "first"}
+        held = [node_state(apps, n, "user:alice") for n in ring.preference("user:alice")]
+        assert sum(1 for s in held if s and s.value and s.value.value == {"bio": "first"}) >= 2
+
+    def test_registers_and_names_live_apart(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        ring.register("k", "the name's")
+        ring.set("k", "the register's")
+        ring.set("k", "written again")   # register merges, and read repair below
+        assert ring.get("k") == "written again" and ring.lookup("k") == "the name's"
+        assert ring.register("k", "another") is False
+
+    def test_anti_entropy_never_copies_acceptor_state(self, inprocess_cluster):
+        from sdht.sync import sync_range
+        from sdht.wire import RING_SIZE
+        ring, apps = inprocess_cluster(2, params={"n": 2, "w": 1, "r": 1})
+        a, b = ring.nodes
+        ring.transport.mark_down(b)
+        with pytest.raises(QuorumError):
+            ring.names.claim("only-on-a", 1, deadline=0.2)   # one of two is no majority
+        ring.transport.mark_up(b)
+        assert node_state(apps, a, "only-on-a") is not None
+        report = sync_range(ring.transport, a, b, 0, RING_SIZE, ring.params)
+        assert report.differences == 0 and node_state(apps, b, "only-on-a") is None
+
+    def test_many_threads_one_name_one_owner(self, inprocess_cluster):
+        from concurrent.futures import ThreadPoolExecutor
+        ring, _ = inprocess_cluster(3)
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(lambda i: ring.register("post:hot", i), range(8)))
+        assert won.count(True) == 1
+        assert ring.lookup("post:hot") == won.index(True)
+
+    def test_a_retry_that_finds_its_own_claim_reports_true(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
+        owner = os.urandom(16)
+        assert ring.register("user:carol", "c", owner=owner) is True
+        assert ring.register("user:carol", "c", owner=owner) is True   # the retry
+        assert ring.register("user:carol", "c") is False               # anyone else
+
+    def test_an_unknown_outcome_raises_and_its_retry_settles_it(self, inprocess_cluster,
+                                                                 monkeypatch):
+        from sdht import names
+        from sdht.errors import OutcomeUnknown
+        ring, _ = inprocess_cluster(3)
+        monkeypatch.setattr(names, "DEADLINE", 0.3)
+        nodes = ring.preference("user:dave")
+        real = ring.transport._exchange
+
+        def lossy(node, method, target, data, headers):   # accepts reach one acceptor only
+            if target.startswith(name.ACCEPT_ROUTE) and node != nodes[0]:
+                from sdht.errors import NodeUnavailable
+                raise NodeUnavailable("lost", node)
+            return real(node, method, target, data, headers)
+
+        monkeypatch.setattr(ring.transport, "_exchange", lossy)
+        with pytest.raises(OutcomeUnknown) as caught:
+            ring.names.claim("user:dave", "d", deadline=0.3)
+        monkeypatch.setattr(ring.transport, "_exchange", real)
+        assert ring.register("user:dave", "d", owner=caught.value.owner) is True
+        for node in nodes:
+            ring.transport.mark_down(node)
+        with pytest.raises(QuorumError) as nothing:   # nothing proposed: not "unknown"
+            ring.names.claim("user:erin", "e", deadline=0.3)
+        assert not isinstance(nothing.value, OutcomeUnknown)
+
+    def test_a_stale_proposer_is_fenced_then_follows_the_ring(self, inprocess_cluster,
+                                                              node_apps):
+        import sdht
+        from sdht.inprocess import WSGITransport
+        ring, apps = inprocess_cluster(3)
+        other = sdht.Ring(list(apps)[:1], transport=WSGITransport(apps))
+        try:
+            other.refresh()
+            old = other.view.epoch
+            node_apps(1, into=apps)
+            ring.join(list(apps)[-1])
+            assert other.view.epoch == old
+            assert other.register("user:frank", 1) is True
+            assert other.view.epoch == ring.view.epoch   # it read the newer ring
+        finally:
+            other.close()
+
+    def test_the_node_refuses_bad_phase_messages(self, inprocess_cluster):
+        from sdht.wire import packb
+        ring, apps = inprocess_cluster(1)
+        client = apps[ring.nodes[0]].test_client()
+        epoch = ring.view.epoch
+
+        def post(route, msg):
+            return client.post(route, data=packb(msg), content_type="application/msgpack")
+
+        good = claim("n")
+        assert post(name.PREPARE_ROUTE, {"k": "n", "b": [5, P1]}).status_code == 400
+        far = now_us() + 10**9
+        assert post(name.PREPARE_ROUTE, {"k": "n", "b": [far, P1], "e": epoch}
+                    ).status_code == 400
+        lazy = Claim("n", "x", b"o" * 16, now_us(), 20.0, b"n")
+        assert post(name.ACCEPT_ROUTE, {"k": "n", "b": [5, P1], "e": epoch,
+                                        "a": lazy.to_wire()}).status_code == 400
+        assert post(name.ACCEPT_ROUTE, {"k": "m", "b": [5, P1], "e": epoch,
+                                        "a": good.to_wire()}).status_code == 400
+        stale = post(name.PREPARE_ROUTE, {"k": "n", "b": [5, P1], "e": epoch - 1})
+        assert unpackb(stale.data)["s"] == STALE and node_state(apps, ring.nodes[0], "n") is None
+        ok = post(name.ACCEPT_ROUTE, {"k": "n", "b": [5, P1], "e": epoch, "a": good.to_wire()})
+        assert unpackb(ok.data)["s"] == OK
+        health = client.get("/v1/health").get_json()
+        assert (health["names"], health["name_proposals"]) == (1, 1)
+        assert "sdht_names 1.0" in client.get("/metrics").get_data(as_text=True)
+
+
+class TestMembershipChanges:
+    """ScyllaDB #5251: a claim accepted by two of three replicas, the third down; then the
+    replica set changes. Every later majority must still see the claim."""
+
+    @staticmethod
+    def pick(ring, new_ring_view, leaving: str, tries: int = 2000) -> str:
+        for i in range(tries):
+            key = f"user:{i}"
+            old, new = ring.view.readers.for_key(key), new_ring_view.readers.for_key(key)
+            if leaving in old and leaving not in new:
+                return key
+        raise AssertionError("no name moves off that node")
+
+    def test_a_join_moves_the_claim_to_the_gainer(self, inprocess_cluster, node_apps):
+        from sdht.ring import Member
+        ring, apps = inprocess_cluster(3)
+        (new,) = node_apps(1, into=apps)
+        after = ring.view.with_member(Member(new))
+        a = ring.nodes[0]
+        key = self.pick(ring, after, a)
+        b, c = [n for n in ring.preference(key) if n != a]
+        ring.transport.mark_down(c)
+        assert ring.register(key, "mine") is True          # accepted by a and b only
+        ring.transport.mark_up(c)
+        ring.join(new)
+        assert set(ring.preference(key)) == {b, c, new}
+        ring.transport.mark_down(b)                        # the majority {c, new} remains
+        assert ring.lookup(key) == "mine"
+        assert ring.register(key, "theirs") is False
+
+    def test_a_dead_removal_copies_the_highest_ballot(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(4)
+        a = ring.nodes[0]
+        key = self.pick(ring, ring.view.without_member(a), a)
+        b, c = [n for n in ring.preference(key) if n != a]
+        ring.transport.mark_down(c)
+        assert ring.register(key, "mine") is True          # accepted by a and b only
+        ring.transport.mark_up(c)
+        ring.transport.mark_down(a)                        # a dies
+        ring.remove(a, dead=True)
+        (gainer,) = set(ring.preference(key)) - {b, c}
+        assert node_state(apps, gainer, key).value.value == "mine"
+        ring.transport.mark_down(b)
+        assert ring.lookup(key) == "mine"
+        assert ring.register(key, "theirs") is False
