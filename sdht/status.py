@@ -13,9 +13,11 @@ from .handle import RingHandle
 from .ring import RingView, intervals, token_positions
 from .wire import RING_SIZE
 
-#: Health fields copied into a node's status, as the node reports them.
+#: Health fields copied into a node's status, as the node reports them; the last three are the
+#: unique-name registry's (docs/names.md): names held, accepts answered, refused phases.
 HEALTH_FIELDS = ("records", "bytes", "epoch", "revision", "mean_response_ms", "error_rate",
-                 "requests", "heartbeat", "uptime", "location")
+                 "requests", "heartbeat", "uptime", "location", "names", "name_proposals",
+                 "name_conflicts")
 
 
 def shares(view: RingView) -> dict[str, float]:

@@ -456,3 +456,15 @@ class TestMembershipChanges:
         ring.transport.mark_down(b)
         assert ring.lookup(key) == "mine"
         assert ring.register(key, "theirs") is False
+
+
+def test_sdht_status_shows_the_registry(inprocess_cluster):
+    from sdht.status import cluster_status
+    ring, _ = inprocess_cluster(3)
+    for i in range(4):
+        assert ring.register(f"post:{i}", i) is True
+    assert ring.register("post:0", "again") is False
+    nodes = cluster_status(ring.handle)["nodes"]
+    assert sum(n["names"] for n in nodes) >= 4 * 2          # a majority of each name's three
+    assert sum(n["name_proposals"] for n in nodes) >= 4 * 2
+    assert all("name_conflicts" in n for n in nodes)
