@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from . import batch, migration, names, params as cluster_params, repair as ring_repair
+from . import batch, migration, names, params as cluster_params, repair as ring_repair, sessions
 from .errors import KeyNotFound, WriteConflict
 from .handle import RingHandle
 from .health import NodeHealth
@@ -118,6 +118,10 @@ class Ring:
 
     # -- reads and writes ---------------------------------------------------------------------
 
+    def session(self, context: Any = None, **options: Any) -> sessions.Session:
+        """A causal session over this ring: :class:`~sdht.sessions.Session` (``r``, ``wait``)."""
+        return sessions.Session(self, context, **options)
+
     def set(self, key: str, value: Any, work: float | None = None) -> Record:
         """Store ``value`` under ``key`` on the key's replicas; return the written record.
 
@@ -156,17 +160,18 @@ class Ring:
         common.check_key(key, self.handle.current().params)
         return self.quorum.read(key)
 
-    def _write(self, key: str, value: Any, work: float | None, deleted: bool) -> Record:
+    def _write(self, key: str, value: Any, work: float | None, deleted: bool,
+               after: int = 0, above: float = -math.inf) -> Record:
         p = self.handle.current().params
         common.check_key(key, p)
         common.check_value(value, p)
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
-        rec = mint(key, value, w, deleted=deleted)
-        lost = self.quorum.replicate(rec)
+        rec = mint(key, value, w, t=max(now_us(), after + 1), deleted=deleted)
+        lost = self.quorum.replicate(rec) if rec.score(p["decay"]) > above else above
         if lost is None:
             return rec
-        # A replica holds a higher score: mint once more with just enough work to beat it,
-        # at a fresh timestamp (docs/design.md, "Flows", set).
+        # A replica holds a higher score, or a session saw one (``above``; its writes come
+        # ``after`` all it saw): re-mint once to beat it, at a fresh time (design.md, "Flows").
         t = max(now_us(), rec.t + 1)
         needed = register.work_to_beat(lost, t, p["decay"])
         budget = (p["min_work"] + AUTO_WORK_MARGIN) if work is None else w

@@ -1,14 +1,23 @@
-"""Causal contexts (sdht/session.py): the merge laws are property tests."""
+"""Causal contexts (sdht/session.py) and sessions (sdht/sessions.py).
+
+The context's merge laws are property tests; sessions run against in-process nodes, with
+replicas left behind by writing to one of them directly.
+"""
 from __future__ import annotations
 
 import json
+import time
+
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from sdht import session as cs
-from sdht.errors import InvalidContext
+from sdht.errors import CausalTimeout, InvalidContext
+from sdht.pow import mint
 from sdht.session import EMPTY, Context, Version, bound, decode, dumps, encode, loads, merge
 from sdht.wire import CONTEXT_MAX_BYTES, CONTEXT_MAX_KEYS, now_us
+
+from conftest import wait_for
 
 # Small bounds, so that the properties exercise dropping.
 KEYS, BYTES = 5, 700
@@ -124,3 +133,96 @@ class TestDecode:
             cs.check_plausible(Context({}, now + 10 * 10**6), p, now)
         with pytest.raises(InvalidContext):
             cs.check_plausible(Context({"k": Version(1e9, now, "0" * 32)}), p, now)
+
+
+# -- sessions against in-process nodes ------------------------------------------------------------
+
+def behind(ring, key: str, value) -> tuple:
+    """Write ``value`` to one replica of ``key`` only: the others are left behind. Returns the
+    record and the node holding it."""
+    node = ring.preference(key)[-1]
+    rec = mint(key, value, ring.params["min_work"])
+    ring.transport.put_record(node, rec)
+    return rec, node
+
+
+class TestSession:
+    def test_reads_its_writes_and_exports_the_context(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
+        with ring.session() as s:
+            rec = s.set("a", {"x": [1, 2]})
+            assert s.get("a") == {"x": [1, 2]}
+            assert s.context.floor("a") == cs.version_of(rec, ring.params["decay"])
+            s.delete("a")
+            assert s.get("a", "gone") == "gone"
+            exported = s.export_json()
+        other = ring.session(exported, r=1)
+        assert other.context == loads(exported) and other.get("a") is None
+
+    def test_a_read_behind_asks_every_replica_and_repairs(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
+        ring.set("k", "old")
+        rec, holder = behind(ring, "k", "new")
+        s = ring.session(r=1)
+        s.merge(Context({"k": cs.version_of(rec, ring.params["decay"])}))
+        assert ring.session().get("k") in ("old", "new")   # no context: either
+        for _ in range(5):
+            assert s.get("k") == "new"
+        assert ring.get("k") == "new"
+
+        def repaired() -> bool:
+            return all(ring.transport.get_record(n, "k", ring.params)[0] == rec
+                       for n in ring.preference("k"))
+        wait_for(repaired, 5.0, "read repair of the replicas behind")
+
+    def test_a_version_no_replica_has_times_out(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
+        ring.set("k", "old")
+        ghost = mint("k", "never stored", ring.params["min_work"])
+        s = ring.session(wait=0.3)
+        s.merge(Context({"k": cs.version_of(ghost, ring.params["decay"])}))
+        started = time.monotonic()
+        with pytest.raises(CausalTimeout):
+            s.get("k", r=1)
+        assert 0.3 <= time.monotonic() - started < 2.0
+        assert s.context.floor("k") == cs.version_of(ghost, ring.params["decay"])
+
+    def test_writes_are_ordered_even_without_decay(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3, params={"decay": 0.0})
+        s = ring.session()
+        for i in range(20):   # equal scores would leave it to the digests: half would lose
+            s.set("k", i)
+            assert ring.get("k") == i
+
+    def test_writes_follow_a_rented_read(self, inprocess_cluster):
+        ring, _ = inprocess_cluster(3)
+        ring.set("k", "rented", work=6.0)
+        s = ring.session()
+        assert s.get("k") == "rented"
+        s.set("k", "mine")
+        assert ring.get("k") == "mine"
+
+    def test_writes_follow_a_version_no_replica_holds(self, inprocess_cluster):
+        # The session has seen a version (a later time, more work) that has not reached the
+        # replicas: its write must still be ordered after it.
+        ring, _ = inprocess_cluster(3)
+        ahead = mint("k", "seen elsewhere", 5.0, t=now_us() + 500_000)
+        s = ring.session(Context({"k": cs.version_of(ahead, ring.params["decay"])}))
+        rec = s.set("k", "mine")
+        assert rec.t > ahead.t and rec.score(ring.params["decay"]) > \
+            ahead.score(ring.params["decay"])
+        ring.transport.put_record(ring.preference("k")[0], ahead)
+        assert ring.get("k") == "mine"
+
+    def test_two_clients_share_one_session(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        import sdht
+        from sdht.inprocess import WSGITransport
+        with sdht.Ring(list(apps)[:1], transport=WSGITransport(apps)) as second:
+            a = ring.session()
+            a.set("shared", 1)
+            b = second.session(a.export())
+            assert b.get("shared", r=1) == 1
+            b.set("shared", 2)
+            a.merge(b.export())
+            assert a.get("shared", r=1) == 2
