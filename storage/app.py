@@ -14,7 +14,7 @@ from flask import Flask
 
 from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and tools)
 
-from . import auth, http, limits, metrics, names_routes, routes, sync_routes, web
+from . import auth, gateway, http, limits, metrics, names_routes, routes, sync_routes, web
 from .config import load_config
 from .store import Store
 
@@ -43,5 +43,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(names_routes.bp)  # unique names: acceptor, gateway registry
     metrics.init_app(app)  # request figures and /metrics
     web.init_app(app)      # the page at / and its /v1/ui routes
+    gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced
     return app

@@ -26,13 +26,35 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "READ_TIMEOUT": 10.0,
     "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
     "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
+    # The /kv-store gateway (storage/gateway.py, docs/http-api.md):
+    "GATEWAY_MAX_KEY_LENGTH": 50,  # SDHT_GATEWAY_MAX_KEY_LENGTH: longest key, in characters
+    "GATEWAY_WAIT": 2.0,           # SDHT_GATEWAY_WAIT: seconds a read waits for its context
+    # SDHT_GATEWAY_MAX_WAITING: reads per worker process waiting past the first half second
+    # for a context at once; more are answered 503 at once (each holds a thread)
+    "GATEWAY_MAX_WAITING": 2,
+    # SDHT_GATEWAY_WRITE_RATE, SDHT_GATEWAY_WRITE_BURST: writes (and long waits) per second
+    # and in a burst per client address and worker process (rate 0: no limit); loopback
+    # clients are not limited unless SDHT_GATEWAY_LIMIT_LOOPBACK is set
+    "GATEWAY_WRITE_RATE": 20.0,
+    "GATEWAY_WRITE_BURST": 100,
+    "GATEWAY_LIMIT_LOOPBACK": False,
+    # SDHT_GATEWAY_MAX_WORK: gateway writes are refused (403) on a ring whose min_work is above
+    # this: the node would mint that work for anyone who asks
+    "GATEWAY_MAX_WORK": 8.0,
     # Cluster parameters used until the node stores a ring (which then carries its own):
     # SDHT_DECAY, SDHT_MIN_WORK, SDHT_MAX_SKEW, SDHT_MAX_KEY_BYTES, SDHT_MAX_VALUE_BYTES, ...
     "PARAMS": {},
 }
 
 _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
-          "MAX_ANSWER_BYTES": int, "READ_TIMEOUT": float, "SYNC_INTERVAL": float}
+          "MAX_ANSWER_BYTES": int, "READ_TIMEOUT": float, "SYNC_INTERVAL": float,
+          "GATEWAY_MAX_KEY_LENGTH": int, "GATEWAY_WAIT": float, "GATEWAY_MAX_WAITING": int,
+          "GATEWAY_WRITE_RATE": float, "GATEWAY_WRITE_BURST": int,
+          "GATEWAY_LIMIT_LOOPBACK": bool, "GATEWAY_MAX_WORK": float}
+#: The gateway's numeric settings and their inclusive ranges.
+_GATEWAY_RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.0, 60.0),
+                   "GATEWAY_MAX_WAITING": (0, 1024), "GATEWAY_WRITE_RATE": (0.0, 1e6),
+                   "GATEWAY_WRITE_BURST": (1, 10**6), "GATEWAY_MAX_WORK": (0.0, 60.0)}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -69,6 +91,9 @@ def load_config(config: Mapping[str, Any] | None = None,
     merged["PARAMS"] = params
     if not 0 < merged["READ_TIMEOUT"] <= 3600:  # 0 would make client sockets non-blocking
         raise ConfigError(f"READ_TIMEOUT={merged['READ_TIMEOUT']!r} must be in (0, 3600] seconds")
+    for name, (low, high) in _GATEWAY_RANGES.items():
+        if not low <= merged[name] <= high:
+            raise ConfigError(f"{name}={merged[name]!r} must be in [{low}, {high}]")
     if not merged["DATA_DIR"]:
         raise ConfigError("no data directory: set SDHT_DATA_DIR or pass DATA_DIR")
     # The same checks a ring's parameters get: SDHT_DECAY=inf, say, would give NaN scores and

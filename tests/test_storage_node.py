@@ -265,7 +265,9 @@ class TestFuzz:
                 failures.append((i, method, path, repr(exc)))
                 continue
             count += 1
-            if resp.status_code >= 500 and not (path.startswith("/v1/ui/") and
+            # Routes that run the ring library (the page, the /kv-store gateway) answer 503
+            # on this node, which is in no ring.
+            if resp.status_code >= 500 and not (path.startswith(("/v1/ui/", "/kv-store/")) and
                                                 resp.status_code in (502, 503, 504)):
                 failures.append((i, method, path, resp.status_code, resp.text[:200]))
             elif resp.status_code >= 400:
