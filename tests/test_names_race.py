@@ -1,5 +1,6 @@
 """Unique names with real gunicorn nodes (issue 13, docs/names.md): the race under faults, the
-HTTP registry, partitions, and the seed's flow.
+HTTP registry, partitions (in a private network namespace when one can be made, and by
+pausing processes), and the seed's flow.
 
 The race: 5 nodes; 8 client threads in 2 processes register the same 50 names with distinct
 values, all 8 on one name at a time (a name every ``PACE`` seconds), then keep re-registering and
@@ -13,6 +14,7 @@ This file is also the client processes' program: ``python tests/test_names_race.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -99,9 +101,76 @@ def client(spec: dict) -> None:
     Path(spec["out"]).write_text(json.dumps(events))
 
 
+def tc(*args: str) -> None:
+    """Run ``tc`` on this network namespace's own loopback."""
+    subprocess.run(["tc", *args], check=True, capture_output=True)
+
+
+def cut(ports: list[int]) -> None:
+    """Drop every packet to ``ports`` on this namespace's loopback (a leaf queue of length 0
+    behind a u32 classifier: the only tc parts this kernel offers without action modules);
+    an empty list heals."""
+    subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], capture_output=True)
+    if not ports:
+        return
+    tc("qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "20")
+    for cls in ("1:10", "1:20"):
+        tc("class", "add", "dev", "lo", "parent", "1:", "classid", cls, "htb", "rate", "10gbit")
+    tc("qdisc", "add", "dev", "lo", "parent", "1:10", "handle", "10:", "pfifo", "limit", "0")
+    for port in ports:
+        tc("filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+           "match", "ip", "dport", str(port), "0xffff", "flowid", "1:10")
+
+
+def partition(spec: dict) -> None:
+    """Inside a private network namespace: three nodes on its own 127.0.0.1; a client cut off
+    from a name's majority cannot register it, one cut off from its minority can."""
+    import sdht
+    from sdht.cli import processes
+    from sdht.errors import OutcomeUnknown, QuorumError
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    procs, out = {}, {}
+    try:
+        for i in range(3):
+            port = processes.free_port()
+            log = open(Path(spec["dir"]) / f"node{i}.log", "wb")
+            procs[f"127.0.0.1:{port}"] = processes.start_node(
+                port, Path(spec["dir"]) / f"node{i}", log, 1, {"PYTHONPATH": str(ROOT)}, ROOT)
+            Path(spec["pids"]).write_text(json.dumps([p.pid for p in procs.values()]))
+        for node, proc in procs.items():
+            processes.wait_healthy(proc, node)
+        ring = sdht.Ring(list(procs)[:1], timeout=(0.5, 1.0))
+        for node in procs:
+            ring.join(node)
+        key = "user:cut"
+        a, b, c = ring.preference(key)
+        cut([int(a.rpartition(":")[2]), int(b.rpartition(":")[2])])
+        try:
+            ring.names.claim(key, "minority", deadline=3.0)
+            out["minority"] = "registered"
+        except OutcomeUnknown:
+            out["minority"] = "unknown"
+        except QuorumError:
+            out["minority"] = "no majority"
+        cut([int(c.rpartition(":")[2])])
+        out["majority"] = ring.register(key, "majority")
+        cut([])
+        out["lookup"], out["late"] = ring.lookup(key), ring.register(key, "late")
+        ring.close()
+    finally:
+        cut([])
+        for proc in procs.values():
+            processes.stop_group(proc, 5.0)
+        Path(spec["pids"]).write_text("[]")   # all gone: the test has nothing left to kill
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
-    client(json.loads(sys.argv[1]))
+    if sys.argv[1] == "partition":
+        partition(json.loads(sys.argv[2]))
+    else:
+        client(json.loads(sys.argv[1]))
     sys.exit(0)
 
 
@@ -242,10 +311,55 @@ def test_the_race_under_faults(cluster, start_node, tmp_path, capsys):
 
 # -- partitions, the HTTP registry, the seed's flow -----------------------------------------------
 
+def netns_unusable() -> str | None:
+    """Why a network namespace with tc on its loopback cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "needs root to make a network namespace"
+    if not (shutil.which("ip") and shutil.which("tc")):
+        return "needs ip and tc (iproute2)"
+    name = f"sdht-probe-{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if made.returncode:
+        return f"ip netns add failed: {made.stderr.strip()}"
+    try:
+        probe = subprocess.run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo",
+                                "root", "handle", "1:", "htb"], capture_output=True, text=True)
+        return f"tc cannot shape in a namespace: {probe.stderr.strip()}" if probe.returncode \
+            else None
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+def test_partition_in_a_network_namespace(tmp_path):
+    """A real network partition: the nodes and the client share a private network namespace
+    (its own 127.0.0.1, nothing outside it touched), and tc drops the packets to the cut
+    nodes' ports."""
+    why = netns_unusable()
+    if why:
+        pytest.skip(f"no partition by network namespace: {why}; "
+                    "test_a_minority_cannot_register_and_the_majority_can pauses processes")
+    name = f"sdht-names-{os.getpid()}"
+    pids = tmp_path / "pids.json"
+    spec = {"dir": str(tmp_path), "pids": str(pids)}
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        done = subprocess.run(["ip", "netns", "exec", name, sys.executable, __file__,
+                               "partition", json.dumps(spec)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=180, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, done.stderr[-3000:]
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    finally:
+        for pid in json.loads(pids.read_text()) if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    assert out == {"minority": "no majority", "majority": True, "lookup": "majority",
+                   "late": False}
+
+
 def test_a_minority_cannot_register_and_the_majority_can(cluster):
     """Partitions by pausing processes: the name's majority stopped leaves a client on the
-    minority side unable to register; the minority stopped, the majority side registers.
-    (tests/test_names_race.py::test_partition_in_a_network_namespace cuts the network.)"""
+    minority side unable to register; the minority stopped, the majority side registers."""
     ring, nodes = cluster(3, timeout=(0.5, 1.0))
     by_id = {n.id: n for n in nodes}
     key = "user:partitioned"
