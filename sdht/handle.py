@@ -11,7 +11,7 @@ import logging
 from typing import Any, Iterable
 
 from . import trust
-from .errors import NodeError, NoNodes, TransportError, UntrustedRing
+from .errors import ConfigError, NodeError, NoNodes, TransportError, UntrustedRing
 from .ring import RingView
 from .transport import Transport
 
@@ -52,7 +52,8 @@ class RingHandle:
             except UntrustedRing as exc:
                 untrusted.append(f"{node}: {exc}")
                 continue
-            except (TransportError, NodeError) as exc:
+            except (TransportError, NodeError, ConfigError) as exc:
+                # ConfigError: a malformed ring is that node's fault, not the ring's
                 log.debug("ring refresh: %s", exc)
                 continue
             reached += 1

@@ -54,7 +54,7 @@ def answer_of(node: str, route: str) -> Iterator[None]:
         yield
     except SDHTError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as exc:
         raise NodeError(f"{node} answered {route} with a malformed body "
                         f"({exc.__class__.__name__}: {str(exc)[:200]})", node) from None
 

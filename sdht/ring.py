@@ -89,7 +89,8 @@ class RingView:
                             for m in obj["members"])
             params = {**cluster_params.DEFAULTS, **obj.get("params", {})}
             signature = obj.get("signature")
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                RecursionError) as exc:
             # OverflowError: int(float("inf")), as from a JSON "tokens": Infinity
             raise ConfigError(f"malformed ring: {exc!r}") from None
         if type(epoch) is not int or epoch < 0:

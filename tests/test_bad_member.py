@@ -249,10 +249,7 @@ def ring_served_by(view: RingView, how: str, operator) -> dict | str:
     return {"epoch": 10**15, "members": "everyone"}
 
 
-@pytest.mark.parametrize("how", ["unsigned", "other operator",
-                                 pytest.param("malformed", marks=pytest.mark.xfail(
-                                     strict=True, reason="RingHandle.refresh lets the "
-                                     "ConfigError of a malformed ring escape"))])
+@pytest.mark.parametrize("how", ["unsigned", "other operator", "malformed"])
 def test_a_forged_ring_is_never_adopted_and_writes_reach_the_honest(hostile_ring, operator, how):
     ring, bad, apps = hostile_ring("epoch", operator)
     signed = ring.handle.current()
