@@ -102,23 +102,33 @@ class NodeAPI:
 
     def get_many(self, node: str, keys: list[str],
                  params: Mapping[str, Any] | None = None) -> tuple[list[Record | None], int]:
-        """Batch read: the registers ``node`` holds for ``keys`` (None where missing)."""
-        reply = self.request(node, "POST", "/v1/records/get", data=packb(keys), headers=MSGPACK)
+        """Batch read: the registers ``node`` holds for ``keys`` (None where missing). A batch
+        whose answer would pass the node's answer limit is asked again in halves."""
         p = params or self.params
-        with answer_of(node, "POST /v1/records/get"):
-            items = _count(node, reply.body, len(keys), "POST /v1/records/get")
-            return ([None if obj is None else kinds.register.from_wire(obj, p) for obj in items],
-                    reply.epoch)
+
+        def read(part: list[str]) -> tuple[list, int]:
+            reply = self.request(node, "POST", "/v1/records/get", data=packb(part),
+                                 headers=MSGPACK)
+            with answer_of(node, "POST /v1/records/get"):
+                items = _count(node, reply.body, len(part), "POST /v1/records/get")
+                return ([None if obj is None else kinds.register.from_wire(obj, p)
+                         for obj in items], reply.epoch)
+        return _in_halves(read, keys)
 
     def get_entries(self, node: str, refs: list[bytes],
                     params: Mapping[str, Any] | None = None) -> list[kinds.Entry | None]:
-        """Batch read of entries of any kind by the references tree listings name."""
-        reply = self.request(node, "POST", "/v1/entries/get", data=packb(refs),
-                             headers=MSGPACK, admin=True)
+        """Batch read of entries of any kind by the references tree listings name (asked
+        again in halves when the answer would pass the node's answer limit)."""
         p = params or self.params
-        with answer_of(node, "POST /v1/entries/get"):
-            items = _count(node, reply.body, len(refs), "POST /v1/entries/get")
-            return [None if obj is None else kinds.from_wire(obj, p) for obj in items]
+
+        def read(part: list[bytes]) -> tuple[list, int]:
+            reply = self.request(node, "POST", "/v1/entries/get", data=packb(part),
+                                 headers=MSGPACK, admin=True)
+            with answer_of(node, "POST /v1/entries/get"):
+                items = _count(node, reply.body, len(part), "POST /v1/entries/get")
+                return ([None if obj is None else kinds.from_wire(obj, p) for obj in items],
+                        reply.epoch)
+        return _in_halves(read, refs)[0]
 
     def put_many(self, node: str, entries: list[kinds.Entry],
                  migration: bool = False) -> tuple[list[PutOutcome], int]:
@@ -216,6 +226,22 @@ class NodeAPI:
         if not isinstance(body, dict):
             raise NodeError(f"{node} answered GET /v1/health with a malformed body", node)
         return body
+
+
+def _in_halves(read: Any, items: list) -> tuple[list, int]:
+    """``read(items)``, or when the node answers 413 ``answer_too_large`` (the entries would
+    pass its answer limit) the two halves read the same way, joined in order."""
+    try:
+        return read(items)
+    except NodeError as exc:
+        too_large = (exc.status == 413 and isinstance(exc.body, dict)
+                     and exc.body.get("error") == "answer_too_large")
+        if not too_large or len(items) < 2:
+            raise
+    half = len(items) // 2
+    first, _ = _in_halves(read, items[:half])
+    second, epoch = _in_halves(read, items[half:])
+    return first + second, epoch
 
 
 def _outcome(status: Any) -> str:

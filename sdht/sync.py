@@ -26,6 +26,9 @@ from .transport import Transport
 from .wire import BATCH, DEPTH, FANOUT, MAX_TREE_RANGES, STORED, node_range, tombstone_cutoff
 
 log = logging.getLogger(__name__)
+#: Leaves listed per tree request: small enough that their listings fit one answer at the
+#: usual densities; a request cut short is split further (see _listings).
+LEAVES_PER_REQUEST = 64
 
 _IN, _PARTIAL, _OUT = "in", "partial", "out"
 
@@ -116,14 +119,19 @@ def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
     to_a: list[bytes] = []   # references of the entries each side lacks or holds lower
     to_b: list[bytes] = []
     while compare or listing:
-        report.rounds += 1
-        fut = transport.submit(transport.tree, a, compare, listing, ranges)
-        body_b, _ = transport.tree(b, compare, listing, ranges)
-        body_a, _ = fut.result()
+        report.rounds += 1   # one level of the descent (its requests go in chunks)
+        hashes_a, hashes_b = [], []
+        for i in range(0, len(compare), BATCH):
+            body_a, body_b = _both(transport, a, b, compare[i:i + BATCH], [], ranges)
+            hashes_a += body_a["hashes"]
+            hashes_b += body_b["hashes"]
+        listings = []
+        for i in range(0, len(listing), LEAVES_PER_REQUEST):
+            listings += _listings(transport, a, b, listing[i:i + LEAVES_PER_REQUEST], ranges)
         report.compared += len(compare)
         report.hashes += 2 * len(compare)
         asked, compare, listing = compare, [], []
-        for (level, index), ha, hb in zip(asked, body_a["hashes"], body_b["hashes"]):
+        for (level, index), ha, hb in zip(asked, hashes_a, hashes_b):
             if ha == hb:
                 continue
             if level == DEPTH:
@@ -131,20 +139,46 @@ def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
             else:
                 for i in range(FANOUT):
                     visit(level + 1, index * FANOUT + i)
-        for ea, eb in zip(body_a["entries"], body_b["entries"]):
+        for ea, eb in listings:
             report.hashes += len(ea) + len(eb)
             da, db = dict(map(tuple, ea)), dict(map(tuple, eb))
             to_b += [k for k, d in da.items() if db.get(k) != d]
             to_a += [k for k, d in db.items() if da.get(k) != d]
-        if body_a.get("truncated") or body_b.get("truncated"):
-            log.warning("sync %s/%s: a leaf listing was truncated; a later pass finishes it",
-                        a, b)
     report.differences = len(set(to_a) | set(to_b))
     if to_b:
         report.pushed_to_b = _copy(transport, a, b, to_b, params)
     if to_a:
         report.pushed_to_a = _copy(transport, b, a, to_a, params)
     return report
+
+
+def _both(transport: Transport, a: str, b: str, nodes: list, listed: list,
+          ranges: list[tuple[int, int]]) -> tuple[Any, Any]:
+    """The same tree request to both replicas, in parallel."""
+    fut = transport.submit(transport.tree, a, nodes, listed, ranges)
+    body_b, _ = transport.tree(b, nodes, listed, ranges)
+    return fut.result()[0], body_b
+
+
+def _listings(transport: Transport, a: str, b: str, leaves: list[tuple[int, int]],
+              ranges: list[tuple[int, int]]) -> list[tuple[list, list]]:
+    """Both replicas' ``(reference, digest)`` listings of ``leaves``; a request the node cuts
+    short (its answer limit) or refuses as too costly is asked again in halves."""
+    try:
+        body_a, body_b = _both(transport, a, b, [], leaves, ranges)
+        cut = body_a.get("truncated") or body_b.get("truncated")
+    except NodeError as exc:
+        if exc.status != 413 or len(leaves) < 2:
+            raise
+        cut = True
+    if cut and len(leaves) > 1:
+        half = len(leaves) // 2
+        return (_listings(transport, a, b, leaves[:half], ranges)
+                + _listings(transport, a, b, leaves[half:], ranges))
+    if cut:   # one leaf holds more than a node lists at once: a later pass sees the rest
+        log.warning("sync %s/%s: leaf %s lists more entries than one answer holds", a, b,
+                    leaves[0])
+    return list(zip(body_a["entries"], body_b["entries"]))
 
 
 def _copy(transport: Transport, source: str, target: str, refs: list[bytes],

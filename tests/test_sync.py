@@ -171,3 +171,23 @@ class TestBackgroundSync:
                  what="every replica to purge the expired tombstone")
         assert ring.get("doomed") is None and ring.get("kept") == 2
         assert len({root(t, n.id) for n in nodes}) == 1
+
+
+def test_a_sync_splits_what_a_node_would_cut_or_refuse(node_apps):
+    """5,000 records against an empty replica, on nodes that answer at most 2 KB of entries:
+    the levels go in chunks, cut listings and oversized batch reads are asked again in halves,
+    and the empty replica ends up with everything."""
+    from sdht.inprocess import WSGITransport
+    apps = node_apps(2, MAX_ANSWER_BYTES=2048)
+    a, b = list(apps)
+    t = WSGITransport(apps)
+    try:
+        recs = [mint(f"bulk{i}", i, 3.0) for i in range(5000)]
+        for i in range(0, len(recs), 1000):
+            t.put_many(a, recs[i:i + 1000])
+        report = sync_range(t, a, b, *FULL)
+        assert report.pushed_to_b == 5000 and report.pushed_to_a == 0
+        assert root(t, a) == root(t, b)
+        assert sync_range(t, a, b, *FULL).differences == 0
+    finally:
+        t.close()
