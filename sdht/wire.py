@@ -7,8 +7,11 @@ again (docs/design.md lists the homes of every rule).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
+import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import msgpack
 
@@ -136,7 +139,8 @@ def unpackb(data: bytes) -> Any:
     :raises InvalidRecord: on malformed, truncated or trailing data, or extension types.
     """
     try:
-        return msgpack.unpackb(data, **_STRICT)
+        with _collector_paused():
+            return msgpack.unpackb(data, **_STRICT)
     except InvalidRecord:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
@@ -158,11 +162,8 @@ def unpack_items(data: bytes) -> list[tuple[Any, bytes]]:
     except (ValueError, msgpack.OutOfData):
         raise InvalidRecord("the body must be a msgpack array") from None
     try:
-        items = []
-        for _ in range(count):
-            start = unpacker.tell()
-            obj = unpacker.unpack()
-            items.append((obj, data[start:unpacker.tell()]))
+        with _collector_paused():
+            items = _unpack_each(unpacker, data, count)
     except InvalidRecord:
         raise
     except (ValueError, TypeError, msgpack.OutOfData, msgpack.FormatError,
@@ -171,6 +172,40 @@ def unpack_items(data: bytes) -> list[tuple[Any, bytes]]:
     if unpacker.tell() != len(data):
         raise InvalidRecord("malformed msgpack: trailing bytes after the array")
     return items
+
+
+def _unpack_each(unpacker: Any, data: bytes, count: int) -> list[tuple[Any, bytes]]:
+    items = []
+    for _ in range(count):
+        start = unpacker.tell()
+        obj = unpacker.unpack()
+        items.append((obj, data[start:unpacker.tell()]))
+    return items
+
+
+_GC_LOCK = threading.Lock()
+_GC_PAUSES = 0
+_GC_WAS_ON = True
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while decoding: a body of many small containers makes
+    it rescan every object again and again (a 5.5 MB one: 4.2 s with it, 1.1 s without).
+    Decoded data holds no cycles. Counted, so threads decoding at once share one pause."""
+    global _GC_PAUSES, _GC_WAS_ON
+    with _GC_LOCK:
+        _GC_PAUSES += 1
+        if _GC_PAUSES == 1:
+            _GC_WAS_ON = gc.isenabled()   # a program that turned it off keeps it off
+            gc.disable()
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _GC_PAUSES -= 1
+            if _GC_PAUSES == 0 and _GC_WAS_ON:
+                gc.enable()
 
 
 def packed_array(items: list[bytes | None]) -> bytes:

@@ -46,3 +46,27 @@ def test_packed_array_is_an_array_of_the_items():
 
 def test_tombstone_cutoff_is_the_grace_before_now():
     assert tombstone_cutoff({"tombstone_grace": 2.5}, now=10_000_000) == 7_500_000
+
+
+def test_decoding_pauses_the_collector_and_restores_it():
+    import gc
+    import threading
+    body = packb([[[]] * 10] * 20_000)
+    seen = []
+
+    def decode() -> None:
+        seen.append(unpackb(body) is not None)
+
+    threads = [threading.Thread(target=decode) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+        assert not t.is_alive()
+    assert seen == [True] * 4 and gc.isenabled()
+    gc.disable()
+    try:
+        unpackb(body)
+        assert not gc.isenabled()   # a program that turned it off keeps it off
+    finally:
+        gc.enable()
