@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any, Iterable, Mapping, NamedTuple
 
 from .errors import InvalidContext
@@ -44,7 +45,7 @@ ENTRY_OVERHEAD = 96
 #: Seconds a context's times may run ahead of this clock beyond the ring's ``max_skew``: the
 #: nodes that accepted them have clocks of their own.
 CLOCK_GRACE = 1.0
-_HEX = frozenset("0123456789abcdef")
+_DIGEST = re.compile(f"[0-9a-f]{{{2 * CONTEXT_DIGEST_BYTES}}}")
 #: Maps a digest's hex to one whose order is reversed (the smaller digest ranks higher).
 _FLIP = str.maketrans("0123456789abcdef", "fedcba9876543210")
 
@@ -82,11 +83,21 @@ def satisfies(rec: Record | None, floor: Version | None, decay: float) -> bool:
 class Context:
     """An immutable causal context: the newest version seen per key, and the latest time."""
 
-    __slots__ = ("keys", "t")
+    __slots__ = ("keys", "t", "size")
 
     def __init__(self, keys: Mapping[str, Version] | None = None, t: int = 0) -> None:
         self.keys: dict[str, Version] = dict(keys or {})
         self.t = max([t, *(v.t for v in self.keys.values())])
+        #: What its keys count for against the byte bound (:func:`cost`).
+        self.size = sum(map(cost, self.keys))
+
+    @classmethod
+    def _of(cls, keys: dict[str, Version], t: int, size: int) -> "Context":
+        # Merges keep t and size as they go: a session's context is read on every request,
+        # and recounting a thousand keys each time would cost milliseconds.
+        ctx = cls.__new__(cls)
+        ctx.keys, ctx.t, ctx.size = keys, t, size
+        return ctx
 
     def floor(self, key: str) -> Version | None:
         """The version of ``key`` a read must reach, or None."""
@@ -104,12 +115,14 @@ class Context:
         return f"<Context {len(self.keys)} keys t={self.t}>"
 
 
-EMPTY = Context()
-
-
 def cost(key: str) -> int:
     """Bytes ``key`` counts for against :data:`~sdht.wire.CONTEXT_MAX_BYTES`."""
+    if key.isascii() and key.isprintable() and '"' not in key and "\\" not in key:
+        return len(key) + 2 + ENTRY_OVERHEAD   # its JSON: itself in quotes
     return len(json.dumps(key)) + ENTRY_OVERHEAD
+
+
+EMPTY = Context()
 
 
 def bound(keys: Mapping[str, Version], t: int = 0, max_keys: int = CONTEXT_MAX_KEYS,
@@ -118,8 +131,20 @@ def bound(keys: Mapping[str, Version], t: int = 0, max_keys: int = CONTEXT_MAX_K
     (the first that does not fit ends it, so the kept set never depends on the order of
     arrival). ``t`` becomes the latest time of all, the dropped ones included."""
     t = max([t, *(v.t for v in keys.values())])
-    if len(keys) <= max_keys and sum(map(cost, keys)) <= max_bytes:
-        return Context(keys, t)
+    return _bounded(dict(keys), t, sum(map(cost, keys)), max_keys, max_bytes)
+
+
+def _bounded(keys: dict[str, Version], t: int, size: int, max_keys: int,
+             max_bytes: int) -> Context:
+    """:func:`bound` of ``keys`` (which it may change), their ``size`` known. Dropping the
+    lowest-ranked until the rest fits keeps the same prefix as the sort: one scan per key
+    dropped when a few are (a new key in a full context), a sort past that."""
+    for _ in range(4):
+        if len(keys) <= max_keys and size <= max_bytes:
+            return Context._of(keys, t, size)
+        lowest = min(keys, key=lambda k: (keys[k].rank(), k))
+        size -= cost(lowest)
+        del keys[lowest]
     kept: dict[str, Version] = {}
     room = max_bytes
     for key, v in sorted(keys.items(), key=lambda kv: (kv[1].rank(), kv[0]), reverse=True):
@@ -127,24 +152,32 @@ def bound(keys: Mapping[str, Version], t: int = 0, max_keys: int = CONTEXT_MAX_K
         if len(kept) == max_keys or room < 0:
             break
         kept[key] = v
-    return Context(kept, t)
+    return Context._of(kept, t, sum(map(cost, kept)))
 
 
 def merge(a: Context, b: Context, max_keys: int = CONTEXT_MAX_KEYS,
           max_bytes: int = CONTEXT_MAX_BYTES) -> Context:
     """The context that has seen what ``a`` and ``b`` have: the later version of every key,
     the latest time, within the bounds."""
-    keys = dict(a.keys)
+    if not a.keys and a.t <= b.t and len(b.keys) <= max_keys and b.size <= max_bytes:
+        return b   # a session's first merge: the context a request brought
+    keys, size = a.keys, a.size
     for key, v in b.keys.items():
         held = keys.get(key)
         if held is None or v.rank() > held.rank():
+            if keys is a.keys:
+                keys = dict(a.keys)   # copied on the first change only
             keys[key] = v
-    return bound(keys, max(a.t, b.t), max_keys, max_bytes)
+            size += cost(key) if held is None else 0
+    t = max(a.t, b.t)
+    if keys is a.keys and t == a.t and len(keys) <= max_keys and size <= max_bytes:
+        return a   # nothing new: the common case of reading a version already seen
+    return _bounded(dict(keys) if keys is a.keys else keys, t, size, max_keys, max_bytes)
 
 
 def observe(ctx: Context, key: str, version: Version) -> Context:
     """``ctx`` after the session wrote or read ``version`` of ``key``."""
-    return merge(ctx, Context({key: version}))
+    return merge(ctx, Context._of({key: version}, version.t, cost(key)))
 
 
 def merge_all(contexts: Iterable[Context]) -> Context:
@@ -197,7 +230,7 @@ def decode(obj: Any, max_keys: int = CONTEXT_MAX_KEYS,
         if room < 0:
             raise InvalidContext(f"the context is larger than {max_bytes} bytes")
         out[_key(key)] = _version(item)
-    return Context(out, t)
+    return Context._of(out, max([t, *(v.t for v in out.values())]), max_bytes - room)
 
 
 def loads(text: str | bytes) -> Context:
@@ -254,8 +287,7 @@ def _version(item: Any) -> Version:
     score, t, digest = item
     if type(score) not in (int, float) or not math.isfinite(score):
         raise InvalidContext("a context's score must be a finite number")
-    if (type(digest) is not str or len(digest) != 2 * CONTEXT_DIGEST_BYTES
-            or not set(digest) <= _HEX):
+    if type(digest) is not str or not _DIGEST.fullmatch(digest):
         raise InvalidContext(f"a context's digest is {2 * CONTEXT_DIGEST_BYTES} lowercase hex "
                              "digits")
     return Version(float(score), _time(t), digest)

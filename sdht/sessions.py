@@ -45,7 +45,8 @@ class Session:
         :class:`~sdht.session.Context`), as another session exported it.
     :param r: replies each read waits for (default: the ring's ``r``); ``r=1`` reads fast and
         keeps this session's guarantees through its context.
-    :param wait: seconds a read may wait for a replica to reach the context's version.
+    :param wait: seconds a read may take, waiting for a replica to reach the context's
+        version included.
     :raises InvalidContext: when ``context`` is not a valid causal context.
     """
 
@@ -172,9 +173,10 @@ def read_at_least(quorum: Quorum, key: str, floor: Version | None, r: int | None
         got = [n for n in replicas if n in answers]
         if len(got) >= need and satisfies(best, floor, p["decay"]):
             for node in got:
-                held = answers[node]
-                if held is None or held.digest != best.digest:  # type: ignore[union-attr]
-                    handle.transport.submit(quorum.repair, node, [best])
+                _repair_if_behind(quorum, node, answers[node], best)
+            for node, fut in inflight.items():   # and those that answer after this returns
+                fut.add_done_callback(lambda f, node=node: _repair_if_behind(
+                    quorum, node, best if f.exception() else f.result()[0], best))
             return best
         now = time.monotonic()
         if now >= deadline:
@@ -214,6 +216,16 @@ def read_at_least(quorum: Quorum, key: str, floor: Version | None, r: int | None
             answers[node] = rec
             best = winner([best, rec], p["decay"])
         handle.noticed(epochs)   # a newer ring: the next round asks where the key is now
+
+
+def _repair_if_behind(quorum: Quorum, node: str, held: Record | None,
+                      best: Record | None) -> None:
+    """Send ``best`` to ``node`` when what it answered, ``held``, is not it (read repair)."""
+    if best is not None and (held is None or held.digest != best.digest):
+        try:
+            quorum.handle.transport.submit(quorum.repair, node, [best])
+        except RuntimeError:   # the ring was closed meanwhile: anti-entropy will do it
+            pass
 
 
 __all__ = ["DEFAULT_WAIT", "HEDGE", "Session", "read_at_least"]

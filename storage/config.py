@@ -28,7 +28,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
     # The /kv-store gateway (storage/gateway.py, docs/http-api.md):
     "GATEWAY_MAX_KEY_LENGTH": 50,  # SDHT_GATEWAY_MAX_KEY_LENGTH: longest key, in characters
-    "GATEWAY_WAIT": 2.0,           # SDHT_GATEWAY_WAIT: seconds a read waits for its context
+    "GATEWAY_WAIT": 2.0,           # SDHT_GATEWAY_WAIT: seconds a read may take (its context)
     # SDHT_GATEWAY_MAX_WAITING: reads per worker process waiting past the first half second
     # for a context at once; more are answered 503 at once (each holds a thread)
     "GATEWAY_MAX_WAITING": 2,
@@ -52,7 +52,7 @@ _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int
           "GATEWAY_WRITE_RATE": float, "GATEWAY_WRITE_BURST": int,
           "GATEWAY_LIMIT_LOOPBACK": bool, "GATEWAY_MAX_WORK": float}
 #: The gateway's numeric settings and their inclusive ranges.
-_GATEWAY_RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.0, 60.0),
+_GATEWAY_RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.1, 60.0),
                    "GATEWAY_MAX_WAITING": (0, 1024), "GATEWAY_WRITE_RATE": (0.0, 1e6),
                    "GATEWAY_WRITE_BURST": (1, 10**6), "GATEWAY_MAX_WORK": (0.0, 60.0)}
 

@@ -408,3 +408,28 @@ class TestFuzz:
             assert resp.status_code < 500 or (
                 resp.status_code == 503 and out["error"] == "Unable to satisfy request"), (
                 i, method, path, resp.status_code, out)
+
+
+class TestLimitsInProcess:
+    def test_buckets_refill_and_forget_the_least_recently_seen(self):
+        from storage.access import Buckets
+        now = [0.0]
+        buckets = Buckets(rate=2.0, burst=2, max_clients=3, clock=lambda: now[0])
+        assert [buckets.take("a") for _ in range(3)] == [0.0, 0.0, 0.5]
+        now[0] = 0.5                      # one token back
+        assert buckets.take("a") == 0.0 and buckets.take("a") > 0
+        for client in "bcd":
+            buckets.take(client)
+        assert len(buckets) == 3          # "a" was forgotten: it starts full again
+        assert buckets.take("a") == 0.0 and buckets.take("a") == 0.0
+
+    @pytest.mark.parametrize("name,value", [("GATEWAY_WAIT", 0.0), ("GATEWAY_WAIT", 61.0),
+                                            ("GATEWAY_MAX_KEY_LENGTH", 0),
+                                            ("GATEWAY_WRITE_RATE", -1.0),
+                                            ("GATEWAY_WRITE_BURST", 0),
+                                            ("GATEWAY_MAX_WORK", float("nan"))])
+    def test_settings_out_of_range_are_refused(self, tmp_path, name, value):
+        from sdht.errors import ConfigError
+        from storage.config import load_config
+        with pytest.raises(ConfigError):
+            load_config({"DATA_DIR": str(tmp_path), name: value}, environ={})

@@ -59,12 +59,21 @@ class TestMergeLaws:
     @given(contexts(), contexts())
     def test_bounded_and_never_older(self, a, b):
         out = m(a, b)
-        assert len(out) <= KEYS and size(out) <= BYTES
+        assert len(out) <= KEYS and size(out) <= BYTES and out.size == size(out)
         assert out.t == max(a.t, b.t)
         for key, v in out.keys.items():   # every version kept is the later one of the two
             for side in (a, b):
                 if key in side.keys:
                     assert v.covers(side.keys[key])
+
+    @given(st.text(max_size=30))
+    def test_a_key_costs_its_json_length(self, key):
+        assert cs.cost(key) == len(json.dumps(key)) + cs.ENTRY_OVERHEAD
+
+    @given(contexts(), keys, versions)
+    def test_observe_is_a_merge(self, a, key, v):
+        one = cs.observe(a, key, v)
+        assert one == merge(a, Context({key: v})) and one.size == size(one)
 
     @given(contexts())
     def test_json_round_trip(self, a):
