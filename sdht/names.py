@@ -1,21 +1,14 @@
 """Unique names: the CASPaxos proposer of ``register`` and ``lookup`` (docs/names.md).
 
-A name's acceptors are its replicas on the ring (:mod:`sdht.kinds.name` holds their rules). A
-round is the paper's two phases with majority quorums:
-
-1. **prepare** a fresh ballot; a majority promises and reports what it accepted. The state is
-   the claim of the highest accepted ballot among the answers, or none.
-2. **accept** ``x -> x if x else claim`` (put-if-absent; ``x -> x`` for a lookup) at that
-   ballot; a majority's confirmation chooses it.
-
-When the answers of phase 1 already show one claim accepted at the same ballot by a majority,
-it is chosen and phase 2 is skipped; so is it when a lookup finds nothing at a majority.
-While a membership change is staged, every phase needs a majority of the current replicas *and*
-of the future ones (joint consensus). A conflicting answer carries the higher ballot, and the
-proposer fast-forwards past it; an acceptor on a newer ring answers ``stale`` and the proposer
-re-reads the ring. Rounds repeat, with random backoff, until one completes or the deadline
-passes: then :class:`~sdht.errors.OutcomeUnknown` if this call's claim was ever sent (it may
-have been chosen), else :class:`~sdht.errors.QuorumError`. Never a guess.
+A name's acceptors are its replicas (:mod:`sdht.kinds.name` has their rules). ``register``
+first tries the **fast round**: its claim as an accept at the ballot :data:`FAST` every
+proposer shares, chosen if every replica accepts it (one round trip). Otherwise, and for
+``lookup``, classic rounds: **prepare** a fresh ballot (:func:`assess` reads the state from a
+majority's answers), then **accept** ``x -> x if x else claim`` (``x -> x`` for a lookup),
+chosen by a majority; while a change is staged, of the current replicas *and* the future ones.
+Conflicts fast-forward the ballot, ``stale`` re-reads the ring; past the deadline
+:class:`~sdht.errors.OutcomeUnknown` if this call's claim may have landed, else
+:class:`~sdht.errors.QuorumError`. Never a guess.
 """
 from __future__ import annotations
 
@@ -42,6 +35,12 @@ from .wire import MSGPACK, now_us, packb
 DEADLINE = 10.0
 #: Seconds of the first backoff after a lost round, doubling to the cap (randomised).
 BACKOFF, BACKOFF_CAP = 0.004, 0.25
+#: The fast round's ballot: below every classic ballot (their counters start at 1), above
+#: ZERO, and the same for every proposer. Seconds it waits for every replica's answer.
+FAST: Ballot = (0, b"\xff" * PROPOSER_BYTES)
+FAST_WAIT = 0.5
+#: Seconds an acceptor may owe an answer before rounds stop waiting on it first.
+SLOW = 0.5
 _HEADERS = {"Content-Type": MSGPACK}
 
 
@@ -59,18 +58,16 @@ def majority(nodes: list[str]) -> int:
 
 
 class Proposer:
-    """One client's proposer: its id, its ballot counter, and the rounds it runs.
-
-    :param quorum: the replica requests of the client (its ring view, transport, health).
-    """
+    """One client's proposer over ``quorum`` (its ring view, transport, health): its id, its
+    ballot counter, and the rounds it runs."""
 
     def __init__(self, quorum: Quorum) -> None:
         self.quorum = quorum
         self.id = os.urandom(PROPOSER_BYTES)
         self._counter = 0
         self._lock = threading.Lock()
-        #: Requests in flight per node: one that still owes answers is asked last.
-        self._busy: dict[str, int] = {}
+        #: When each request in flight began, per node (:meth:`slow`).
+        self._inflight: dict[str, list[float]] = {}
 
     def ballot(self) -> Ballot:
         """A fresh ballot: above every one this proposer used or saw, and at least the clock."""
@@ -78,22 +75,26 @@ class Proposer:
             self._counter = max(self._counter + 1, now_us())
             return self._counter, self.id
 
+    def slow(self, node: str) -> bool:
+        """Whether ``node`` failed lately or has owed an answer for :data:`SLOW` seconds (it
+        may be hung): it is asked only when the others cannot make the quorum."""
+        with self._lock:
+            began = self._inflight.get(node)
+            owes = bool(began) and time.monotonic() - began[0] > SLOW
+        return owes or self.quorum.health.is_suspect(node)
+
     def saw(self, ballot: Ballot) -> None:
         """Fast-forward past a conflicting ballot, so the next one is higher."""
         with self._lock:
             self._counter = max(self._counter, ballot[0])
 
-    # -- the API ------------------------------------------------------------------------------
-
     def claim(self, key: str, value: Any = None, owner: bytes | None = None,
               work: float | None = None, deadline: float = DEADLINE) -> tuple[bool, Claim]:
-        """Register ``key`` for ``value`` if it is free; return ``(registered by this call,
-        the chosen claim)``. ``owner``: the id of an earlier call to retry (see
-        :class:`~sdht.errors.OutcomeUnknown`).
+        """Register ``key`` for ``value`` if it is free: ``(registered by this call, the chosen
+        claim)``. ``owner``: the id of an earlier call to retry (:class:`OutcomeUnknown`).
 
-        :raises InvalidRecord: for a bad key, value, owner or work.
-        :raises OutcomeUnknown: when the deadline passed after the claim was proposed.
-        :raises QuorumError: when it passed before (nothing was registered by this call).
+        :raises InvalidRecord: for a bad key, value, owner or work. :raises OutcomeUnknown:
+            past the deadline, the claim proposed; :raises QuorumError: before that.
         """
         p = self.quorum.handle.current().params
         common.check_key(key, p)
@@ -102,59 +103,68 @@ class Proposer:
         if type(owner) is not bytes or len(owner) != OWNER_BYTES:
             raise InvalidRecord(f"an owner id is {OWNER_BYTES} bytes")
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
-        mine = mint_claim(key, value, owner, w)
-        chosen = self.run(key, mine, deadline)
+        chosen = self.run(key, mint_claim(key, value, owner, w), deadline)
         assert chosen is not None  # put-if-absent never chooses nothing
         return chosen.owner == owner, chosen
 
     def lookup(self, key: str, deadline: float = DEADLINE) -> Claim | None:
-        """Return the claim chosen for ``key``, or None when the name is free.
-
-        :raises QuorumError: when no majority answered before the deadline.
-        """
+        """The claim chosen for ``key``, or None (free); :class:`QuorumError` past ``deadline``."""
         common.check_key(key, self.quorum.handle.current().params)
         return self.run(key, None, deadline)
 
-    # -- rounds -------------------------------------------------------------------------------
-
     def run(self, key: str, mine: Claim | None, seconds: float) -> Claim | None:
-        """Run rounds for ``key`` until one completes: put-if-absent of ``mine``, or a
-        lookup when None. Returns the chosen claim (None: a lookup found the name free)."""
+        """Rounds for ``key`` until one completes: put-if-absent of ``mine`` (a lookup when
+        None). Returns the chosen claim (None: a lookup found the name free)."""
         end = time.monotonic() + seconds
-        proposed, lost, why = False, 0, "no round was run"
+        fast = self.fast(key, mine, end) if mine is not None else None
+        if fast:
+            return mine
+        proposed, lost, why = fast is not None, 0, "no round was run"
         while time.monotonic() < end:
-            view = self.quorum.handle.current()
-            sets = replica_sets(view, key)
+            sets = replica_sets(view := self.quorum.handle.current(), key)
             ballot = self.ballot()
             outcome, answers = self.phase(sets, key, ballot, view, None, end)
             if outcome == OK:
-                oks = [a for a in answers.values() if a.status == OK]
-                top = max(oks, key=lambda a: a.ballot)
-                if (top.value is not None or mine is None) and chosen(sets, answers, top.ballot):
-                    return top.value
-                value = top.value if top.value is not None else mine
-                if value is None:
-                    return None
+                settled, value = assess(sets, answers)
+                if value is None and mine is None:
+                    return None                        # a lookup of a free name
+                if settled and value is not None:
+                    return value                       # chosen already: no phase 2
+                value = value or mine
                 proposed = proposed or value is mine
                 outcome, answers = self.phase(sets, key, ballot, view, value, end)
                 if outcome == OK:
                     return value
-            why = self.settle(outcome, answers, view)
+            why = self.settle(outcome, answers)
             if outcome != STALE:
                 lost += 1
                 time.sleep(min(max(0.0, end - time.monotonic()),
                                random.uniform(0, min(BACKOFF_CAP, BACKOFF * 2 ** lost))))
-        errors = {"round": why}
+        what = f"{'registration' if mine else 'lookup'} of {key!r}: no majority in {seconds}s"
         if proposed:
-            raise OutcomeUnknown(f"registration of {key!r}: no majority answered in "
-                                 f"{seconds:.1f}s after the claim was proposed; it may or may "
-                                 f"not be registered ({why})", key, mine.owner, errors)
-        raise QuorumError(f"{'registration' if mine else 'lookup'} of {key!r}: no majority "
-                          f"answered in {seconds:.1f}s ({why})", key, errors=errors)
+            raise OutcomeUnknown(f"{what} after the claim was proposed: it may or may not be "
+                                 f"registered ({why})", key, mine.owner, {"round": why})
+        raise QuorumError(f"{what} ({why})", key, errors={"round": why})
 
-    def settle(self, outcome: str, answers: dict[str, Answer], view: RingView) -> str:
-        """After a round that did not complete: fast-forward past conflicts, re-read a newer
-        ring; return why the round failed."""
+    def fast(self, key: str, mine: Claim, end: float) -> bool | None:
+        """The fast round: accept ``mine`` at :data:`FAST` at every replica, no prepare; True
+        when every replica of every set accepted it (chosen), None when it surely landed
+        nowhere (or was skipped: a replica is suspect). It waits :data:`FAST_WAIT` at most."""
+        sets = replica_sets(view := self.quorum.handle.current(), key)
+        if any(self.slow(n) for s in sets for n in s):
+            return None
+        outcome, answers = self.phase(sets, key, FAST, view, mine,
+                                      min(end, time.monotonic() + FAST_WAIT), every=True)
+        if outcome == STALE:
+            self.settle(outcome, answers)
+        if outcome == OK:
+            return True
+        # It may have landed, unless every replica answered that it did not.
+        return None if all(n in answers and answers[n].status != OK for ns in sets
+                           for n in ns) else False
+
+    def settle(self, outcome: str, answers: dict[str, Answer]) -> str:
+        """After a failed round: fast-forward past conflicts, re-read a newer ring; say why."""
         if outcome == STALE:
             try:
                 self.quorum.handle.refresh()
@@ -168,42 +178,39 @@ class Proposer:
         return outcome
 
     def phase(self, sets: list[list[str]], key: str, ballot: Ballot, view: RingView,
-              value: Claim | None, end: float) -> tuple[str, dict[str, Answer]]:
-        """Send one phase (prepare when ``value`` is None, else accept) to every replica of
-        ``sets``; wait until a majority of each confirmed, one set can no longer make it, or
-        the deadline. Returns ``(OK | CONFLICT | STALE | reason, answers by node)``."""
+              value: Claim | None, end: float,
+              every: bool = False) -> tuple[str, dict[str, Answer]]:
+        """One phase (prepare when ``value`` is None, else accept) to ``sets``, until
+        :func:`decided` or the deadline: ``(OK | CONFLICT | STALE | why, answers by node)``."""
         msg: dict[str, Any] = {"k": key, "b": list(ballot), "e": view.epoch}
         if value is not None:
             msg["a"] = value.to_wire()
         body = packb(msg)
         route = PREPARE_ROUTE if value is None else ACCEPT_ROUTE
         nodes = list(dict.fromkeys(n for s in sets for n in s))
-        # Nodes that failed lately or still owe answers are asked only when the others
-        # cannot make the majorities: a hung acceptor must not hold every round.
-        slow = {n for n in nodes if self.quorum.health.is_suspect(n) or self._busy.get(n)}
-        if any(len([n for n in s if n not in slow]) < majority(s) for s in sets):
+        slow = {n for n in nodes if self.slow(n)}   # a hung acceptor must not hold every round
+        if every or any(len([n for n in s if n not in slow]) < majority(s) for s in sets):
             slow = set()
         answers, errors = gather(
             self.quorum.handle.transport, [n for n in nodes if n not in slow],
             [n for n in nodes if n in slow], lambda n: self.send(n, route, body, key, view),
-            lambda got, failed: decided(sets, got, failed), end)
-        return decided(sets, answers, errors) or "; ".join(
+            lambda got, failed: decided(sets, got, failed, every), end)
+        return decided(sets, answers, errors, every) or "; ".join(
             f"{n}: {e}" for n, e in errors.items()) or "the deadline passed", answers
 
     def send(self, node: str, route: str, body: bytes, key: str, view: RingView) -> Answer:
-        """One phase message to one acceptor, its answer checked.
-
-        :raises NodeError: for an answer that is not an acceptor's, or a forged claim.
-        """
-        transport = self.quorum.handle.transport
+        """One phase message to one acceptor, its answer checked (:class:`NodeError` for one
+        that is not an acceptor's answer, or a forged claim)."""
+        request = partial(self.quorum.handle.transport.request, node, "POST", route, data=body,
+                          headers=_HEADERS)
+        began = time.monotonic()
         with self._lock:
-            self._busy[node] = self._busy.get(node, 0) + 1
+            self._inflight.setdefault(node, []).append(began)
         try:
-            reply = self.quorum.call(node, partial(transport.request, node, "POST", route,
-                                                   data=body, headers=_HEADERS))
+            reply = self.quorum.call(node, request)
         finally:
             with self._lock:
-                self._busy[node] -= 1
+                self._inflight[node].remove(began)
         try:
             answer = answer_from_wire(reply.body, key, view.params)
         except InvalidRecord as exc:
@@ -215,22 +222,22 @@ class Proposer:
 
 
 def replica_sets(view: RingView, key: str) -> list[list[str]]:
-    """The acceptor sets a phase needs a majority of: the current replicas, and the future
-    ones too while a membership change is staged."""
+    """The acceptor sets a phase needs: the current replicas, and the future ones too while a
+    membership change is staged."""
     now, later = view.readers.for_key(key), view.future.for_key(key)
     return [now] if set(now) == set(later) else [now, later]
 
 
 def decided(sets: list[list[str]], answers: dict[str, Answer],
-            errors: dict[str, str]) -> str | None:
-    """What the answers so far decide: OK (a majority of every set confirmed), STALE (an
-    acceptor holds a newer ring), CONFLICT (a set can no longer confirm and an answer
-    conflicted), an error text (failures did that); None while undecided."""
+            errors: dict[str, str], every: bool = False) -> str | None:
+    """What the answers so far decide: OK (a majority of every set, or all with ``every``,
+    confirmed), STALE (an acceptor holds a newer ring), CONFLICT (a set can no longer confirm
+    and an answer conflicted), an error text (failures did that); None while undecided."""
     if any(a.status == STALE for a in answers.values()):
         return STALE
     pending = False
     for nodes in sets:
-        need = majority(nodes)
+        need = len(nodes) if every else majority(nodes)
         oks = sum(1 for n in nodes if n in answers and answers[n].status == OK)
         lost = sum(1 for n in nodes if n in errors or (n in answers and answers[n].status != OK))
         if len(nodes) - lost < need:   # this set can no longer confirm: the phase failed
@@ -241,34 +248,44 @@ def decided(sets: list[list[str]], answers: dict[str, Answer],
     return None if pending else OK
 
 
-def chosen(sets: list[list[str]], answers: dict[str, Answer], top: Ballot) -> bool:
-    """Whether phase 1's answers show the state chosen already: a majority of every set
-    accepted ``top`` (one claim: a ballot proposes one), or holds nothing when ``top`` is
-    ZERO. The second phase would only write it again."""
-    return all(sum(1 for n in nodes if n in answers and answers[n].status == OK
-                   and answers[n].ballot == top) >= majority(nodes) for nodes in sets)
+def assess(sets: list[list[str]], answers: dict[str, Answer]) -> tuple[bool, Claim | None]:
+    """What phase 1's answers (a majority of every set confirmed) say: ``(settled, claim)``,
+    the claim a round must carry forward (None: nothing can have been chosen) and whether it
+    is chosen already (phase 2 would only write it again).
+
+    A classic ballot proposes one claim: the highest one's is carried forward, chosen when a
+    majority of every set answered that ballot. The fast round is one ballot for every
+    proposer: a claim is chosen there only when every replica accepted it, so it is carried
+    forward only when every answer holds it at :data:`FAST` (a replica that did not has now
+    promised a higher ballot, and never will), chosen when that is every replica."""
+    oks = {n: a for n, a in answers.items() if a.status == OK}
+    top = max(a.ballot for a in oks.values())
+    if top == ZERO:
+        return True, None
+    if top == FAST:
+        held = {a.value.digest if a.value else b"" for a in oks.values() if a.ballot == FAST}
+        if len(held) != 1 or any(a.ballot != FAST for a in oks.values()):
+            return False, None
+        claim = next(iter(oks.values())).value
+        return all(n in oks for nodes in sets for n in nodes), claim
+    claim = next(a.value for a in oks.values() if a.ballot == top)
+    return all(sum(1 for n in nodes if n in oks and oks[n].ballot == top) >= majority(nodes)
+               for nodes in sets), claim
 
 
 def gather(pool: Any, first: list[str], spares: list[str], send: Callable[[str], Answer],
            done: Callable[[dict[str, Answer], dict[str, str]], Any],
            end: float) -> tuple[dict[str, Answer], dict[str, str]]:
-    """Run ``send(node)`` for the ``first`` nodes in parallel on ``pool`` (the transport's
-    threads), and for the ``spares`` once the first have all answered undecided; return
-    ``(answers, errors)`` once ``done(answers, errors)`` is true, all finished, or the deadline
-    ``end`` (monotonic) passed. Calls still running are left to finish on their own."""
-    futures: dict[Future, str] = {}
-    answers: dict[str, Answer] = {}
-    errors: dict[str, str] = {}
-
-    def start(nodes: list[str]) -> set[Future]:
-        started = {pool.submit(send, node): node for node in nodes}
-        futures.update(started)
-        return set(started)
-
-    pending = start(first)
+    """``send(node)`` for the ``first`` nodes in parallel on ``pool``, for the ``spares`` once
+    the first all answered undecided: ``(answers, errors)`` once ``done(answers, errors)``, all
+    finished, or the deadline ``end`` passed (calls still running finish on their own)."""
+    futures: dict[Future, str] = {pool.submit(send, node): node for node in first}
+    pending, answers, errors = set(futures), {}, {}   # type: ignore[var-annotated]
     while not done(answers, errors):
         if not pending and spares:
-            pending, spares = start(spares), []
+            started = {pool.submit(send, node): node for node in spares}
+            futures.update(started)
+            pending, spares = set(started), []
         left = end - time.monotonic()
         if not pending or left <= 0:
             break

@@ -13,6 +13,7 @@ from sdht.errors import InvalidRecord, QuorumError
 from sdht.kinds import name
 from sdht.kinds.name import (CONFLICT, OK, STALE, ZERO, Claim, State, answer_from_wire,
                              answer_to_wire, on_accept, on_prepare)
+from sdht.names import FAST, assess
 from sdht.params import DEFAULTS
 from sdht.pow import find_nonce
 from sdht.wire import now_us, unpackb
@@ -169,7 +170,8 @@ VALUES = [claim("n", f"v{i}", bytes([i]) * 16) for i in range(3)]
 
 class Model:
     """Three acceptors and three proposers exchanging messages that the schedule delivers,
-    drops, duplicates or reorders; proposers restart rounds at will (timeouts)."""
+    drops, duplicates or reorders; proposers start classic or fast rounds at will (timeouts).
+    The proposers decide as sdht.names does: :func:`sdht.names.assess` reads phase 1."""
 
     def __init__(self) -> None:
         self.acceptors: list[State | None] = [None, None, None]
@@ -184,6 +186,10 @@ class Model:
         ballot = (self.counter[p], bytes([p + 1]) * 8)
         self.round[p] = (ballot, "prepare", {}, None)
         self.net += [("prepare", a, p, ballot, None) for a in range(3)]
+
+    def fast(self, p: int) -> None:
+        self.round[p] = (FAST, "accept", {}, VALUES[p])
+        self.net += [("accept", a, p, FAST, VALUES[p]) for a in range(3)]
 
     def deliver(self, i: int) -> None:
         msg = self.net.pop(i)
@@ -206,43 +212,46 @@ class Model:
             return
         oks = current[2]
         oks[a] = answer
-        if len(oks) < 2:
+        if len(oks) < (3 if ballot == FAST else 2):
             return
         if kind == "accept":
             self.learned.append(current[3])
             self.round[p] = None
             return
-        top = max(oks.values(), key=lambda ans: ans.ballot)
-        if top.value is not None and all(ans.ballot == top.ballot for ans in oks.values()):
-            self.learned.append(top.value)   # phase 1 shows it chosen: no phase 2
+        settled, value = assess([[0, 1, 2]], oks)
+        if settled and value is not None:
+            self.learned.append(value)   # phase 1 shows it chosen: no phase 2
             self.round[p] = None
             return
-        value = top.value or VALUES[p]       # x -> x if x else v
+        value = value or VALUES[p]       # x -> x if x else v
         self.round[p] = (ballot, "accept", {}, value)
         self.net += [("accept", b, p, ballot, value) for b in range(3)]
 
     def chosen(self) -> set[bytes]:
-        """Digests of the claims a majority accepted at one ballot."""
+        """Digests of the claims chosen: accepted at one classic ballot by a majority, or at
+        the fast ballot by all three."""
         out = set()
-        for pairs in self.accepted.values():
+        for ballot, pairs in self.accepted.items():
             for digest in {d for _, d in pairs}:
-                if len({a for a, d in pairs if d == digest}) >= 2:
+                if len({a for a, d in pairs if d == digest}) >= (3 if ballot == FAST else 2):
                     out.add(digest)
         return out
 
 
-steps = st.lists(st.tuples(st.sampled_from(["start", "deliver", "deliver", "deliver", "drop",
-                                            "dup"]),
+steps = st.lists(st.tuples(st.sampled_from(["start", "fast", "deliver", "deliver", "deliver",
+                                            "drop", "dup"]),
                            st.integers(0, 2), st.integers(0, 10**6)), max_size=250)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=500, deadline=None)
 @given(steps)
 def test_no_two_values_are_ever_chosen(schedule):
     model = Model()
     for action, p, i in schedule:
         if action == "start":
             model.start(p)
+        elif action == "fast":
+            model.fast(p)
         elif model.net and action == "deliver":
             model.deliver(i % len(model.net))
         elif model.net and action == "drop":
@@ -360,8 +369,9 @@ class TestRegistry:
             ring.names.claim("user:dave", "d", deadline=0.3)
         monkeypatch.setattr(ring.transport, "_exchange", real)
         assert ring.register("user:dave", "d", owner=caught.value.owner) is True
-        for node in nodes:
+        for node in nodes:   # down, and known to be: no fast round is tried
             ring.transport.mark_down(node)
+            ring.health.failed(node)
         with pytest.raises(QuorumError) as nothing:   # nothing proposed: not "unknown"
             ring.names.claim("user:erin", "e", deadline=0.3)
         assert not isinstance(nothing.value, OutcomeUnknown)
