@@ -249,25 +249,27 @@ def decided(sets: list[list[str]], answers: dict[str, Answer],
 
 
 def assess(sets: list[list[str]], answers: dict[str, Answer]) -> tuple[bool, Claim | None]:
-    """What phase 1's answers (a majority of every set confirmed) say: ``(settled, claim)``,
-    the claim a round must carry forward (None: nothing can have been chosen) and whether it
-    is chosen already (phase 2 would only write it again).
+    """What phase 1's answers say: ``(settled, claim)``, the claim a round must carry forward
+    (None: nothing can have been chosen) and whether it is chosen already (skip phase 2).
 
     A classic ballot proposes one claim: the highest one's is carried forward, chosen when a
     majority of every set answered that ballot. The fast round is one ballot for every
     proposer: a claim is chosen there only when every replica accepted it, so it is carried
-    forward only when every answer holds it at :data:`FAST` (a replica that did not has now
-    promised a higher ballot, and never will), chosen when that is every replica."""
+    forward only when every answer of the current replicas (``sets[0]``; while a change is
+    staged, future replicas may not have the moved state yet) holds it at :data:`FAST` (one
+    that did not has promised higher, and never will), chosen when every replica holds it."""
     oks = {n: a for n, a in answers.items() if a.status == OK}
     top = max(a.ballot for a in oks.values())
     if top == ZERO:
         return True, None
     if top == FAST:
-        held = {a.value.digest if a.value else b"" for a in oks.values() if a.ballot == FAST}
-        if len(held) != 1 or any(a.ballot != FAST for a in oks.values()):
+        held = {a.value.digest if a.ballot == FAST else b"" for n, a in oks.items()
+                if n in sets[0]}
+        if len(held) != 1 or b"" in held:
             return False, None
-        claim = next(iter(oks.values())).value
-        return all(n in oks for nodes in sets for n in nodes), claim
+        claim = next(a.value for n, a in oks.items() if n in sets[0])
+        return all(n in oks and oks[n].ballot == FAST and oks[n].value == claim
+                   for nodes in sets for n in nodes), claim
     claim = next(a.value for a in oks.values() if a.ballot == top)
     return all(sum(1 for n in nodes if n in oks and oks[n].ballot == top) >= majority(nodes)
                for nodes in sets), claim

@@ -18,6 +18,8 @@ from sdht.params import DEFAULTS
 from sdht.pow import find_nonce
 from sdht.wire import now_us, unpackb
 
+from conftest import wait_for
+
 P1, P2 = b"\x01" * 8, b"\x02" * 8
 
 
@@ -147,8 +149,10 @@ class TestTheKind:
         as_held = lambda s: name.held(s.digest, name.head(s))  # noqa: E731
         assert name.supersedes(high, as_held(low), DEFAULTS)
         assert not name.supersedes(low, as_held(high), DEFAULTS)
-        assert not name.supersedes(high, as_held(high), DEFAULTS)
         assert name.supersedes(low, None, DEFAULTS)
+        # A tie goes to the state moved in: a gainer's own fast-round claim yields.
+        fast_own, fast_moved = (State("n", FAST, FAST, claim("n", v)) for v in ("w", "v"))
+        assert name.supersedes(fast_moved, as_held(fast_own), DEFAULTS)
 
     def test_answers_are_checked_on_the_way_back(self):
         c = claim()
@@ -478,3 +482,45 @@ def test_sdht_status_shows_the_registry(inprocess_cluster):
     assert sum(n["names"] for n in nodes) >= 4 * 2          # a majority of each name's three
     assert sum(n["name_proposals"] for n in nodes) >= 4 * 2
     assert all("name_conflicts" in n for n in nodes)
+
+
+class TestTheFastRoundAcrossAChange:
+    """A claim chosen in the fast round (every old replica took it) stays chosen while a
+    join is staged and after it, whatever the joining node held at the fast ballot."""
+
+    @staticmethod
+    def setup(ring, apps, node_apps):
+        from sdht.ring import JOINING, Member
+        (new,) = node_apps(1, into=apps)
+        after = ring.view.with_member(Member(new))
+        a = ring.nodes[0]
+        key = TestMembershipChanges.pick(ring, after, a)
+        assert ring.register(key, "mine") is True           # the fast round: all three
+        wait_for(lambda: all(node_state(apps, n, key) for n in ring.preference(key)))
+        # The joining node took another claim at the fast ballot, before any state moved.
+        from sdht.wire import packb
+        other = claim(key, "theirs")
+        apps[new].test_client().post(name.ACCEPT_ROUTE, data=packb(
+            {"k": key, "b": list(FAST), "e": 0, "a": other.to_wire()}),
+            content_type="application/msgpack")
+        assert node_state(apps, new, key).value == other
+        return key, a, new, ring.view.with_member(Member(new, JOINING))
+
+    def test_while_staged(self, inprocess_cluster, node_apps):
+        from sdht.migration import _publish
+        ring, apps = inprocess_cluster(3)
+        key, a, new, staged = self.setup(ring, apps, node_apps)
+        _publish(ring.handle, staged, [])                    # staged; nothing moved yet
+        ring.transport.mark_down(a)                          # old majority {b, c}, new {.., new}
+        assert ring.register(key, "late") is False
+        assert ring.lookup(key) == "mine"
+
+    def test_after_the_join(self, inprocess_cluster, node_apps):
+        ring, apps = inprocess_cluster(3)
+        key, a, new, _ = self.setup(ring, apps, node_apps)
+        ring.join(new)
+        assert node_state(apps, new, key).value.value == "mine"
+        b, c = (n for n in ring.preference(key) if n != new)
+        ring.transport.mark_down(b)                          # the majority {c, new}
+        assert ring.lookup(key) == "mine"
+        assert ring.register(key, "late") is False

@@ -198,8 +198,9 @@ def check(state: State, params: Mapping[str, Any], now: int | None = None) -> No
 
 def supersedes(incoming: State, held: Held | None, params: Mapping[str, Any]) -> bool:
     """The merge of moved state: the higher accepted ballot wins (CASPaxos's rule for moving
-    acceptor state, Rystsov 2018 §2.3.3)."""
-    return held is None or incoming.accepted > held.accepted
+    acceptor state, Rystsov 2018 §2.3.3), and on a tie the state moved in: at the fast
+    ballot, a gainer's own claim must yield to the one its range's replicas accepted."""
+    return held is None or incoming.accepted >= held.accepted
 
 
 def expired(version: Any, cutoff_us: int) -> bool:
