@@ -164,12 +164,13 @@ def read_at_least(quorum: Quorum, key: str, floor: Version | None, r: int | None
     next_ask: dict[str, float] = {}
     pauses: dict[str, float] = {}
     best: Record | None = None
-    widened = False
+    widened, moved = False, True
     while True:
-        view = handle.current()
-        p = view.params
-        replicas = quorum.health.order(view.readers.for_key(key))
-        need = min(r or p["r"], len(replicas))
+        if moved:   # where the key is, again only when a node reported a newer ring
+            view = handle.current()
+            p = view.params
+            replicas = quorum.health.order(view.readers.for_key(key))
+            need = min(r or p["r"], len(replicas))
         got = [n for n in replicas if n in answers]
         if len(got) >= need and satisfies(best, floor, p["decay"]):
             for node in got:
@@ -215,7 +216,7 @@ def read_at_least(quorum: Quorum, key: str, floor: Version | None, r: int | None
             epochs.append(epoch)
             answers[node] = rec
             best = winner([best, rec], p["decay"])
-        handle.noticed(epochs)   # a newer ring: the next round asks where the key is now
+        moved = handle.noticed(epochs)   # a newer ring: the next round asks where the key is
 
 
 def _repair_if_behind(quorum: Quorum, node: str, held: Record | None,

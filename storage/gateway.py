@@ -30,7 +30,7 @@ from sdht.kinds.register import Record
 from sdht.session import EMPTY, Context, check_plausible, decode, encode, loads, merge_all
 from sdht.sessions import Session
 from sdht.status import jsonable
-from sdht.wire import CONTEXT_FIELD, CONTEXT_HEADER, now_us
+from sdht.wire import CONTEXT_FIELD, CONTEXT_HEADER, CONTEXT_MAX_BYTES, now_us
 
 from .access import FIRST_WAIT, Access
 from .http import ApiError, params, ring_view, store
@@ -118,6 +118,11 @@ def _parse() -> Context:
     context, merged from the body, the header and the query argument."""
     raw = request.get_data(cache=True)
     g.body = {}
+    # Parse no more JSON than a request can need: the largest value the ring takes (its JSON
+    # text up to six bytes per encoded byte, as escapes) and a context in full.
+    limit = 6 * params()["max_value_bytes"] + 2 * CONTEXT_MAX_BYTES + 4096
+    if len(raw) > limit:
+        _fail(413, "Request body is too large", EMPTY, detail=f"the limit is {limit} bytes")
     if raw.strip():
         try:
             g.body = json.loads(raw)

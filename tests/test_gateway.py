@@ -149,6 +149,13 @@ class TestSeedScenarios:
         assert call(a, "PUT", "k" * 50, value=1)[0] in (200, 201)
         assert call(a, "PUT", "é" * 50, value=1)[0] in (200, 201)   # characters, not bytes
 
+    def test_large_values_and_bodies_are_refused(self, kv):
+        _, (a, *_) = kv
+        status, out = call(a, "PUT", "big", value="x" * (1 << 20))
+        assert (status, out["error"]) == (413, "Value is too large")
+        resp = requests.put(f"{a.url}/kv-store/keys/big", data=b" " * (7 << 20), timeout=30)
+        assert resp.status_code == 413 and resp.json()["error"] == "Request body is too large"
+
     def test_values_are_any_json(self, kv):
         _, (a, b, *_) = kv
         for i, value in enumerate([0, -1.5, True, False, "", "é\u2603", [], {}, [1, {"a": None}],
