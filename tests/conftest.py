@@ -191,13 +191,24 @@ def inprocess_cluster(node_apps) -> Iterator[Callable[..., tuple]]:
     joins them into one ring over a :class:`sdht.inprocess.WSGITransport` and returns
     ``(ring, apps)``. ``apps`` is the transport's own mapping: add ``node_apps(k)`` to it to
     reach more nodes. The rings are closed (in-flight repairs awaited) before the apps."""
+    yield from joined_rings(node_apps)
+
+
+def joined_rings(node_apps, operator: "Operator | None" = None) -> Iterator[Callable[..., tuple]]:
+    """The factory behind :func:`inprocess_cluster` and :func:`keyed_cluster`: nodes made by
+    ``node_apps`` (keyed by ``operator`` when given) joined by a ring (holding the operator
+    key); the rings are closed when the generator ends."""
     import sdht
     from sdht.inprocess import WSGITransport
+    from sdht.trust import Keys
     rings = []
 
     def make(count: int, params: dict | None = None) -> tuple:
-        apps = node_apps(count)
-        ring = sdht.Ring(list(apps)[:1], params=params, transport=WSGITransport(apps))
+        per_node = operator.node_config if operator is not None else None
+        apps = node_apps(count, per_node=per_node)
+        keys = operator.keys() if operator is not None else Keys()
+        ring = sdht.Ring(list(apps)[:1], params=params,
+                         transport=WSGITransport(apps, keys=keys))
         rings.append(ring)
         for node_id in list(apps):
             ring.join(node_id)
@@ -247,19 +258,4 @@ def keyed_cluster(node_apps, operator) -> Iterator[Callable[..., tuple]]:
     """Factory: ``keyed_cluster(count, params=None)``: in-process nodes that hold the operator's
     public key and their own derived keys, joined by a ring holding the operator key.
     Returns ``(ring, apps)``."""
-    import sdht
-    from sdht.inprocess import WSGITransport
-    rings = []
-
-    def make(count: int, params: dict | None = None) -> tuple:
-        apps = node_apps(count, per_node=operator.node_config)
-        ring = sdht.Ring(list(apps)[:1], params=params,
-                         transport=WSGITransport(apps, keys=operator.keys()))
-        rings.append(ring)
-        for node_id in list(apps):
-            ring.join(node_id)
-        return ring, apps
-
-    yield make
-    for ring in rings:
-        ring.close()
+    yield from joined_rings(node_apps, operator)
