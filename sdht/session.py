@@ -142,7 +142,9 @@ def _bounded(keys: dict[str, Version], t: int, size: int, max_keys: int,
     for _ in range(4):
         if len(keys) <= max_keys and size <= max_bytes:
             return Context._of(keys, t, size)
-        lowest = min(keys, key=lambda k: (keys[k].rank(), k))
+        floor = min(v.score for v in keys.values())   # the full rank only among the lowest
+        lowest = min((k for k, v in keys.items() if v.score == floor),
+                     key=lambda k: (keys[k].rank(), k))
         size -= cost(lowest)
         del keys[lowest]
     kept: dict[str, Version] = {}
