@@ -12,6 +12,7 @@ Conflicts fast-forward the ballot, ``stale`` re-reads the ring; past the deadlin
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -76,8 +77,7 @@ class Proposer:
             return self._counter, self.id
 
     def slow(self, node: str) -> bool:
-        """Whether ``node`` failed lately or has owed an answer for :data:`SLOW` seconds (it
-        may be hung): it is asked only when the others cannot make the quorum."""
+        """Whether ``node`` failed lately or owes an answer for :data:`SLOW` s (maybe hung)."""
         with self._lock:
             began = self._inflight.get(node)
             owes = bool(began) and time.monotonic() - began[0] > SLOW
@@ -92,10 +92,7 @@ class Proposer:
               work: float | None = None, deadline: float = DEADLINE) -> tuple[bool, Claim]:
         """Register ``key`` for ``value`` if it is free: ``(registered by this call, the chosen
         claim)``. ``owner``: the id of an earlier call to retry (:class:`OutcomeUnknown`).
-
-        :raises InvalidRecord: for a bad key, value, owner or work. :raises OutcomeUnknown:
-            past the deadline, the claim proposed; :raises QuorumError: before that.
-        """
+        :raises InvalidRecord, OutcomeUnknown (claim proposed), QuorumError (not proposed):"""
         p = self.quorum.handle.current().params
         common.check_key(key, p)
         common.check_value(value, p)
@@ -117,8 +114,8 @@ class Proposer:
         None). Returns the chosen claim (None: a lookup found the name free)."""
         end = time.monotonic() + seconds
         fast = self.fast(key, mine, end) if mine is not None else None
-        if fast:
-            return mine
+        if isinstance(fast, Claim):
+            return fast
         proposed, lost, why = fast is not None, 0, "no round was run"
         while time.monotonic() < end:
             sets = replica_sets(view := self.quorum.handle.current(), key)
@@ -130,7 +127,9 @@ class Proposer:
                     return None                        # a lookup of a free name
                 if settled and value is not None:
                     return value                       # chosen already: no phase 2
-                value = value or mine
+                # Nothing chosen: any claim is safe; contenders settle sooner on the same one.
+                value = value or min((a.value for a in answers.values() if a.status == OK
+                                      and a.ballot == FAST), key=lambda c: c.digest, default=mine)
                 proposed = proposed or value is mine
                 outcome, answers = self.phase(sets, key, ballot, view, value, end)
                 if outcome == OK:
@@ -146,10 +145,10 @@ class Proposer:
                                  f"registered ({why})", key, mine.owner, {"round": why})
         raise QuorumError(f"{what} ({why})", key, errors={"round": why})
 
-    def fast(self, key: str, mine: Claim, end: float) -> bool | None:
-        """The fast round: accept ``mine`` at :data:`FAST` at every replica, no prepare; True
-        when every replica of every set accepted it (chosen), None when it surely landed
-        nowhere (or was skipped: a replica is suspect). It waits :data:`FAST_WAIT` at most."""
+    def fast(self, key: str, mine: Claim, end: float) -> Claim | bool | None:
+        """The fast round: ``mine`` as an accept at :data:`FAST` to every replica. Returns the
+        claim chosen there (:func:`held_by_all`), None when ``mine`` surely landed nowhere (or
+        was not sent: a replica is slow), else False."""
         sets = replica_sets(view := self.quorum.handle.current(), key)
         if any(self.slow(n) for s in sets for n in s):
             return None
@@ -157,19 +156,14 @@ class Proposer:
                                       min(end, time.monotonic() + FAST_WAIT), every=True)
         if outcome == STALE:
             self.settle(outcome, answers)
-        if outcome == OK:
-            return True
-        # It may have landed, unless every replica answered that it did not.
-        return None if all(n in answers and answers[n].status != OK for ns in sets
-                           for n in ns) else False
+        return held_by_all(sets, answers, mine) or (None if all(
+            n in answers and answers[n].status != OK for ns in sets for n in ns) else False)
 
     def settle(self, outcome: str, answers: dict[str, Answer]) -> str:
         """After a failed round: fast-forward past conflicts, re-read a newer ring; say why."""
         if outcome == STALE:
-            try:
+            with contextlib.suppress(SDHTError):   # none answered: the next round retries
                 self.quorum.handle.refresh()
-            except SDHTError as exc:   # no member answered: the next round tries again
-                return f"the ring changed, and could not be read: {exc}"
             return "the ring changed"
         conflicts = [a.ballot for a in answers.values() if a.status == CONFLICT]
         if conflicts:
@@ -182,10 +176,8 @@ class Proposer:
               every: bool = False) -> tuple[str, dict[str, Answer]]:
         """One phase (prepare when ``value`` is None, else accept) to ``sets``, until
         :func:`decided` or the deadline: ``(OK | CONFLICT | STALE | why, answers by node)``."""
-        msg: dict[str, Any] = {"k": key, "b": list(ballot), "e": view.epoch}
-        if value is not None:
-            msg["a"] = value.to_wire()
-        body = packb(msg)
+        body = packb({"k": key, "b": list(ballot), "e": view.epoch,
+                      **({"a": value.to_wire()} if value is not None else {})})
         route = PREPARE_ROUTE if value is None else ACCEPT_ROUTE
         nodes = list(dict.fromkeys(n for s in sets for n in s))
         slow = {n for n in nodes if self.slow(n)}   # a hung acceptor must not hold every round
@@ -230,9 +222,9 @@ def replica_sets(view: RingView, key: str) -> list[list[str]]:
 
 def decided(sets: list[list[str]], answers: dict[str, Answer],
             errors: dict[str, str], every: bool = False) -> str | None:
-    """What the answers so far decide: OK (a majority of every set, or all with ``every``,
-    confirmed), STALE (an acceptor holds a newer ring), CONFLICT (a set can no longer confirm
-    and an answer conflicted), an error text (failures did that); None while undecided."""
+    """What the answers so far decide: OK (a majority of every set, all with ``every``,
+    confirmed), STALE (a node has a newer ring), CONFLICT (a set can no longer confirm, with
+    ``every`` once all answered, and one conflicted), an error text; None: undecided."""
     if any(a.status == STALE for a in answers.values()):
         return STALE
     pending = False
@@ -240,10 +232,9 @@ def decided(sets: list[list[str]], answers: dict[str, Answer],
         need = len(nodes) if every else majority(nodes)
         oks = sum(1 for n in nodes if n in answers and answers[n].status == OK)
         lost = sum(1 for n in nodes if n in errors or (n in answers and answers[n].status != OK))
-        if len(nodes) - lost < need:   # this set can no longer confirm: the phase failed
-            if any(a.status == CONFLICT for a in answers.values()):
-                return CONFLICT
-            return "; ".join(f"{n}: {e}" for n, e in errors.items())
+        if len(nodes) - lost < need and not (every and oks + lost < len(nodes)):
+            return CONFLICT if any(a.status == CONFLICT for a in answers.values()) else \
+                "; ".join(f"{n}: {e}" for n, e in errors.items())
         pending = pending or oks < need
     return None if pending else OK
 
@@ -273,6 +264,15 @@ def assess(sets: list[list[str]], answers: dict[str, Answer]) -> tuple[bool, Cla
     claim = next(a.value for a in oks.values() if a.ballot == top)
     return all(sum(1 for n in nodes if n in oks and oks[n].ballot == top) >= majority(nodes)
                for nodes in sets), claim
+
+
+def held_by_all(sets: list[list[str]], answers: dict[str, Answer],
+                mine: Claim) -> Claim | None:
+    """The claim every replica answered the fast round holding at :data:`FAST` (``ok``:
+    ``mine``; a conflict: the claim it holds): chosen there. None when there is none."""
+    held = [(a.value or mine) if a and a.status != STALE and a.ballot == FAST else None
+            for a in (answers.get(n) for nodes in sets for n in nodes)]
+    return held[0] if None not in held and len({c.digest for c in held}) == 1 else None
 
 
 def gather(pool: Any, first: list[str], spares: list[str], send: Callable[[str], Answer],

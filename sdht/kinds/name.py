@@ -233,8 +233,8 @@ def describe(version: Held, params: Mapping[str, Any]) -> dict[str, Any]:
 @dataclass(frozen=True)
 class Answer:
     """An acceptor's reply. ``ok``: ``ballot`` and ``value`` are what it had accepted (for a
-    prepare); ``conflict``: ``ballot`` is the higher one it holds (fast-forward past it);
-    ``stale``: ``epoch`` is its newer ring's."""
+    prepare); ``conflict``: ``ballot`` is the higher one it holds (fast-forward past it), and
+    to an accept ``value`` its claim; ``stale``: ``epoch`` is its newer ring's."""
 
     status: str
     ballot: Ballot = ZERO
@@ -267,9 +267,10 @@ def on_accept(state: State | None, key: str, ballot: Ballot, claim: Claim, epoch
     cur = state or State(key)
     highest = max(cur.promised, cur.accepted)
     if ballot == cur.accepted and cur.value is not None:
-        return state, Answer(OK, ballot) if cur.value == claim else Answer(CONFLICT, highest)
+        return state, Answer(OK, ballot) if cur.value == claim else Answer(CONFLICT, highest,
+                                                                           cur.value)
     if ballot < cur.promised or ballot <= cur.accepted:
-        return state, Answer(CONFLICT, highest)
+        return state, Answer(CONFLICT, highest, cur.value)
     return State(key, ballot, ballot, claim), Answer(OK, ballot)
 
 
