@@ -1,12 +1,10 @@
 """Unique names: the CASPaxos proposer of ``register`` and ``lookup`` (docs/names.md).
 
-A name's acceptors are its replicas (:mod:`sdht.kinds.name` has their rules). ``register``
-first tries the **fast round**: its claim as an accept at the ballot :data:`FAST` every
-proposer shares, chosen if every replica accepts it (one round trip). Otherwise, and for
-``lookup``, classic rounds: **prepare** a fresh ballot (:func:`assess` reads the state from a
-majority's answers), then **accept** ``x -> x if x else claim`` (``x -> x`` for a lookup),
-chosen by a majority; while a change is staged, of the current replicas *and* the future ones.
-Conflicts fast-forward the ballot, ``stale`` re-reads the ring; past the deadline
+A name's acceptors are its replicas (:mod:`sdht.kinds.name`). ``register`` first tries the
+**fast round** (its claim accepted at :data:`FAST` by every replica: chosen in one round
+trip); otherwise, and for ``lookup``, classic rounds: **prepare** (:func:`assess` reads the
+state), then **accept** ``x -> x if x else claim`` (``x -> x`` for a lookup) by a majority of
+the current replicas and, while a change is staged, of the future ones. Past the deadline
 :class:`~sdht.errors.OutcomeUnknown` if this call's claim may have landed, else
 :class:`~sdht.errors.QuorumError`. Never a guess.
 """
@@ -40,6 +38,8 @@ BACKOFF, BACKOFF_CAP = 0.004, 0.25
 #: ZERO, and the same for every proposer. Seconds it waits for every replica's answer.
 FAST: Ballot = (0, b"\xff" * PROPOSER_BYTES)
 FAST_WAIT = 0.5
+#: Seconds a loser of a split fast round lets the contender with the smaller claim settle it.
+YIELD = 0.03
 #: Seconds an acceptor may owe an answer before rounds stop waiting on it first.
 SLOW = 0.5
 _HEADERS = {"Content-Type": MSGPACK}
@@ -154,9 +154,12 @@ class Proposer:
             return None
         outcome, answers = self.phase(sets, key, FAST, view, mine,
                                       min(end, time.monotonic() + FAST_WAIT), every=True)
-        if outcome == STALE:
-            self.settle(outcome, answers)
-        return held_by_all(sets, answers, mine) or (None if all(
+        self.settle(outcome, answers) if outcome == STALE else None
+        won = held_by_all(sets, answers, mine)
+        if not won and any(a.status == CONFLICT and a.ballot == FAST and a.value.digest
+                           < mine.digest for a in answers.values()):  # type: ignore[union-attr]
+            time.sleep(random.uniform(0.5, 1) * YIELD)   # a smaller rival claim settles it
+        return won or (None if all(
             n in answers and answers[n].status != OK for ns in sets for n in ns) else False)
 
     def settle(self, outcome: str, answers: dict[str, Answer]) -> str:
@@ -240,20 +243,17 @@ def decided(sets: list[list[str]], answers: dict[str, Answer],
 
 
 def assess(sets: list[list[str]], answers: dict[str, Answer]) -> tuple[bool, Claim | None]:
-    """What phase 1's answers say: ``(settled, claim)``, the claim a round must carry forward
-    (None: nothing can have been chosen) and whether it is chosen already (skip phase 2).
-
-    A classic ballot proposes one claim: the highest one's is carried forward, chosen when a
-    majority of every set answered that ballot. The fast round is one ballot for every
-    proposer: a claim is chosen there only when every replica accepted it, so it is carried
-    forward only when every answer of the current replicas (``sets[0]``; while a change is
-    staged, future replicas may not have the moved state yet) holds it at :data:`FAST` (one
-    that did not has promised higher, and never will), chosen when every replica holds it."""
+    """Phase 1's answers: ``(settled, claim)``, the claim to carry forward (None: nothing can
+    have been chosen) and whether it is chosen already. A classic ballot has one claim: the
+    highest's, chosen when a majority of every set answered that ballot. At :data:`FAST` a
+    claim is chosen only if every replica took it: it is carried forward when every answer of
+    the current replicas holds it (one that did not promised higher; future replicas may lack
+    the moved state yet), chosen when every replica of every set holds it."""
     oks = {n: a for n, a in answers.items() if a.status == OK}
     top = max(a.ballot for a in oks.values())
     if top == ZERO:
         return True, None
-    if top == FAST:
+    if top == FAST:   # the current replicas' answers: sets[0]
         held = {a.value.digest if a.ballot == FAST else b"" for n, a in oks.items()
                 if n in sets[0]}
         if len(held) != 1 or b"" in held:
