@@ -702,3 +702,58 @@ def test_a_membership_change_over_seeded_schedules():
         dead, actions = rnd.random() < 0.5, ACTIONS if seed < 2500 else busy
         run_change([(rnd.choice(actions), rnd.randrange(3), rnd.randrange(10**6))
                     for _ in range(400)], dead)
+
+
+class TestTheGatewayRoutes:
+    """``/kv-store/names`` in process: the node's own ring client is this test's ring."""
+
+    @pytest.fixture
+    def gateway(self, inprocess_cluster, monkeypatch):
+        import storage.names_routes as routes
+        ring, apps = inprocess_cluster(3)
+        monkeypatch.setattr(routes, "ring", lambda: ring)
+        return ring, apps[ring.nodes[0]].test_client()
+
+    def test_register_and_lookup(self, gateway):
+        ring, client = gateway
+        assert client.get("/kv-store/names/user:zoe").status_code == 404
+        made = client.put("/kv-store/names/user:zoe", json={"value": {"bio": "z"}})
+        assert made.status_code == 201 and made.get_json()["registered"] is True
+        taken = client.put("/kv-store/names/user:zoe", json={"value": 1})
+        assert taken.status_code == 409 and taken.get_json()["value"] == {"bio": "z"}
+        assert client.get("/kv-store/names/user:zoe").get_json()["value"] == {"bio": "z"}
+        again = client.put("/kv-store/names/user:zoe",
+                           json={"value": {"bio": "z"}, "owner": made.get_json()["owner"]})
+        assert again.status_code == 201   # the caller's own retry
+        assert ring.lookup("user:zoe") == {"bio": "z"}
+
+    def test_bad_requests(self, gateway):
+        _, client = gateway
+        assert client.put("/kv-store/names/n", data="[1]").status_code == 400
+        assert client.put("/kv-store/names/n", json={"value": 1, "extra": 2}).status_code == 400
+        assert client.put("/kv-store/names/n", json={"owner": "zz"}).status_code == 400
+        assert client.put("/kv-store/names/n", json={"owner": "ab"}).status_code == 400
+
+    def test_an_unknown_outcome_is_a_503_naming_the_owner(self, gateway, monkeypatch):
+        from sdht.errors import OutcomeUnknown
+        ring, client = gateway
+
+        def unknown(*args, **kwargs):
+            raise OutcomeUnknown("no majority", "n", b"\x07" * 16)
+
+        monkeypatch.setattr(ring.names, "claim", unknown)
+        answer = client.put("/kv-store/names/n", json={"value": 1})
+        assert answer.status_code == 503
+        assert answer.get_json()["error"] == "outcome_unknown"
+        assert answer.get_json()["owner"] == "07" * 16
+
+
+def test_the_module_functions_use_the_default_ring(inprocess_cluster):
+    import sdht
+    ring, _ = inprocess_cluster(3)
+    sdht.set_default_ring(ring)
+    try:
+        assert sdht.register("user:mod", 1) is True and sdht.register("user:mod", 2) is False
+        assert sdht.lookup("user:mod") == 1 and sdht.lookup("user:none") is None
+    finally:
+        sdht.set_default_ring(None)
