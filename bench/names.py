@@ -176,7 +176,8 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                                                                    tag),
             "hot name, 8 contenders": lambda reg, tag: hot(reg, THREADS, args.rounds, tag)}
         for system, register in systems.items():
-            register(0, f"{system}:warm")   # connections, the leader, caches
+            # Every client thread's connections, every server worker, the leader, caches.
+            uncontended(register, THREADS, 8 * THREADS, f"{system}:warm")
         runs: dict[str, list[dict[str, Any]]] = {}
         for run in range(args.runs):
             # Each workload on both systems back to back, the first one alternating: a

@@ -757,3 +757,43 @@ def test_the_module_functions_use_the_default_ring(inprocess_cluster):
         assert sdht.lookup("user:mod") == 1 and sdht.lookup("user:none") is None
     finally:
         sdht.set_default_ring(None)
+
+
+def test_acceptor_operations_waiting_together_share_one_commit(tmp_path):
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from storage.acceptor import GroupCommit
+    from storage.store import Store
+    store = Store(str(tmp_path / "db"))
+    try:
+        group, sizes = GroupCommit(store), []
+        commit = group.commit
+        group.commit = lambda batch: (sizes.append(len(batch)), commit(batch))[1]
+        gate = threading.Barrier(8)
+
+        def op(i):
+            def fn(txn, epoch):
+                if i == 13:
+                    raise ValueError("this one fails alone")
+                time.sleep(0.002)   # a commit takes a while: others queue behind it
+                txn.put(b"k%d" % i, b"v", db=store.meta)
+                return name.Answer(OK, epoch=i)
+            return fn
+
+        def run(i):
+            if i < 8:
+                gate.wait(5)
+            try:
+                return group.run(op(i)).epoch
+            except ValueError:
+                return "failed"
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(run, range(64)))
+        assert got == [i if i != 13 else "failed" for i in range(64)]
+        assert sum(sizes) == 64 and len(sizes) < 64 and max(sizes) > 1
+        with store.env.begin() as txn:
+            assert all(txn.get(b"k%d" % i, db=store.meta) for i in range(64) if i != 13)
+    finally:
+        store.close()
