@@ -38,8 +38,8 @@ BACKOFF, BACKOFF_CAP = 0.004, 0.25
 #: ZERO, and the same for every proposer. Seconds it waits for every replica's answer.
 FAST: Ballot = (0, b"\xff" * PROPOSER_BYTES)
 FAST_WAIT = 0.5
-#: Seconds a loser of a split fast round lets the contender with the smaller claim settle it.
-YIELD = 0.03
+#: Seconds a split fast round's losers let the holder of the smallest claim held settle it.
+YIELD = 0.05
 #: Seconds an acceptor may owe an answer before rounds stop waiting on it first.
 SLOW = 0.5
 _HEADERS = {"Content-Type": MSGPACK}
@@ -155,24 +155,23 @@ class Proposer:
         outcome, answers = self.phase(sets, key, FAST, view, mine,
                                       min(end, time.monotonic() + FAST_WAIT), every=True)
         self.settle(outcome, answers) if outcome == STALE else None
-        won = held_by_all(sets, answers, mine)
-        if not won and any(a.status == CONFLICT and a.ballot == FAST and a.value.digest
-                           < mine.digest for a in answers.values()):  # type: ignore[union-attr]
-            time.sleep(random.uniform(0.5, 1) * YIELD)   # a smaller rival claim settles it
+        won = held_by_all(sets, answers, mine)   # on a split, yield unless mine is held and
+        if not won and (OK not in {a.status for a in answers.values()} or any(   # smallest
+                a.status == CONFLICT and a.ballot == FAST and a.value.digest < mine.digest
+                for a in answers.values())):  # type: ignore[union-attr]
+            time.sleep(random.uniform(0.5, 1) * YIELD)
         return won or (None if all(
             n in answers and answers[n].status != OK for ns in sets for n in ns) else False)
 
     def settle(self, outcome: str, answers: dict[str, Answer]) -> str:
-        """After a failed round: fast-forward past conflicts, re-read a newer ring; say why."""
+        """After a failed round: fast-forward past conflicts, re-read a newer ring; why."""
         if outcome == STALE:
             with contextlib.suppress(SDHTError):   # none answered: the next round retries
                 self.quorum.handle.refresh()
             return "the ring changed"
-        conflicts = [a.ballot for a in answers.values() if a.status == CONFLICT]
-        if conflicts:
+        if conflicts := [a.ballot for a in answers.values() if a.status == CONFLICT]:
             self.saw(max(conflicts))
-            return "a competing proposal"
-        return outcome
+        return "a competing proposal" if conflicts else outcome
 
     def phase(self, sets: list[list[str]], key: str, ballot: Ballot, view: RingView,
               value: Claim | None, end: float,
