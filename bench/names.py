@@ -1,7 +1,7 @@
 """Unique names: sdht's ``register`` against etcd's put-if-absent, in one run (issue 13).
 
 sdht: three real ``sdht-storage`` nodes (as ``bench/bench.py`` starts them), ring n=3, one
-``sdht.Ring`` shared by the client threads. etcd: a three-member cluster of Debian's
+``sdht.Ring`` per client thread. etcd: a three-member cluster of Debian's
 ``etcd-server`` (``/usr/bin/etcd``), durable (its default fsync per commit), each member on
 free 127.0.0.1 ports with a temporary data directory, stopped by PID; its put-if-absent is
 etcd3gw's ``create``: a ``Txn`` comparing ``create_revision == 0``, then the put. One etcd3gw
@@ -163,8 +163,11 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         clients = [etcd3gw.client(host="127.0.0.1", port=etcd_ports[i % len(etcd_ports)],
                                   timeout=10) for i in range(THREADS)]
 
+        # One client per thread on both sides, as etcd3gw needs: a Ring per thread.
+        rings = [sdht.Ring(nodes, timeout=(2.0, 10.0)) for _ in range(THREADS)]
+
         def sdht_register(i: int, name: str) -> bool:
-            return ring.register(name, "v")
+            return rings[i].register(name, "v")
 
         def etcd_register(i: int, name: str) -> bool:
             return clients[i].create(name, "v")
@@ -191,7 +194,8 @@ def bench(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                         for name in figures[0]}
             out[key]["spread"] = (min(f["rate"] for f in figures),
                                   max(f["rate"] for f in figures))
-        ring.close()
+        for r in [ring, *rings]:
+            r.close()
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
