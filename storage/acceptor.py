@@ -12,7 +12,6 @@ the name kind, under its own LMDB key, so it moves with its range like any entry
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from typing import Any, Callable, Mapping
@@ -75,10 +74,10 @@ def _apply(store: Store, key: str, params: Mapping[str, Any], rule: Rule) -> Ans
             store._add(txn, _BYTES, grown)
         return answer
 
-    with _GROUPS_LOCK:
-        group = _GROUPS.get((os.getpid(), id(store)))
-        if group is None:   # per process: the lock and queue must not cross a fork
-            group = _GROUPS[(os.getpid(), id(store))] = GroupCommit(store)
+    group = vars(store).get("name_commits")
+    if group is None:
+        with _GROUPS_LOCK:   # one per store: a store is opened by the process that uses it
+            group = vars(store).setdefault("name_commits", GroupCommit(store))
     return group.run(op)
 
 
@@ -154,7 +153,6 @@ class _Op:
         return self.answer
 
 
-_GROUPS: dict[tuple[int, int], GroupCommit] = {}
 _GROUPS_LOCK = threading.Lock()
 
 
