@@ -23,6 +23,8 @@ from sdht.wire import unpackb
 _U64 = struct.Struct(">Q")
 _KEY_HEAD = struct.Struct(">QBH")   # position, kind tag, key length
 DIGEST_BYTES = 32
+#: The longest key LMDB stores (its default build).
+MAX_KEY_BYTES = 511
 #: The layout's version, kept in meta under ``format``.
 FORMAT = b"3"
 
@@ -38,6 +40,11 @@ def entry_key(entry: Entry) -> bytes:
     return data_key(entry.TAG, entry.key, entry.sub)
 
 
+def seek_key(pos: int) -> bytes:
+    """Return the smallest LMDB key at ring position ``pos``: where a range scan starts."""
+    return _U64.pack(pos)
+
+
 def key_position(lmdb_key: bytes) -> int:
     """Return the ring position an LMDB data key starts with."""
     return _U64.unpack_from(lmdb_key)[0]
@@ -45,7 +52,7 @@ def key_position(lmdb_key: bytes) -> int:
 
 def is_data_key(ref: Any) -> bool:
     """Return whether ``ref`` is shaped like an LMDB data key (a reference a peer may send)."""
-    if type(ref) is not bytes or not _KEY_HEAD.size < len(ref) <= 511:  # LMDB's key limit
+    if type(ref) is not bytes or not _KEY_HEAD.size < len(ref) <= MAX_KEY_BYTES:
         return False
     _, _, length = _KEY_HEAD.unpack_from(ref)
     return len(ref) >= _KEY_HEAD.size + length
@@ -101,4 +108,4 @@ def upgrade(store: Any, txn: lmdb.Transaction, found: bytes | None) -> bool:
 
 
 __all__ = ["DIGEST_BYTES", "FORMAT", "data_key", "entry_key", "held_of", "is_data_key",
-           "key_position", "packed", "stored", "upgrade"]
+           "key_position", "packed", "seek_key", "stored", "upgrade"]

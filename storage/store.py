@@ -32,7 +32,7 @@ from sdht.ring import RingView
 from sdht.wire import RING_SIZE, SAME, STORED, SUPERSEDED, node_range
 
 from .layout import (DIGEST_BYTES, FORMAT, data_key, entry_key, held_of, key_position, packed,
-                     stored, upgrade)
+                     seek_key, stored, upgrade)
 from .tree import Tree
 
 _U64 = struct.Struct(">Q")
@@ -159,7 +159,7 @@ class Store:
         :param after: resume after this LMDB key (the cursor a previous page returned).
         :returns: ``(entries, cursor)``; the cursor is None when the range is exhausted.
         """
-        first = _U64.pack(start)
+        first = seek_key(start)
         if after is not None and after >= first:
             first = after + b"\x00"
         out: list[bytes] = []
@@ -197,7 +197,7 @@ class Store:
         tree_changes: list[tuple[bytes, bytes | None, bytes | None]] = []
         with self.env.begin(write=True) as txn:
             cursor = txn.cursor(db=self.data)
-            more = cursor.set_range(_U64.pack(start))
+            more = cursor.set_range(seek_key(start))
             while more:
                 lkey, raw = bytes(cursor.key()), cursor.value()
                 if end < RING_SIZE and key_position(lkey) >= end:
@@ -235,7 +235,7 @@ class Store:
             cursor = txn.cursor()
             for start, end in ranges:
                 start, end = max(start, low), min(end, high)
-                if start >= end or not cursor.set_range(_U64.pack(start)):
+                if start >= end or not cursor.set_range(seek_key(start)):
                     continue
                 for lkey, raw in cursor:
                     if key_position(lkey) >= end or len(out) >= limit:
