@@ -206,7 +206,10 @@ def _stream(handle: RingHandle, transfer: Transfer, report: MigrationReport,
 def _check_idle(view: RingView, node: str) -> None:
     busy = [f"{m.id} ({m.state})" for m in view.members if m.state != NORMAL and m.id != node]
     if busy:
-        raise RingBusy(f"another membership change is in progress: {', '.join(busy)}")
+        # The staged change is recorded in the ring, so re-running it picks it up where it
+        # stopped (join and remove resume, see :func:`join`).
+        raise RingBusy(f"another membership change is in progress: {', '.join(busy)}; "
+                       f"re-running that same join or remove resumes it")
 
 
 def _bump(view: RingView, other: RingView | None) -> RingView:
