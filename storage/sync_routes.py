@@ -97,10 +97,22 @@ def tree() -> Response:
     if work > 2 * cfg["MAX_BATCH"] + MAX_TREE_RANGES:
         raise ApiError(413, "tree_too_costly", f"the request asks for {work} hashes and "
                        f"listed ranges; the limit is {2 * cfg['MAX_BATCH'] + MAX_TREE_RANGES}")
-    st = store()
-    budget, room, truncated = cfg["MAX_BATCH"], cfg["MAX_ANSWER_BYTES"], False
+    answer = tree_answer(store(), nodes, listed, ranges, cfg["MAX_BATCH"],
+                         cfg["MAX_ANSWER_BYTES"])
+    return msgpack_response(packb(answer))
+
+
+def tree_answer(st: Any, nodes: list[tuple[int, int]], listed: list[tuple[int, int]],
+                ranges: list[tuple[int, int]], max_batch: int,
+                max_answer_bytes: int) -> dict[str, Any]:
+    """The ``POST /v1/tree`` answer from a store (anything with ``tree_hashes`` and
+    ``entries``, as :class:`storage.store.Store`): hashes of ``nodes``, and listings of
+    ``listed`` within the merged, sorted ``ranges``, at most ``max_batch`` entries and about
+    ``max_answer_bytes`` bytes in all, past which it ends ``truncated``. No HTTP here, so the
+    simulation (bench/sim.py) answers exactly as a node does."""
+    budget, room, truncated = max_batch, max_answer_bytes, False
     entries: list[list[list[bytes]]] = []
-    for (level, index), (first, stop) in zip(listed, meeting):
+    for (level, index), (first, stop) in zip(listed, _meeting(listed, ranges)):
         listing: list[list[bytes]] = []
         entries.append(listing)
         if truncated or first >= stop:
@@ -113,8 +125,7 @@ def tree() -> Response:
                 break
             listing.append([ref, digest])
             budget -= 1
-    answer = {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": truncated}
-    return msgpack_response(packb(answer))
+    return {"hashes": st.tree_hashes(nodes), "entries": entries, "truncated": truncated}
 
 
 @bp.post("/sync/pass")
