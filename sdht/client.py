@@ -122,7 +122,8 @@ class Ring:
         """A causal session over this ring: :class:`~sdht.sessions.Session` (``r``, ``wait``)."""
         return sessions.Session(self, context, **options)
 
-    def set(self, key: str, value: Any, work: float | None = None) -> Record:
+    def set(self, key: str, value: Any, work: float | None = None, *,
+            acked: list[str] | None = None) -> Record:
         """Store ``value`` under ``key`` on the key's replicas; return the written record.
 
         Mints ``min_work`` (or ``work``, up to the ring's ``max_work``, to "rent" the key
@@ -137,12 +138,15 @@ class Ring:
         :raises WriteConflict: when the key is held by more work than this write will pay
             (a rented key).
         :raises QuorumError: when fewer than ``w`` replicas acknowledged.
+        :param acked: when given, set to the nodes that acknowledged the write (see
+            :meth:`sdht.quorum.Quorum.replicate`).
         """
-        return self._write(key, value, work, deleted=False)
+        return self._write(key, value, work, deleted=False, acked=acked)
 
-    def delete(self, key: str, work: float | None = None) -> Record:
-        """Write a tombstone for ``key`` (same rules as :meth:`set`); return it."""
-        return self._write(key, None, work, deleted=True)
+    def delete(self, key: str, work: float | None = None, *,
+               acked: list[str] | None = None) -> Record:
+        """Write a tombstone for ``key`` (same rules and ``acked`` as :meth:`set`); return it."""
+        return self._write(key, None, work, deleted=True, acked=acked)
 
     def get(self, key: str, default: Any = None) -> Any:
         """Return the value of ``key``, or ``default`` when it is missing or deleted.
@@ -161,13 +165,14 @@ class Ring:
         return self.quorum.read(key)
 
     def _write(self, key: str, value: Any, work: float | None, deleted: bool,
-               after: int = 0, above: float = -math.inf) -> Record:
+               after: int = 0, above: float = -math.inf,
+               acked: list[str] | None = None) -> Record:
         p = self.handle.current().params
         common.check_key(key, p)
         common.check_value(value, p)
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
         rec = mint(key, value, w, t=max(now_us(), after + 1), deleted=deleted)
-        lost = self.quorum.replicate(rec) if rec.score(p["decay"]) > above else above
+        lost = self._replicate(rec, acked) if rec.score(p["decay"]) > above else above
         if lost is None:
             return rec
         # A replica holds a higher score, or a session saw one (``above``; its writes come
@@ -180,7 +185,7 @@ class Ring:
                                 f"{lost:.6f}); beating it needs work {needed:.2f} > {budget:.2f}",
                                 key, lost)
         rec = mint(key, value, max(w, math.ceil(needed * 1000) / 1000), t=t, deleted=deleted)
-        lost = self.quorum.replicate(rec)
+        lost = self._replicate(rec, acked)
         if lost is not None:
             # Lost again, to a version written meanwhile. If plain work would beat it now, it
             # is simply a later write: last writer wins, and this write is done (superseded,
@@ -190,6 +195,11 @@ class Ring:
                 raise WriteConflict(f"{key!r} was rented meanwhile by a version of higher "
                                     f"priority (score {lost:.6f})", key, lost)
         return rec
+
+    def _replicate(self, rec: Record, acked: list[str] | None) -> float | None:
+        # ``acked`` is passed only when asked for, so a one-argument stand-in for
+        # ``quorum.replicate`` (tests/test_client.py races writes so) keeps working.
+        return self.quorum.replicate(rec) if acked is None else self.quorum.replicate(rec, acked)
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -78,10 +78,13 @@ class Quorum:
             return best
         raise QuorumError(f"read of {key!r}: the ring kept changing", key)
 
-    def replicate(self, rec: Record) -> float | None:
+    def replicate(self, rec: Record, acked: list[str] | None = None) -> float | None:
         """Write ``rec`` to its replicas until ``w`` of the current and of the future
         placement acknowledged. Returns None on success, or the higher score that beat it.
 
+        :param acked: when given, set to the nodes that acknowledged (stored or already
+            held) ``rec`` by the time the quorum was decided, so a caller can say where the
+            write went rather than where it was meant to go.
         :raises QuorumError: when fewer than ``w`` of a placement acknowledged.
         """
         for _ in range(MAX_REROUTES):
@@ -99,6 +102,8 @@ class Quorum:
                 enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
             if self.handle.noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
+            if acked is not None:
+                acked[:] = [n for n, o in replies.items() if o.status != SUPERSEDED]
             lost = [o.score for o in replies.values() if o.status == SUPERSEDED]
             if lost:
                 return max(s for s in lost if s is not None)
