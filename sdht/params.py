@@ -47,10 +47,24 @@ TABLE: dict[str, Param] = {p.name: p for p in (
     Param("r", 2, 1, 16, "replies a read waits for"),
     Param("w", 2, 1, 16, "acknowledgements a write waits for"),
     Param("tokens", 128, 1, 4096, "virtual nodes per member, for balance"),
+    Param("groups", 0, 0, 1,
+          "placement: 0, each member owns its tokens; 1, replica groups of n members own "
+          "the ring's slots and a key's replicas are its group (the seed's shards, "
+          "sdht/groups.py)"),
     Param("max_key_bytes", 1024, 1, 65536, "longest key, in UTF-8 bytes"),
     Param("max_value_bytes", 1 << 20, 1, 1 << 30, "largest value, msgpack-encoded (1 MiB)"),
     Param("tombstone_grace", 7 * 86400.0, 0.0, 10 * 365 * 86400.0,
           "seconds a tombstone is kept before it may be purged (docs/anti-entropy.md)"),
+    # Routing by score, s = 1/(i*delay + j*response_time + k*distance + l*error_rate)
+    # (sdht/health.py, docs/operating.md): a client may override each.
+    Param("score_delay", 1.0, 0.0, 1e6, "i: weight of a replica's delay (seconds behind)"),
+    Param("score_response", 1.0, 0.0, 1e6, "j: weight of its response time (seconds)"),
+    Param("score_distance", 0.01, 0.0, 1e6,
+          "k: weight of its distance in 1000 km (0.01: 1000 km count as 10 ms)"),
+    Param("score_errors", 1.0, 0.0, 1e6,
+          "l: weight of its error rate (0..1; 1: a 10% rate counts as 100 ms)"),
+    Param("score_badness", 0.5, 0.0, 1e6,
+          "b: keep the ring's order unless a replica is more than b (50%) worse than the best"),
 )}
 
 #: Every parameter's default, as a ring created without overrides carries them.

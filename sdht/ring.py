@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from . import params as cluster_params
+from . import groups as replica_groups, params as cluster_params
 from .errors import ConfigError
 from .wire import RING_SIZE
 
@@ -60,8 +60,13 @@ class RingView:
     signature: str | None = None
 
     def body(self) -> dict[str, Any]:
-        """Return the JSON form without the signature: what the operator signs."""
-        return {"epoch": self.epoch, "params": self.params,
+        """Return the JSON form without the signature: what the operator signs.
+
+        ``groups`` is left out while it is 0, so rings signed before the parameter existed
+        keep the body their signature covers (:meth:`from_json` puts the default back).
+        """
+        params = {k: v for k, v in self.params.items() if k != "groups" or v}
+        return {"epoch": self.epoch, "params": params,
                 "members": [m.to_json() for m in self.members]}
 
     def to_json(self) -> dict[str, Any]:
@@ -131,7 +136,7 @@ class RingView:
         """
         wanted = set(states)
         return _placement(tuple(m for m in self.members if m.state in wanted),
-                          self.params["n"])
+                          self.params["n"], bool(self.params.get("groups")))
 
     @functools.cached_property  # a view never changes; works on a frozen dataclass
     def readers(self) -> "Placement":
@@ -194,8 +199,8 @@ class Node:
 
 
 @functools.lru_cache(maxsize=64)
-def _placement(members: tuple[Member, ...], n: int) -> "Placement":
-    return Placement(list(members), n)
+def _placement(members: tuple[Member, ...], n: int, grouped: bool) -> "Placement":
+    return GroupPlacement(list(members), n) if grouped else Placement(list(members), n)
 
 
 class Placement:
@@ -234,6 +239,28 @@ class Placement:
     def boundaries(self) -> list[int]:
         """Return the sorted distinct token positions."""
         return sorted(set(self.positions))
+
+
+class GroupPlacement(Placement):
+    """Replica groups own the ring (sdht/groups.py): a key's preference list is its whole
+    group. The same interface as :class:`Placement`, so quorums, migration and anti-entropy
+    work unchanged: the tokens are the ends of runs of slots, each owned by one group."""
+
+    def __init__(self, members: list[Member], n: int) -> None:
+        #: The groups, in shard order (shard id = index + 1).
+        self.groups = replica_groups.groups_of([m.id for m in members], n)
+        runs = replica_groups.slot_runs(len(self.groups)) if self.groups else ()
+        self.positions = [end for end, _ in runs]
+        self.owners = [g for _, g in runs]    # a group's index, not a member id
+        self.node_ids = sorted(m.id for m in members)
+        self.n = max((len(g) for g in self.groups), default=0)
+
+    def preference(self, pos: int) -> list[str]:
+        """Return every member of the group owning ring position ``pos``."""
+        if not self.positions:
+            return []
+        i = bisect.bisect_left(self.positions, pos) % len(self.positions)
+        return list(self.groups[self.owners[i]])
 
 
 def intervals(boundaries: list[int]) -> Iterator[tuple[int, int, int]]:
