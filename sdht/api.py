@@ -13,6 +13,7 @@ from .client import Ring
 from .kinds.register import Record
 from .migration import MigrationReport
 from .ring import Node
+from .sequences import Sequence
 
 _default: Ring | None = None
 _lock = threading.Lock()
@@ -93,3 +94,14 @@ def register(name: str, value: Any = None, owner: bytes | None = None) -> bool:
 def lookup(name: str) -> Any:
     """The value a unique name is registered with, or None; see :meth:`Ring.lookup`."""
     return default_ring().lookup(name)
+
+
+def sequence(key: str, **options: Any) -> Sequence:
+    """The sequence CRDT under ``key`` in the default ring; see :meth:`Ring.sequence`."""
+    return default_ring().sequence(key, **options)
+
+
+def append(key: str, item: Any) -> bytes:
+    """Append ``item`` to the sequence under ``key`` in the default ring; return its id (see
+    :meth:`sdht.sequences.Sequence.append`)."""
+    return default_ring().sequence(key).append(item)

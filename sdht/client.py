@@ -5,16 +5,17 @@
 lives on the nodes, so any process can find it again from one member (docs/design.md, "Flows").
 
 ``Ring`` is a facade. The work is done by: :mod:`sdht.handle` (the ring view and transport),
-:mod:`sdht.quorum` (parallel replica requests and the read and write quorums),
-:mod:`sdht.batch` (many keys at once), :mod:`sdht.migration` (join and remove),
-:mod:`sdht.sync` (anti-entropy) and :mod:`sdht.pow` (minting).
+:mod:`sdht.quorum` (parallel replica requests and the read and write quorums), :mod:`sdht.batch`
+(many keys at once), :mod:`sdht.migration` (join and remove), :mod:`sdht.sync` (anti-entropy),
+:mod:`sdht.sequences` (sequence CRDTs) and :mod:`sdht.pow` (minting).
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from . import batch, migration, names, params as cluster_params, repair as ring_repair, sessions
+from . import (batch, migration, names, params as cluster_params, repair as ring_repair,
+               sequences, sessions)
 from .errors import KeyNotFound, WriteConflict
 from .handle import RingHandle
 from .health import NodeHealth
@@ -41,12 +42,10 @@ class Ring:
     :param params: cluster parameters for a ring this client creates (ignored when joining an
         existing ring, whose parameters win).
     :param timeout: ``(connect, read)`` seconds per request.
-    :param keys: the operator keys this client trusts rings from and, for operators, signs
-        membership changes and admin requests with (:class:`sdht.trust.Keys`); by default
-        from ``SDHT_OPERATOR_KEY`` / ``SDHT_OPERATOR_PUBKEY``, and none of them means
-        development mode (unsigned rings, loopback nodes).
-    :param transport: an injected :class:`~sdht.transport.Transport` (tests, custom pools);
-        it carries its own keys.
+    :param keys: the operator keys (:class:`sdht.trust.Keys`) this client trusts rings from and,
+        for operators, signs with; by default from ``SDHT_OPERATOR_KEY`` / ``_PUBKEY``, and
+        none of them means development mode (unsigned rings, loopback nodes).
+    :param transport: an injected :class:`~sdht.transport.Transport` (tests), with its keys.
     """
 
     def __init__(self, seeds: Iterable["Node | str"] = (), *,
@@ -56,8 +55,7 @@ class Ring:
         if transport is None:
             transport = Transport(timeout, keys if keys is not None else Keys.from_env())
         #: What migration, sync and status work through: the view and the transport.
-        self.handle = RingHandle(transport,
-                                 [Node.parse(s).id for s in seeds],
+        self.handle = RingHandle(transport, [Node.parse(s).id for s in seeds],
                                  cluster_params.with_defaults(params))
         #: The replica requests, with their failure memory (:attr:`health`).
         self.quorum = Quorum(self.handle)
@@ -121,6 +119,10 @@ class Ring:
     def session(self, context: Any = None, **options: Any) -> sessions.Session:
         """A causal session over this ring: :class:`~sdht.sessions.Session` (``r``, ``wait``)."""
         return sessions.Session(self, context, **options)
+
+    def sequence(self, key: str, **options: Any) -> sequences.Sequence:
+        """The sequence CRDT under ``key`` (:class:`~sdht.sequences.Sequence`)."""
+        return sequences.Sequence(self.quorum, key, **options)
 
     def set(self, key: str, value: Any, work: float | None = None, *,
             acked: list[str] | None = None) -> Record:
@@ -269,9 +271,7 @@ class Ring:
         self.delete(key)
 
     def __contains__(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        rec = self.get_record(key)
+        rec = self.get_record(key) if isinstance(key, str) else None
         return rec is not None and not rec.deleted
 
     # -- membership ---------------------------------------------------------------------------

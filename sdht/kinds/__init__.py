@@ -8,7 +8,8 @@ Each kind is one module with the same names (the :class:`Kind` protocol below), 
 the node and the library. The store, migration, anti-entropy and read repair never look inside
 an entry: they call its kind through :func:`kind_of`, so a new kind is a new module added to
 :data:`KINDS` and nothing else changes. Kinds: :mod:`.register` (tag 0, last writer wins by
-proof-of-work priority) and :mod:`.name` (tag 1, a CASPaxos acceptor per unique name).
+proof-of-work priority), :mod:`.name` (tag 1, a CASPaxos acceptor per unique name) and
+:mod:`.sequence` (tag 2, the immutable ops of a sequence CRDT, merged by union).
 
 Every entry on the wire is a msgpack map whose field ``x`` is its kind's tag.
 """
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Protocol
 
 from ..errors import InvalidRecord
 from ..wire import unpackb
-from . import name, register
+from . import name, register, sequence
 
 
 class Entry(Protocol):
@@ -52,7 +53,8 @@ class Kind(Protocol):
 
 
 #: Every kind, by tag.
-KINDS: dict[int, Kind] = {register.TAG: register, name.TAG: name}  # type: ignore[dict-item]
+KINDS: dict[int, Kind] = {register.TAG: register, name.TAG: name,  # type: ignore[dict-item]
+                         sequence.TAG: sequence}
 
 
 def kind_of(tag: Any) -> Kind:
@@ -102,4 +104,4 @@ def admit(obj: Any, params: Mapping[str, Any], raw: bytes | None = None,
 
 
 __all__ = ["Entry", "KINDS", "Kind", "admit", "from_packed", "from_wire", "kind_of", "name",
-           "register"]
+           "register", "sequence"]

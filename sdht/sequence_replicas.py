@@ -1,0 +1,97 @@
+"""A sequence's replica requests: minting an op, writing ops with ``w`` acknowledgements, and
+reading every op one replica holds (``GET /v1/sequence``, one range read per page).
+
+:class:`sdht.sequences.Sequence` runs these through the ring's :class:`~sdht.quorum.Quorum`, so
+they share its health memory, its parallel fan-out and its re-routing on a newer ring.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .errors import NodeError, QuorumError
+from .kinds import sequence
+from .kinds.sequence import OpEntry
+from .nodeapi import answer_of
+from .pow import find_nonce
+from .quorum import MAX_REROUTES, Quorum, write_shortfall
+from .wire import BATCH, now_us
+
+#: The node's route that returns a page of a key's ops (storage/sequence_routes.py).
+ROUTE = "/v1/sequence"
+#: Pages of ops one read of one replica follows at most (a page is up to ``MAX_BATCH`` ops).
+MAX_PAGES = 1000
+
+
+def mint_op(key: str, op: Any, w: float, t: int | None = None) -> OpEntry:
+    """Return the entry of ``op`` under the sequence ``key``, showing work ``w``."""
+    t = now_us() if t is None else t
+    found = find_nonce(sequence.canonical(key, op.id, t, w), w)
+    assert found is not None  # an unbounded search always answers
+    return OpEntry(key, op, t, w, found[0], found[1])
+
+
+def write(quorum: Quorum, key: str, entries: list[OpEntry]) -> None:
+    """Write ``entries`` (ops of ``key``) until ``w`` of the current and of the future
+    placement hold them all. Any outcome counts: the merge is union, so a node that answered
+    holds each op (``same`` or ``superseded``: with another proof of the same op).
+
+    :raises QuorumError: when fewer than ``w`` of a placement acknowledged.
+    """
+    handle = quorum.handle
+    for _ in range(MAX_REROUTES):
+        view = handle.current()
+        w = view.params["w"]
+        now_set = view.readers.for_key(key)
+        next_set = view.future.for_key(key)
+        targets = list(dict.fromkeys(now_set + next_set))
+        calls = {node: (_put, quorum, node, entries) for node in targets}
+        suspects = {n: calls.pop(n) for n in targets if quorum.health.is_suspect(n)}
+        replies, errors, epochs = quorum.gather(
+            calls, len(targets), spares=suspects,
+            enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
+        if handle.noticed(epochs):
+            continue
+        short = write_shortfall((now_set, next_set), replies, w)
+        if short is not None:
+            raise QuorumError(f"write to sequence {key!r}: {short[0]} of {short[1]} replicas "
+                              "acknowledged", key, short[1], short[0], errors)
+        return
+    raise QuorumError(f"write to sequence {key!r}: the ring kept changing", key)
+
+
+def _put(quorum: Quorum, node: str, entries: list[OpEntry]) -> tuple[int, int]:
+    epoch = 0
+    for i in range(0, len(entries), BATCH):
+        _, epoch = quorum.handle.transport.put_many(node, entries[i:i + BATCH])
+    return len(entries), epoch
+
+
+def fetch(quorum: Quorum, node: str, key: str) -> tuple[list[dict], int]:
+    """Every op ``node`` holds for ``key``, as decoded maps (the caller checks each op), and
+    the node's epoch.
+
+    :raises NodeError: for a malformed answer, or one of more than :data:`MAX_PAGES` pages.
+    """
+    out: list[dict] = []
+    cursor, epoch = None, 0
+    for _ in range(MAX_PAGES):
+        reply = quorum.handle.transport.request(node, "GET", ROUTE,
+                                                params={"key": key, "after": cursor})
+        epoch = reply.epoch
+        with answer_of(node, "GET " + ROUTE):
+            ops, cursor = reply.body["ops"], reply.body["next"]
+            if not isinstance(ops, list) or not all(isinstance(o, dict) for o in ops):
+                raise TypeError("ops must be a list of maps")
+            if cursor is not None and not (isinstance(cursor, str) and len(cursor) == 64):
+                raise ValueError("a malformed cursor")
+        out += ops
+        if cursor is None:
+            return out, epoch
+    raise NodeError(f"{node} answered more than {MAX_PAGES} pages of {key!r}", node)
+
+
+def repair(quorum: Quorum, node: str, missing: list[OpEntry]) -> None:
+    """Send ``node`` the ops it lacks, in the background (best effort: anti-entropy catches
+    what this misses)."""
+    for i in range(0, len(missing), BATCH):
+        quorum.handle.transport.submit(quorum.repair, node, missing[i:i + BATCH])

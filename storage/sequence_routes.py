@@ -1,0 +1,70 @@
+"""The node's read of a sequence: every op it holds under one key, in one range read.
+
+``GET /v1/sequence?key=K`` (``&after=HEX`` to resume, ``&limit=N``) answers the msgpack map
+``{"ops": [op entry, ...], "next": cursor or nil}``. A sequence's ops share the LMDB key prefix
+``position || tag || key length || key`` (storage/layout.py) and differ only in the op id
+after it, so they are one cursor walk; the entries go out as stored, never decoded or
+re-encoded. A page ends at ``limit`` ops (at most ``MAX_BATCH``) or ``MAX_ANSWER_BYTES``
+(but one op), and its cursor is the last op id sent. Data reads need no key, as ``/v1/record``.
+Ops are written through the ordinary ``/v1/records`` batch route, under the kind's admission.
+"""
+from __future__ import annotations
+
+import msgpack
+from flask import Blueprint, Response, current_app, request
+
+from sdht.kinds import sequence
+from sdht.wire import packb, packed_array
+
+from .http import ApiError, check_key, int_arg, msgpack_response, params, store
+from .layout import data_key, packed
+
+bp = Blueprint("sequence", __name__, url_prefix="/v1")
+#: The node's route, as the library calls it (sdht/sequences.py).
+ROUTE = "/sequence"
+
+
+def ops_of(key: str, after: bytes | None, limit: int, room: int
+           ) -> tuple[list[bytes], bytes | None]:
+    """The packed ops this node holds for the sequence ``key``, in op id order, after the op
+    id ``after``: at most ``limit`` of them and ``room`` bytes (but one). Returns them and the
+    cursor to resume from (None when there are no more)."""
+    prefix = data_key(sequence.TAG, key)
+    first = prefix + after + b"\x00" if after is not None else prefix
+    out: list[bytes] = []
+    last: bytes | None = None
+    st = store()
+    with st.env.begin(db=st.data) as txn:
+        cursor = txn.cursor()
+        if not cursor.set_range(first):
+            return out, None
+        for lkey, raw in cursor:
+            if not lkey.startswith(prefix):   # the prefix holds the key's length: no other key
+                return out, None
+            item = packed(lkey, raw)
+            if len(out) == limit or (out and room - len(item) < 0):
+                return out, last
+            room -= len(item)
+            out.append(item)
+            last = bytes(lkey[len(prefix):])
+    return out, None
+
+
+@bp.get(ROUTE)
+def get_sequence() -> Response:
+    """A page of the ops held for ``?key=``, resumed ``after`` an op id (hex)."""
+    p = params()
+    key = check_key(request.args.get("key"), p)
+    limit = int_arg("limit", 1, current_app.config["MAX_BATCH"], current_app.config["MAX_BATCH"])
+    after_hex = request.args.get("after")
+    try:
+        after = bytes.fromhex(after_hex) if after_hex else None
+    except ValueError:
+        after = b""
+    if after is not None and len(after) != sequence.ID_BYTES:
+        raise ApiError(400, "bad_argument", f"after must be an op id: {sequence.ID_BYTES} "
+                       "bytes in hex")
+    ops, cursor = ops_of(key, after, limit, current_app.config["MAX_ANSWER_BYTES"])
+    return msgpack_response(msgpack.Packer().pack_map_header(2) + packb("ops")
+                            + packed_array(ops) + packb("next")
+                            + packb(cursor.hex() if cursor else None))
