@@ -401,3 +401,50 @@ def test_ten_thousand_items_need_no_recursion():
     copy = rebuilt(seq)
     assert copy.items() == seq.items() and len(copy) == 10_000
     assert copy.items()[4_999] == "mid"
+
+
+def test_a_typo_fix_anchors_before_the_right_neighbour():
+    seq = HashSeq(HASHSEQ)
+    seq.insert_batch(0, "hllo")
+    fix = seq.insert(1, "e")
+    assert (fix.kind, fix.anchor) == ("before", seq.ids()[2])
+    other = merged(seq)
+    other.append("!")
+    assert text(merged(seq, other)) == "hello!"
+
+
+@st.composite
+def op_sets(draw):
+    """Ops a byzantine writer might make: any kind, any anchor or target, any deps."""
+    ops: list[Op] = []
+    inserts: list[bytes] = []
+    for n in range(draw(st.integers(1, 25))):
+        known = [op.id for op in ops]
+        kinds = ["root", "after", "before", "remove"] if inserts else ["root"]
+        kind = draw(st.sampled_from(kinds))
+        anchor = draw(st.sampled_from(known)) if kind in ("after", "before") else None
+        deps = set(draw(st.lists(st.sampled_from(known), max_size=3))) if known else set()
+        removed = set(draw(st.lists(st.sampled_from(inserts), min_size=1, max_size=3))) \
+            if kind == "remove" else set()
+        op = make_op(DEFAULT, kind, deps - {anchor} - removed, anchor,
+                     None if kind == "remove" else n, removed)
+        ops.append(op)
+        if kind != "remove":
+            inserts.append(op.id)
+    return ops
+
+
+@settings(max_examples=100, deadline=None)
+@given(op_sets(), st.randoms(use_true_random=False))
+def test_any_op_set_in_any_order_gives_one_order(ops, rnd):
+    reference = HashSeq()
+    reference.apply_many(ops)
+    shuffled = list(ops)
+    rnd.shuffle(shuffled)
+    seq = HashSeq()
+    for op in shuffled:
+        seq.apply(op)
+        assert seq.ids() == rebuilt(seq).ids() and len(seq) == len(seq.ids())
+    assert state(seq) == state(reference) and seq.orphans == 0
+    for op in shuffled:
+        assert not seq.apply(op)
