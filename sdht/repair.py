@@ -1,12 +1,15 @@
-"""Whole-ring repair: every replica set's ranges synced now, and the ring spread to members.
+"""Whole-ring repair: every interval's replicas synced now, and the ring spread to members.
 
 :func:`repair` is what :meth:`sdht.Ring.repair` and ``sdht repair`` run; :func:`spread_ring` and
-:func:`shared_ranges` are also the node's background loop's (storage/syncer.py). The sync of
-two replicas itself is :mod:`sdht.sync`'s (docs/anti-entropy.md).
+:func:`hub_plan` (who syncs which ranges with whom) are also the node's background loop's
+(storage/syncer.py). The sync of two replicas itself is :mod:`sdht.sync`'s
+(docs/anti-entropy.md).
 """
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -15,6 +18,10 @@ from .handle import RingHandle
 from .ring import RingView, intervals
 from .sync import merge_ranges, sync_ranges
 from .transport import Transport
+
+#: Hubs a whole-ring repair syncs at once: each keeps one request in flight to each side of
+#: its current sync, so this bounds the repair's requests in flight at twice as many.
+REPAIR_PARALLEL = 8
 
 
 @dataclass
@@ -32,20 +39,32 @@ class RepairReport:
     seconds: float = 0.0
 
 
-def shared_ranges(view: RingView, node: str | None = None
-                  ) -> dict[frozenset, tuple[list[tuple[int, int]], int]]:
-    """Group the ring's intervals by their set of readers.
+def hub_plan(view: RingView, down: Iterable[str] = (), hub: str | None = None
+             ) -> dict[str, tuple[dict[str, list[tuple[int, int]]], int]]:
+    """Who syncs what with whom in a whole-ring repair or a background pass.
 
-    :param node: keep only the intervals this node replicates.
-    :returns: for each replica set, its merged ranges and how many ring intervals they cover.
+    Each ring interval has one **hub**: the first of its readers (its preference list) that is
+    not ``down``; the hub syncs the interval with each of its other live readers. A hub's
+    ranges with one peer are merged, so a hub runs one sync per peer however many intervals
+    they share: at most ``min(N - 1, (n - 1) * tokens)`` syncs per hub, and about ``N`` times
+    that for the ring, never one per replica set (``~2 * C(N, 3)`` on a small ring).
+
+    :param hub: keep only this hub's work.
+    :returns: for each hub, its ranges by peer and how many ring intervals it is the hub of.
     """
+    down = set(down)
     readers = view.readers
-    groups: dict[frozenset, list[tuple[int, int]]] = {}
+    plan: dict[str, tuple[dict[str, list[tuple[int, int]]], int]] = {}
     for start, end, probe in intervals(readers.boundaries()):
-        replicas = frozenset(readers.preference(probe))
-        if node is None or node in replicas:
-            groups.setdefault(replicas, []).append((start, end))
-    return {k: (merge_ranges(v), len(v)) for k, v in groups.items()}
+        alive = [r for r in readers.preference(probe) if r not in down]
+        if not alive or (hub is not None and alive[0] != hub):
+            continue
+        peers, count = plan.get(alive[0], ({}, 0))
+        for peer in alive[1:]:
+            peers.setdefault(peer, []).append((start, end))
+        plan[alive[0]] = (peers, count + 1)
+    return {h: ({p: merge_ranges(r) for p, r in peers.items()}, count)
+            for h, (peers, count) in plan.items()}
 
 
 @dataclass
@@ -79,41 +98,65 @@ def spread_ring(transport: Transport, view: RingView, skip: Iterable[str] = ()) 
     return RingSpread(pushed, newest, unreachable)
 
 
-def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = None) -> RepairReport:
+def repair(handle: RingHandle, progress: Callable[[int, int], None] | None = None,
+           parallel: int = REPAIR_PARALLEL) -> RepairReport:
     """Sync every ring interval's replicas now (see :meth:`sdht.Ring.repair`).
 
     Members holding an older ring (or none: a node that lost its disk) are given the current
-    one first. Each interval's replicas are synced against the first of them that answers
-    (the hub), then those that missed what the hub learned from later ones, once more.
+    one first; then :func:`repair_view` runs.
     """
     began = time.monotonic()
     view = handle.refresh()
-    report = RepairReport()
     if view is None or not view.members:
-        return report
-    report.epoch = view.epoch
+        return RepairReport()
     spread = spread_ring(handle.transport, view)
+    report = repair_view(handle.transport, view, set(spread.unreachable), progress, parallel)
     report.rings_pushed = spread.pushed
-    report.errors += spread.unreachable.values()
-    down = set(spread.unreachable)
-    groups = shared_ranges(view)
-    report.ranges = total = sum(count for _, count in groups.values())
-    done = 0
+    report.errors[:0] = spread.unreachable.values()
+    report.seconds = time.monotonic() - began
+    return report
+
+
+def repair_view(transport: Transport, view: RingView, down: Iterable[str] = (),
+                progress: Callable[[int, int], None] | None = None,
+                parallel: int = REPAIR_PARALLEL) -> RepairReport:
+    """Sync every interval of ``view`` between its live replicas, hub by hub (:func:`hub_plan`),
+    ``parallel`` hubs at a time: one sync per hub and peer over all the ranges they share.
+
+    A hub syncs its peers one after another, gathering every replica's entries; the peers it
+    synced before the last one that brought it something new lack that, so it syncs them once
+    more. With no differences that is one sync per hub and peer, each one request to each side
+    when the trees agree: the cost grows with the differing ranges, not the replica sets.
+    """
+    began = time.monotonic()
+    report = RepairReport(epoch=view.epoch)
+    plan = hub_plan(view, down)
+    report.ranges = total = sum(count for _, count in plan.values())
+    done, lock = 0, threading.Lock()
     if progress:
         progress(0, total)
-    for replicas, (ranges, count) in sorted(groups.items(), key=lambda item: item[1][0][0]):
-        alive = sorted(replicas - down)
-        if len(alive) > 1:
-            hub, others = alive[0], alive[1:]
-            # First sweep: the hub gathers every replica's records. Those synced before the
-            # last one that brought the hub something new lack it: sync them once more.
-            gains = [_repair_pair(handle.transport, view, hub, o, ranges, report) for o in others]
-            last = max((i for i, gained in enumerate(gains) if gained), default=0)
-            for other in others[:last]:
-                _repair_pair(handle.transport, view, hub, other, ranges, report)
-        done += count
-        if progress:
-            progress(done, total)
+
+    def run(hub: str) -> None:
+        nonlocal done
+        peers, count = plan[hub]
+        mine = RepairReport()
+        gains = [_repair_pair(transport, view, hub, p, r, mine) for p, r in sorted(peers.items())]
+        last = max((i for i, gained in enumerate(gains) if gained), default=0)
+        for peer, ranges in sorted(peers.items())[:last]:
+            _repair_pair(transport, view, hub, peer, ranges, mine)
+        with lock:
+            for name in ("syncs", "hashes", "differences", "pushed"):
+                setattr(report, name, getattr(report, name) + getattr(mine, name))
+            report.errors += mine.errors
+            done += count
+            if progress:
+                progress(done, total)
+
+    # Hubs run in their own threads: each sync fans out on the transport's pool, which a
+    # hub waiting on it must not occupy.
+    with ThreadPoolExecutor(max(1, parallel), thread_name_prefix="sdht-repair") as pool:
+        for fut in [pool.submit(run, hub) for hub in sorted(plan)]:
+            fut.result()
     report.seconds = time.monotonic() - began
     return report
 

@@ -120,14 +120,16 @@ def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
     to_b: list[bytes] = []
     while compare or listing:
         report.rounds += 1   # one level of the descent (its requests go in chunks)
-        hashes_a, hashes_b = [], []
-        for i in range(0, len(compare), BATCH):
-            body_a, body_b = _both(transport, a, b, compare[i:i + BATCH], [], ranges)
-            hashes_a += body_a["hashes"]
-            hashes_b += body_b["hashes"]
-        listings = []
-        for i in range(0, len(listing), LEAVES_PER_REQUEST):
-            listings += _listings(transport, a, b, listing[i:i + LEAVES_PER_REQUEST], ranges)
+        hashes_a, hashes_b, listings = [], [], []
+        # A chunk of hashes and a chunk of leaves share one request: a sync of replicas that
+        # agree is then one request to each side (a whole-ring repair runs thousands).
+        for i in range(max(-(-len(compare) // BATCH), -(-len(listing) // LEAVES_PER_REQUEST))):
+            nodes = compare[i * BATCH:(i + 1) * BATCH]
+            leaves = listing[i * LEAVES_PER_REQUEST:(i + 1) * LEAVES_PER_REQUEST]
+            got_a, got_b, listed = _level(transport, a, b, nodes, leaves, ranges)
+            hashes_a += got_a
+            hashes_b += got_b
+            listings += listed
         report.compared += len(compare)
         report.hashes += 2 * len(compare)
         asked, compare, listing = compare, [], []
@@ -158,6 +160,27 @@ def _both(transport: Transport, a: str, b: str, nodes: list, listed: list,
     fut = transport.submit(transport.tree, a, nodes, listed, ranges)
     body_b, _ = transport.tree(b, nodes, listed, ranges)
     return fut.result()[0], body_b
+
+
+def _level(transport: Transport, a: str, b: str, nodes: list[tuple[int, int]],
+           leaves: list[tuple[int, int]], ranges: list[tuple[int, int]]
+           ) -> tuple[list, list, list[tuple[list, list]]]:
+    """Both replicas' hashes of ``nodes`` and listings of ``leaves``, in one request to each
+    when the listings fit; a listing cut short or refused is asked again by :func:`_listings`."""
+    if not leaves:
+        body_a, body_b = _both(transport, a, b, nodes, [], ranges)
+        return body_a["hashes"], body_b["hashes"], []
+    try:
+        body_a, body_b = _both(transport, a, b, nodes, leaves, ranges)
+    except NodeError as exc:
+        if exc.status != 413:
+            raise
+        body_a, body_b = _both(transport, a, b, nodes, [], ranges) if nodes else ({}, {})
+        return (body_a.get("hashes", []), body_b.get("hashes", []),
+                _listings(transport, a, b, leaves, ranges))
+    if body_a.get("truncated") or body_b.get("truncated"):
+        return body_a["hashes"], body_b["hashes"], _listings(transport, a, b, leaves, ranges)
+    return body_a["hashes"], body_b["hashes"], list(zip(body_a["entries"], body_b["entries"]))
 
 
 def _listings(transport: Transport, a: str, b: str, leaves: list[tuple[int, int]],

@@ -6,9 +6,12 @@ do not sync in lockstep) the loop
 1. reads the ring the node stores and exchanges it with the other members: a member holding an
    older ring, or none (a node restarted on an empty disk), is given this one; a newer ring held
    by a member is adopted. So a node that lost its disk learns the ring from its peers;
-2. syncs each peer it shares ring ranges with, over all those ranges at once
-   (:func:`sdht.sync.sync_ranges`), through the ordinary HTTP routes of both nodes: what a node
-   sends, to a peer or to itself, passes the normal validation and the accept rule;
+2. syncs the ring intervals it is the hub of (the first reachable replica,
+   :func:`sdht.repair.hub_plan`) with their other replicas: one sync per peer over all the
+   ranges they share (:func:`sdht.sync.sync_ranges`), ``PEERS_AT_ONCE`` peers at a time and no
+   new one past the pass's time, through the ordinary HTTP routes of both nodes: what a node
+   sends, to a peer or to itself, passes the normal validation and the accept rule. Every
+   interval has one hub, so each pair of replicas is synced once per pass, not once by each;
 3. reports the pass to its own node (``POST /v1/sync/pass``), which adds to the ``sync_rounds``
    and ``sync_differences`` counters shown in health and, at most every
    ``min(tombstone_grace / 2, 1 hour)``, purges tombstones older than the grace.
@@ -23,11 +26,12 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from sdht.errors import SDHTError
 from sdht.ring import RingView
-from sdht.repair import shared_ranges, spread_ring
+from sdht.repair import hub_plan, spread_ring
 from sdht.sync import sync_ranges
 from sdht.transport import DEFAULT_TIMEOUT, Transport
 from sdht.trust import Keys
@@ -36,6 +40,11 @@ log = logging.getLogger(__name__)
 
 #: Upper bound between tombstone purges, in seconds.
 MAX_PURGE_EVERY = 3600.0
+#: Peers one node syncs at once in its pass: a bound on the background work of one node.
+PEERS_AT_ONCE = 4
+#: A pass starts no new sync after ``max(interval, this)`` seconds: one pass never runs into
+#: the next, and the next goes on with what is left.
+MIN_PASS_SECONDS = 5.0
 
 
 @dataclass
@@ -67,6 +76,7 @@ class Syncer:
         self.transport = Transport(timeout, keys, max_parallel=4)
         self.stopped = threading.Event()
         self.last_purge: float | None = None
+        self.turn = 0
         self.thread: threading.Thread | None = None
 
     def start(self) -> "Syncer":
@@ -94,24 +104,34 @@ class Syncer:
         view = self.transport.get_ring(self.address)
         if view is None:
             return report  # not in a ring yet: a peer gives us one when we are a member
-        view = self._exchange_rings(view, report)
+        view, down = self._exchange_rings(view, report)
         peers: dict[str, list[tuple[int, int]]] = {}
         if view.member(self.node_id) is not None:
-            for replicas, (ranges, _) in shared_ranges(view, self.node_id).items():
-                for peer in replicas - {self.node_id}:
-                    peers.setdefault(peer, []).extend(ranges)
-        for peer, ranges in sorted(peers.items()):
-            if self.stopped.is_set():
-                break
+            peers = hub_plan(view, down, self.node_id).get(self.node_id, ({}, 0))[0]
+        deadline = time.monotonic() + max(self.interval, MIN_PASS_SECONDS)
+
+        def sync(peer: str) -> None:
+            if self.stopped.is_set() or time.monotonic() > deadline:
+                return   # the next pass goes on where this one stopped
             try:
-                rep = sync_ranges(self.transport, self.address, peer, ranges, view.params)
+                rep = sync_ranges(self.transport, self.address, peer, peers[peer], view.params)
             except SDHTError as exc:
                 report.errors.append(str(exc))
                 log.info("anti-entropy with %s skipped: %s", peer, exc)
-                continue
-            report.syncs += 1
-            report.differences += rep.differences
-            report.pushed += rep.pushed_to_a + rep.pushed_to_b
+                return
+            with lock:
+                report.syncs += 1
+                report.differences += rep.differences
+                report.pushed += rep.pushed_to_a + rep.pushed_to_b
+
+        lock = threading.Lock()
+        # The peers of the ranges this node is the hub of, a few at a time: each sync keeps one
+        # request in flight to this node and one to the peer, whatever the ring's size.
+        with ThreadPoolExecutor(PEERS_AT_ONCE, thread_name_prefix="sdht-sync-peer") as pool:
+            order = sorted(peers)
+            turn = self.turn % len(order) if order else 0
+            list(pool.map(sync, order[turn:] + order[:turn]))
+        self.turn += report.syncs   # a pass cut short: the next one starts with the rest
         every = min(view.params["tombstone_grace"] / 2, MAX_PURGE_EVERY)
         purge = self.last_purge is None or time.monotonic() - self.last_purge >= every
         report.purged = self.transport.sync_pass(self.address, report.syncs,
@@ -123,14 +143,16 @@ class Syncer:
                      report.pushed)
         return report
 
-    def _exchange_rings(self, view: RingView, report: PassReport) -> RingView:
-        """Give members with an older ring ours; adopt a newer one a member holds."""
+    def _exchange_rings(self, view: RingView, report: PassReport) -> tuple[RingView, set[str]]:
+        """Give members with an older ring ours; adopt a newer one a member holds. Returns
+        the ring and the members that could not be reached (their ranges go to the next
+        replica as hub, :func:`sdht.repair.hub_plan`)."""
         spread = spread_ring(self.transport, view, skip={self.node_id})
         report.rings_pushed = spread.pushed
         report.errors += spread.unreachable.values()
         if spread.newest is not view:
             self.transport.put_ring(self.address, spread.newest)
-        return spread.newest
+        return spread.newest, set(spread.unreachable)
 
 
 def start_from_config(bind: str) -> Syncer | None:
@@ -143,11 +165,17 @@ def start_from_config(bind: str) -> Syncer | None:
     cfg = load_config()
     if cfg["SYNC_INTERVAL"] <= 0:
         return None
+    address = local_address(bind)
+    cfg["NODE_ID"] = cfg["NODE_ID"] or address
+    return Syncer(address, cfg["NODE_ID"], cfg["SYNC_INTERVAL"], node_keys(cfg)).start()
+
+
+def local_address(bind: str) -> str:
+    """Return the ``host:port`` where the node bound at ``bind`` answers its own loops
+    (a wildcard bind is reached on loopback)."""
     host, _, port = bind.rpartition(":")
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host in ("[::]", "::"):
         host = "[::1]"
-    address = f"{host}:{port}"
-    cfg["NODE_ID"] = cfg["NODE_ID"] or address
-    return Syncer(address, cfg["NODE_ID"], cfg["SYNC_INTERVAL"], node_keys(cfg)).start()
+    return f"{host}:{port}"

@@ -5,6 +5,8 @@ import math
 
 import pytest
 from conftest import wait_for
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import sdht
 from sdht.pow import mint
@@ -146,6 +148,84 @@ class TestRepair:
         assert seen[-1][0] == seen[-1][1] == report.ranges
         assert len({root(t, n) for n in nodes}) == 1
         assert ring.repair().differences == 0
+
+
+class CountingTransport(WSGITransport):
+    """The in-process transport, counting the tree requests it sends."""
+
+    def __init__(self, apps):
+        super().__init__(apps)
+        self.trees = 0
+
+    def tree(self, node, nodes, listed=(), ranges=None):
+        self.trees += 1
+        return super().tree(node, nodes, listed, ranges)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 9), tokens=st.integers(1, 6), n=st.integers(1, 4),
+       down=st.sets(st.integers(0, 8), max_size=3))
+def test_hub_plan_gives_every_interval_one_hub_that_meets_every_live_replica(count, tokens, n,
+                                                                             down):
+    from sdht.repair import hub_plan
+    from sdht.ring import Member, RingView, intervals
+    members = tuple(Member(f"10.0.0.{i}:1", tokens=tokens) for i in range(count))
+    view = RingView(1, members, {**DEFAULT_PARAMS, "n": n, "r": 1, "w": 1})
+    gone = {f"10.0.0.{i}:1" for i in down}
+    plan = hub_plan(view, gone)
+    covered = 0
+    for start, end, probe in intervals(view.readers.boundaries()):
+        alive = [r for r in view.readers.preference(probe) if r not in gone]
+        if not alive:
+            continue
+        covered += 1
+        peers, _ = plan[alive[0]]     # the first live replica is the hub
+        for peer in alive[1:]:
+            assert any(s <= start and end <= e for s, e in peers[peer]), (start, end, peer)
+    assert sum(c for _, c in plan.values()) == covered
+    assert not gone & set(plan) and not any(gone & set(p) for p, _ in plan.values())
+    # one sync per hub and peer: never more than the pairs of live members
+    assert sum(len(p) for p, _ in plan.values()) <= count * (count - 1)
+    assert all(hub_plan(view, gone, h) == {h: plan[h]} for h in plan)
+
+
+def test_replicas_that_agree_sync_in_one_request_each(node_apps):
+    apps = node_apps(2)
+    a, b = apps
+    t = CountingTransport(apps)
+    recs = [mint(f"k{i}", i, 3.0) for i in range(500)]
+    for node in (a, b):
+        t.put_many(node, recs)
+    # many ranges, each with partial leaves at both ends: hashes and listings in one request
+    ranges = [(i << 58, (i << 58) + (1 << 57) + 12345) for i in range(0, 64, 3)]
+    report = sdht.sync.sync_ranges(t, a, b, ranges)
+    assert (report.differences, report.rounds, t.trees) == (0, 1, 2)
+    t.put_many(b, [mint("late", 1, 3.0)])
+    assert sdht.sync.sync_ranges(t, a, b, [FULL]).pushed_to_a == 1
+    t.close()
+
+
+def test_repair_syncs_around_a_node_that_is_down(inprocess_cluster):
+    ring, apps = inprocess_cluster(5)
+    nodes = list(apps)
+    t = ring.transport
+    ring.set_many({f"k{i}": i for i in range(200)})
+    gone = nodes[0]
+    t.mark_down(gone)
+    # records each written to one live replica only, some of them where the dead node is hub
+    view = ring.handle.view
+    lone = [mint(f"lone{i}", i, 3.0) for i in range(40)]
+    for rec in lone:
+        live = [r for r in view.readers.for_key(rec.key) if r != gone]
+        t.put_record(live[-1], rec)
+    report = ring.repair()
+    assert any(gone in e for e in report.errors)
+    assert report.syncs <= 2 * 4 * 3   # per live hub and peer: one sync, and one more at most
+    for rec in lone:
+        for node in view.readers.for_key(rec.key):
+            if node != gone:
+                assert t.get_record(node, rec.key)[0] == rec, (rec.key, node)
+    assert ring.repair().differences == 0
 
 
 class TestBackgroundSync:
