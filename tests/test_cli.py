@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +12,21 @@ from typing import Iterator
 import pytest
 import requests
 
-from conftest import ROOT, NodeProcess
-from sdht.cli.processes import group_alive
+from conftest import ROOT, NodeProcess, wait_for
+from sdht.cli.processes import answers_health, group_alive
 
 
-def run(cluster_dir: Path, *args: str, ok: bool = True) -> subprocess.CompletedProcess:
+def run(cluster_dir: Path, *args: str, ok: bool = True,
+        stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """Run ``sdht ARGS`` with the demo cluster's directory; check the exit status when ``ok``."""
     env = {k: v for k, v in os.environ.items() if k != "SDHT_SEEDS"}
     env.update(PYTHONPATH=str(ROOT), SDHT_CLUSTER_DIR=str(cluster_dir))
-    # What the ``sdht`` entry point runs (sdht.cli has no __main__ module for ``-m``).
+    # What the ``sdht`` entry point runs.
     proc = subprocess.run([sys.executable, "-c", "from sdht.cli import main; main()", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                          cwd=ROOT, env=env, capture_output=True, timeout=120,
+                          input=stdin if stdin is not None else b"")
+    proc.stdout, proc.stderr = (proc.stdout.decode(errors="replace"),
+                                proc.stderr.decode(errors="replace"))
     if ok:
         assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
@@ -80,7 +85,8 @@ def test_set_get_delete_json_and_raw_values(demo):
     run(cluster_dir, "set", "plain", "hello world", "--work", "4")
     assert run(cluster_dir, "get", "plain").stdout == "hello world\n"
 
-    run(cluster_dir, "delete", "doc")
+    deleted = run(cluster_dir, "delete", "doc").stdout
+    assert deleted.startswith("deleted 'doc' on 127.0.0.1:")
     missing = run(cluster_dir, "get", "doc", ok=False)
     assert missing.returncode == 1 and "not set" in one_error_line(missing)
     as_json = run(cluster_dir, "get", "doc", "--json", ok=False)
@@ -150,7 +156,7 @@ def test_stop_kills_exactly_its_processes(own_demo, tmp_path):
     bystander = NodeProcess(tmp_path / "bystander", workers=1).start()
     try:
         out = run(cluster_dir, "cluster", "stop").stdout
-        assert "stopped 3 node(s)" in out
+        assert "stopped 3 node(s)" in out and "by hand" not in out
         for node in state["nodes"]:
             assert not group_alive(node["pid"])
         assert not (cluster_dir / "cluster.json").exists()
@@ -183,3 +189,187 @@ def test_keys_the_first_join_and_keygen(tmp_path, start_node):
     line = one_error_line(run(env_dir, "--operator-key", str(other), "--seeds", node.id,
                               "get", "k", ok=False))
     assert "trust" in line
+
+
+# -- issue 17: what a new user trips on ------------------------------------------------------
+
+def test_the_port_check_ignores_connections_closing_after_a_stop():
+    """A server that closed its side first leaves its port in TIME_WAIT for up to a minute; a
+    new server binds it (gunicorn sets SO_REUSEADDR), so the check must say it is free."""
+    import socket
+    from sdht.cli.processes import port_free
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    conn, _ = server.accept()
+    conn.close()          # the server's side closes first: its end goes to TIME_WAIT
+    server.close()
+    client.close()
+    with socket.socket() as plain:   # without SO_REUSEADDR (the old check) the port is taken
+        with pytest.raises(OSError):
+            plain.bind(("127.0.0.1", port))
+    assert port_free(port)
+
+
+def test_delete_of_a_key_never_set_says_so(demo):
+    cluster_dir = demo[0]
+    out = run(cluster_dir, "delete", "never-set-key").stdout
+    assert "was not set" in out and "deleted" not in out
+
+
+def test_seeds_before_and_after_the_command(demo, tmp_path):
+    seeds = ",".join(n["id"] for n in demo[1]["nodes"])
+    elsewhere = tmp_path / "no-demo"   # no demo cluster here: only --seeds finds the ring
+    run(elsewhere, "--seeds", seeds, "set", "seeded", "1")
+    assert run(elsewhere, "get", "seeded", "--seeds", seeds).stdout == "1\n"
+    assert "3 of 3 nodes up" in run(elsewhere, "status", "--seeds", seeds).stdout
+
+
+def test_a_500_kb_value_from_stdin_and_from_a_file(demo, tmp_path):
+    cluster_dir = demo[0]
+    text = ("0123456789abcdef" * 32_000)[:500_000]
+    out = run(cluster_dir, "set", "big", "-", stdin=text.encode()).stdout
+    assert out.startswith("stored 'big' on ")
+    assert run(cluster_dir, "get", "big").stdout == text + "\n"
+    blob = bytes(range(256)) * 8 + b"\xff\xfe"   # not UTF-8: stored as bytes
+    (tmp_path / "blob").write_bytes(blob)
+    run(cluster_dir, "set", "blob", "--file", str(tmp_path / "blob"))
+    import base64
+    got = json.loads(run(cluster_dir, "get", "blob", "--json").stdout)["value"]
+    assert base64.b64decode(got["$bytes"]) == blob
+    (tmp_path / "doc.json").write_text('{"from": "a file"}\n')
+    run(cluster_dir, "set", "doc-file", "--file", str(tmp_path / "doc.json"))
+    assert json.loads(run(cluster_dir, "get", "doc-file").stdout) == {"from": "a file"}
+    both = run(cluster_dir, "set", "k", "v", "--file", str(tmp_path / "blob"), ok=False)
+    assert "not both" in one_error_line(both)
+
+
+def test_cluster_add_and_remove(demo):
+    cluster_dir, state, _ = demo
+    added = run(cluster_dir, "cluster", "add").stdout
+    node = added.split()[1]
+    assert added.startswith(f"added {node} (pid ") and "moved" in added
+    status = json.loads(run(cluster_dir, "status", "--json").stdout)
+    assert node in {n["id"] for n in status["nodes"]} and len(status["nodes"]) == 4
+    record = next(n for n in json.loads((cluster_dir / "cluster.json").read_text())["nodes"]
+                  if n["id"] == node)
+    removed = run(cluster_dir, "cluster", "remove", node).stdout
+    assert f"removed {node} from the ring" in removed and f"stopped {node}" in removed
+    assert not group_alive(record["pid"])
+    assert len(json.loads(run(cluster_dir, "status", "--json").stdout)["nodes"]) == 3
+    assert node not in (cluster_dir / "cluster.json").read_text()
+
+
+def kill9(node: dict) -> None:
+    """kill -9 a demo node's whole process group and wait until it no longer answers."""
+    os.killpg(node["pid"], signal.SIGKILL)
+    wait_for(lambda: not group_alive(node["pid"]), 10, what=f"{node['id']} to die")
+
+
+def test_a_dead_node_set_repair_and_restart(own_demo):
+    """With one replica killed: set names only the nodes that acknowledged, repair fails
+    with a non-zero status, and cluster restart brings the node back."""
+    cluster_dir, state, _ = own_demo
+    dead = state["nodes"][2]
+    kill9(dead)
+    out = run(cluster_dir, "set", "while-down", "1").stdout
+    acked = out.split(" (work")[0]
+    assert dead["id"] not in acked, out
+    assert all(n["id"] in acked for n in state["nodes"][:2]), out
+    assert f"not acknowledged by {dead['id']}" in out
+
+    failed = run(cluster_dir, "repair", ok=False)
+    assert failed.returncode == 1 and "repair incomplete" in failed.stderr
+    assert "Traceback" not in failed.stderr
+
+    restarted = run(cluster_dir, "cluster", "restart", str(dead["port"])).stdout
+    assert f"restarted {dead['id']}" in restarted
+    assert requests.get(f"http://{dead['id']}/v1/health", timeout=5).ok
+    run(cluster_dir, "repair")   # every replica reachable again: exit status 0
+    out = run(cluster_dir, "set", "after-restart", "2").stdout
+    assert "not acknowledged" not in out or dead["id"] not in out.split(";")[0]
+
+
+def test_stop_stops_a_node_restarted_by_hand_and_start_follows_at_once(own_demo):
+    """A node restarted by hand with sdht-storage on its port and data is the cluster's node:
+    stop stops it and says so. Then start binds the same ports at once (no 'in use')."""
+    cluster_dir, state, _ = own_demo
+    node = state["nodes"][1]
+    kill9(node)
+    key = (cluster_dir / f"{node['port']}.key").read_text().strip()
+    pub = (cluster_dir / "operator.pub").read_text().strip()
+    by_hand = NodeProcess(cluster_dir / str(node["port"]), port=node["port"], workers=1,
+                          env={"SDHT_OPERATOR_PUBKEY": pub, "SDHT_NODE_KEY": key}).start()
+    try:
+        with requests.Session() as kept:   # open keep-alive connections, closed by the stop
+            for n in state["nodes"]:
+                kept.get(f"http://{n['id']}/v1/health", timeout=5)
+            out = run(cluster_dir, "cluster", "stop").stdout
+        assert "stopped 3 node(s)" in out and f"{node['id']} (restarted by hand, pid " in out
+        wait_for(lambda: by_hand.proc.poll() is not None, 10, what="the hand-started node")
+        first = state["nodes"][0]["port"]
+        again = run(cluster_dir, "cluster", "start", "-n", "1", "--base-port", str(first),
+                    "--workers", "1")
+        assert f"127.0.0.1:{first}" in again.stdout
+    finally:
+        by_hand.stop()
+    assert "stopped 1 node(s)" in run(cluster_dir, "cluster", "stop").stdout
+
+
+def test_the_supervisor_restarts_a_node_killed_with_kill_9(tmp_path):
+    cluster_dir = tmp_path / "supervised"
+    started = run(cluster_dir, "cluster", "start", "-n", "2", "--base-port", "0",
+                  "--workers", "1", "--supervise")
+    try:
+        assert "supervisor: pid" in started.stdout
+        state = json.loads((cluster_dir / "cluster.json").read_text())
+        supervisor = state["supervisor"]["pid"]
+        victim = state["nodes"][0]
+        kill9(victim)
+
+        def back() -> bool:
+            now = json.loads((cluster_dir / "cluster.json").read_text())["nodes"][0]
+            return now["pid"] != victim["pid"] and answers_health(victim["id"])
+        wait_for(back, 30, interval=0.2, what="the supervisor to restart the node")
+        assert "restarted it" in (cluster_dir / "supervisor.log").read_text()
+    finally:
+        out = run(cluster_dir, "cluster", "stop").stdout
+    assert "stopped 2 node(s)" in out and f"stopped the supervisor (pid {supervisor})" in out
+    assert not group_alive(supervisor)
+
+
+def test_the_restart_budget_backs_off_and_caps_the_rate():
+    from sdht.cli.supervisor import RestartBudget
+    budget = RestartBudget(limit=3, window=60, first=1, cap=30)
+    assert budget.wait("a", 0) == 0
+    budget.spend("a", 0)
+    assert budget.wait("a", 0.5) == 0.5          # 1 s after the first restart
+    budget.spend("a", 1)
+    assert budget.wait("a", 1) == 2              # then 2 s
+    budget.spend("a", 3)
+    assert budget.wait("a", 3) == 57             # 3 in the window: wait until it slides
+    assert budget.wait("b", 3) == 0              # per node
+    assert budget.wait("a", 61) == 0              # the first two slid out; 1 s after 3 passed
+
+
+def test_ring_busy_says_rerunning_resumes():
+    from sdht.errors import RingBusy
+    from sdht.migration import _check_idle
+    from sdht.ring import JOINING, NORMAL, Member, RingView
+    view = RingView(3, (Member("127.0.0.1:1", NORMAL, 4), Member("127.0.0.1:2", JOINING, 4)))
+    with pytest.raises(RingBusy, match="re-running that same join or remove resumes it"):
+        _check_idle(view, "127.0.0.1:3")
+
+
+def test_the_docs_link_what_exists_and_build_the_deb_in_a_copy():
+    readme = (ROOT / "README.md").read_text()
+    init = (ROOT / "sdht" / "__init__.py").read_text()
+    assert "DESIGN.md" not in readme and "DESIGN.md" not in init
+    assert "docs/design.md" in init
+    deb = next(line for line in readme.splitlines() if "dpkg-buildpackage" in line)
+    assert "copy" in deb
+    python_example = readme.split("```python", 1)[1].split("```", 1)[0]
+    assert "sdht.remove(Node(\"127.0.0.1\", 5555))" not in python_example

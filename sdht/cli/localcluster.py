@@ -1,32 +1,36 @@
 """A local demo cluster: storage nodes on loopback ports, started and stopped by ``sdht cluster``.
 
 Each node is ``python -m storage.server`` (gunicorn) in its own session and process group, with
-its LMDB data in ``DIR/PORT``, its log in ``DIR/PORT.log`` and its key in ``DIR/PORT.key``; the
-operator key that signs the demo ring is ``DIR/operator.key``. The state file ``DIR/cluster.json``
-records each node's port, PID and process start time, so ``stop`` signals exactly those process
-groups and never a process that merely reused a PID.
+its LMDB data in ``DIR/PORT``, its log in ``DIR/PORT.log`` and its key in ``DIR/PORT.key``
+(:mod:`sdht.cli.demonode`); the operator key that signs the demo ring is ``DIR/operator.key``.
+The state file ``DIR/cluster.json`` records each node's port, PID and process start time, and
+the supervisor's when one runs (:mod:`sdht.cli.supervisor`), so ``stop`` signals exactly those
+processes (and a node restarted by hand on its port and data) and never a process that merely
+reused a PID. Every change of the state file is made under a lock (``DIR/cluster.lock``), so
+the supervisor and the commands never overwrite each other's changes.
 
 The default directory is ``$SDHT_CLUSTER_DIR``, else ``$XDG_STATE_HOME/sdht/cluster`` (that is
 ``~/.local/state/sdht/cluster``): one place, whatever the current directory.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
-import signal
-import socket
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import trust
 from ..errors import ClusterError, ConfigError
+from . import demonode
+from .demonode import NodeRecord
 # stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
 from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
-                        check_running, free_port, group_alive, signal_group, start_node,
-                        stop_group, wait_for)
+                        free_port, port_free, stop_group, wait_for)
 
 STATE_FILE = "cluster.json"
+LOCK_FILE = "cluster.lock"
 #: The demo cluster's operator key, made by its first start: the CLI signs with it.
 OPERATOR_KEY_FILE = "operator.key"
 #: Seconds to wait for a node to answer its health route (STOP_DEADLINE: for one to exit).
@@ -51,19 +55,52 @@ def read_state(data_dir: Path) -> dict[str, Any] | None:
         raise ClusterError(f"{data_dir / STATE_FILE} is not valid JSON: {exc}") from None
 
 
+def write_state(data_dir: Path, state: dict[str, Any]) -> None:
+    """Replace the state file atomically (write a temporary file, then rename it)."""
+    tmp = data_dir / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, data_dir / STATE_FILE)
+
+
+@contextlib.contextmanager
+def locked(data_dir: Path) -> Iterator[None]:
+    """Hold the cluster's lock: one change of the state file at a time, across processes."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with open(data_dir / LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def required_state(data_dir: Path) -> dict[str, Any]:
+    """The state file's contents.
+
+    :raises ClusterError: when there is none.
+    """
+    state = read_state(data_dir)
+    if state is None:
+        raise ClusterError(f"no demo cluster recorded in {data_dir} (sdht cluster start)")
+    return state
+
+
 def seeds(data_dir: Path) -> list[str]:
     """Return the node ids of the demo cluster recorded in ``data_dir`` (empty if none)."""
     state = read_state(data_dir)
     return [n["id"] for n in state["nodes"]] if state else []
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
+def find_node(state: dict[str, Any], node: str) -> NodeRecord:
+    """The record of ``node`` (``HOST:PORT`` or just the port) in the state.
+
+    :raises ClusterError: when the cluster has no such node.
+    """
+    for n in state["nodes"]:
+        if node in (n["id"], str(n["port"])):
+            return n
+    raise ClusterError(f"{node} is not a node of this demo cluster (its nodes: "
+                       f"{', '.join(n['id'] for n in state['nodes'])})")
 
 
 def pick_ports(count: int, base_port: int) -> list[int]:
@@ -81,32 +118,18 @@ def pick_ports(count: int, base_port: int) -> list[int]:
     ports = list(range(base_port, base_port + count))
     if ports[-1] > 65535:
         raise ConfigError(f"ports {ports[0]}..{ports[-1]} run past 65535")
-    taken = [p for p in ports if not _port_free(p)]
+    taken = [p for p in ports if not port_free(p)]
     if taken:
         raise ClusterError(f"port(s) {', '.join(map(str, taken))} are in use; pick another "
                            f"--base-port (0 picks free ports)")
     return ports
 
 
-def _start_time(pid: int) -> str | None:
-    """Return the kernel's start time of ``pid`` (Linux ``/proc``), or None when unknown."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _ours(node: dict[str, Any]) -> bool:
-    """Whether the process recorded for ``node`` is still the one we started (not a reuse)."""
-    pid = node["pid"]
-    try:
-        if os.getpgid(pid) != pid:
-            return False
-    except ProcessLookupError:
-        return False
-    started = _start_time(pid)
-    return started is None or node.get("start_time") in (None, started)
+def next_port(state: dict[str, Any]) -> int:
+    """A port for one more node: the one after the highest in use when it is free, else one
+    the OS picks."""
+    port = max(n["port"] for n in state["nodes"]) + 1 if state["nodes"] else 0
+    return port if 0 < port <= 65535 and port_free(port) else free_port()
 
 
 def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
@@ -118,46 +141,46 @@ def start(data_dir: Path, count: int, base_port: int, workers: int = 2,
     :raises ClusterError: when a cluster is already running there, a port is taken, or a node
         does not come up in time (the ones started are stopped again).
     """
-    data_dir.mkdir(parents=True, exist_ok=True)
-    old = read_state(data_dir)
-    if old and any(_ours(n) and group_alive(n["pid"]) for n in old["nodes"]):
-        raise ClusterError(f"a demo cluster is already running from {data_dir}; "
-                           f"stop it first (sdht cluster stop --data {data_dir})")
-    ports = pick_ports(count, base_port)
-    state: dict[str, Any] = {"data": str(data_dir.resolve()), "nodes": []}
-    procs = []
-    operator = operator_key(data_dir, create=True)
-    for port in ports:
-        # Every demo node runs with keys: the operator's public key, and its own derived key.
-        node_key = write_secret(data_dir / f"{port}.key",
-                                trust.node_private_key(operator, f"127.0.0.1:{port}"))
-        env = {"SDHT_OPERATOR_PUBKEY": trust.public_of(operator), "SDHT_NODE_KEY": str(node_key)}
-        with open(data_dir / f"{port}.log", "ab") as log:
-            proc = start_node(port, data_dir / str(port), log, workers, env=env)
-        procs.append(proc)
-        state["nodes"].append({"id": f"127.0.0.1:{port}", "port": port, "pid": proc.pid,
-                               "start_time": _start_time(proc.pid),
-                               "log": str(data_dir / f"{port}.log")})
-        # Written after each spawn, so that stop finds every node even if start fails midway.
-        (data_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
-    waiting = {n["id"]: (proc, n["log"]) for n, proc in zip(state["nodes"], procs)}
+    with locked(data_dir):
+        old = read_state(data_dir)
+        if old and any(demonode.running(data_dir, n) for n in old["nodes"]):
+            raise ClusterError(f"a demo cluster is already running from {data_dir}; "
+                               f"stop it first (sdht cluster stop --data {data_dir})")
+        ports = pick_ports(count, base_port)
+        state: dict[str, Any] = {"data": str(data_dir.resolve()), "nodes": []}
+        operator = operator_key(data_dir, create=True)
+        for port in ports:
+            state["nodes"].append(demonode.spawn(data_dir, port, operator, workers))
+            # Written after each spawn, so that stop finds every node even if start fails.
+            write_state(data_dir, state)
+    wait_up(data_dir, state["nodes"], deadline, on_failure=lambda: stop(data_dir))
+    return state
+
+
+def wait_up(data_dir: Path, nodes: list[NodeRecord], deadline: float = START_DEADLINE,
+            on_failure: Any = None) -> None:
+    """Wait until every one of ``nodes`` answers its health route.
+
+    :raises ClusterError: when one exits or does not answer in time (after ``on_failure()``).
+    """
+    waiting = {n["id"]: n for n in nodes}
 
     def all_answer() -> bool:
-        for node, (proc, log) in list(waiting.items()):
-            check_running(proc, f"node {node}", log)
-            if answers_health(node):
-                del waiting[node]
+        for node_id, n in list(waiting.items()):
+            if not demonode.running(data_dir, n):
+                raise ProcessExited(f"node {node_id} exited; see {n['log']}")
+            if answers_health(node_id):
+                del waiting[node_id]
         return not waiting
     try:
         wait_for(all_answer, deadline, interval=0.1, what="the nodes to answer")
-    except ProcessExited as exc:
-        stop(data_dir)
-        raise ClusterError(str(exc)) from None
-    except WaitTimeout:
-        stop(data_dir)
+    except (ProcessExited, WaitTimeout) as exc:
+        if on_failure is not None:
+            on_failure()
+        if isinstance(exc, ProcessExited):
+            raise ClusterError(str(exc)) from None
         raise ClusterError(f"node(s) {', '.join(waiting)} did not answer in time; see their "
-                           f"logs in {state['data']}") from None
-    return state
+                           f"logs in {data_dir}") from None
 
 
 def operator_key(data_dir: Path, create: bool = False) -> str | None:
@@ -182,27 +205,37 @@ def write_secret(path: Path, text: str) -> Path:
     return path
 
 
-def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> list[str]:
-    """Stop the nodes recorded in ``data_dir``: SIGTERM to each process group, SIGKILL to
-    those still running after ``deadline`` seconds. Returns the ids of the nodes stopped.
+def stop_supervisor(state: dict[str, Any], deadline: float = STOP_DEADLINE) -> int | None:
+    """Stop the cluster's supervisor, if one runs; return its PID then, else None."""
+    sup = state.pop("supervisor", None)
+    if not sup or not demonode.recorded_alive(sup):
+        return None
+    demonode.stop_processes([sup["pid"]], [], deadline)
+    return sup["pid"]
+
+
+def stop(data_dir: Path, deadline: float = STOP_DEADLINE) -> dict[str, Any]:
+    """Stop the supervisor, then every node of the cluster, whichever process serves it: the
+    recorded one, or one restarted by hand on the node's port and data. The state file is
+    removed. Returns what happened: ``{"stopped": [ids], "by_hand": {id: [pids]}, "down":
+    [ids not running], "strangers": {id: [pids of other programs on its port]},
+    "supervisor": pid or None}``.
 
     :raises ClusterError: when there is no state file.
     """
-    state = read_state(data_dir)
-    if state is None:
-        raise ClusterError(f"no demo cluster recorded in {data_dir}")
-    running = [n for n in state["nodes"] if _ours(n) and group_alive(n["pid"])]
-    for node in running:
-        signal_group(node["pid"], signal.SIGCONT)  # a stopped process cannot act on SIGTERM
-        signal_group(node["pid"], signal.SIGTERM)
-    ends = time.monotonic() + deadline
-    while any(group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
-        time.sleep(0.05)
-    for node in running:
-        if group_alive(node["pid"]):
-            signal_group(node["pid"], signal.SIGKILL)
-    ends = time.monotonic() + deadline
-    while any(group_alive(n["pid"]) for n in running) and time.monotonic() < ends:
-        time.sleep(0.05)
-    (data_dir / STATE_FILE).unlink(missing_ok=True)
-    return [n["id"] for n in running]
+    with locked(data_dir):
+        state = required_state(data_dir)
+        report: dict[str, Any] = {"stopped": [], "by_hand": {}, "down": [], "strangers": {},
+                                  "supervisor": stop_supervisor(state, deadline)}
+        for node in state["nodes"]:
+            by_hand, strangers = demonode.hand_started(data_dir, node)
+            if strangers:
+                report["strangers"][node["id"]] = strangers
+            if demonode.stop(data_dir, node, deadline):
+                report["stopped"].append(node["id"])
+                if by_hand:
+                    report["by_hand"][node["id"]] = by_hand
+            else:
+                report["down"].append(node["id"])
+        (data_dir / STATE_FILE).unlink(missing_ok=True)
+    return report

@@ -85,11 +85,27 @@ def progress_callback(progress: Progress) -> Callable[..., None]:
     return callback
 
 
-def report_line(report: Any) -> str:
-    """Render a report (a dataclass of counts) as ``name value, ...``."""
+def report_line(report: Any, skip: tuple[str, ...] = ()) -> str:
+    """Render a report (a dataclass of counts) as ``name value, ...``, without ``skip``."""
     fields = getattr(report, "__dict__", None) or {}
     return ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                     for k, v in fields.items() if k not in ("node", "action"))
+                     for k, v in fields.items() if k not in ("node", "action", *skip))
+
+
+#: A value read from stdin or a file may be this many times the ring's ``max_value_bytes``
+#: as text: JSON text is longer than the msgpack it encodes to (the exact limit is checked
+#: on the encoded value).
+MAX_TEXT_RATIO = 4
+
+
+def stored_line(key: str, acked: list[str], replicas: list[str], work: float) -> str:
+    """What ``sdht set`` prints: the replicas that acknowledged the write (not the ones it was
+    meant for), and those that had not when the write quorum was reached."""
+    line = f"stored {key!r} on {', '.join(acked)} (work {work:g})"
+    missing = [n for n in replicas if n not in acked]
+    if missing:
+        line += f"; not acknowledged by {', '.join(missing)} when the quorum was reached"
+    return line
 
 
 COLUMNS = ("NODE", "STATE", "SHARE", "RECORDS", "BYTES", "EPOCH", "REV", "MEAN ms", "ERR %",

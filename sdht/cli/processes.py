@@ -1,6 +1,8 @@
 """Local processes, one way for everyone: the demo cluster, the tests and the benchmarks.
 
-* :func:`free_port` picks a loopback port; :func:`wait_for` polls a condition with a deadline.
+* :func:`free_port` picks a loopback port, :func:`port_free` checks one (the one home of that
+  check); :func:`listeners` names the processes listening on a port; :func:`wait_for` polls a
+  condition with a deadline.
 * :func:`spawn` starts a server in a session (and process group) of its own with its output in
   a log file; :func:`start_node` does so for one ``sdht-storage`` node
   (``python -m storage.server``), and :func:`wait_healthy` waits until it answers
@@ -36,6 +38,71 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could bind ``host:port`` (TCP) right now.
+
+    The probe sets ``SO_REUSEADDR``, as gunicorn does for its listening socket: connections of
+    a server that just stopped linger in TIME_WAIT for up to a minute, and they do not stop a
+    new server from binding, so they must not fail this check either.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+#: The most processes :func:`listeners` looks through (a bound on its /proc walk).
+MAX_PROCESSES = 100_000
+
+
+def listeners(port: int) -> list[int]:
+    """PIDs of this user's processes holding a TCP socket that listens on ``port`` (IPv4 or
+    IPv6), read from Linux ``/proc``; empty elsewhere or when none."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            # local address "ADDR:PORT" in hex, state 0A is LISTEN, field 9 the socket inode
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return []
+    pids = []
+    for seen, entry in enumerate(Path("/proc").iterdir()):
+        if seen >= MAX_PROCESSES:
+            break
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:   # another user's process, or gone
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    pids.append(int(entry.name))
+                    break
+            except OSError:
+                continue
+    return sorted(pids)
+
+
+def command_line(pid: int) -> list[str]:
+    """The argument vector of process ``pid`` (empty when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
 def wait_for(predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05,
