@@ -373,3 +373,21 @@ def test_the_docs_link_what_exists_and_build_the_deb_in_a_copy():
     assert "copy" in deb
     python_example = readme.split("```python", 1)[1].split("```", 1)[0]
     assert "sdht.remove(Node(\"127.0.0.1\", 5555))" not in python_example
+
+
+def test_the_readme_python_example_leaves_the_demo_cluster_whole(demo):
+    """Run the README's Python example against the demo cluster (its ports for 5555-5557), as
+    a new user would with SDHT_SEEDS exported: every demo node is still a member after."""
+    cluster_dir, state, _ = demo
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("```python", 1)[1].split("```", 1)[0]
+    for i, node in enumerate(state["nodes"]):
+        example = example.replace(f'"127.0.0.1", {5555 + i}', f'"127.0.0.1", {node["port"]}')
+        example = example.replace(f"127.0.0.1:{5555 + i}", node["id"])
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "SDHT_SEEDS": ",".join(n["id"] for n in state["nodes"])}
+    ran = subprocess.run([sys.executable, "-c", example], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    members = {n["id"] for n in json.loads(run(cluster_dir, "status", "--json").stdout)["nodes"]}
+    assert members == {n["id"] for n in state["nodes"]}
