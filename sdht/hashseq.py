@@ -18,13 +18,13 @@ order (hashseq's separate incremental index can disagree with it after merges; n
 """
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import insort
 from typing import Any, Iterable, Iterator
 
 from .hashseq_op import (AFTER, BEFORE, BLAKE2B, DEFAULT, DOMAIN, ID_BYTES, KINDS, MAX_DEPS,
                          MAX_REMOVED, REMOVE, ROOT, Hasher, Op, Scheme, check_shape, make_op,
                          op_from_wire, sdht_preimage)
-from .hashseq_order import first, last, under_after, walk
+from .hashseq_order import under_after, walk
 
 __all__ = ["HashSeq", "Op", "Scheme", "Hasher", "BLAKE2B", "DEFAULT", "DOMAIN", "ID_BYTES",
            "KINDS", "MAX_DEPS", "MAX_REMOVED", "ROOT", "AFTER", "BEFORE", "REMOVE",
@@ -48,6 +48,7 @@ class HashSeq:
         self._visible = 0                          # shown inserts, so len() needs no walk
         # The visible order, kept up to date while that is cheap; None = walk again when read.
         self._order: list[bytes] | None = []
+        self._editing: tuple[bytes, int] | None = None  # the local edit being applied
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -122,16 +123,16 @@ class HashSeq:
         left = order[index - 1] if index > 0 else None
         right = order[index] if index < len(order) else None
         if left is None and right is None:     # an empty sequence: a new root
-            first = self._local(ROOT, None, items[0], self._tips)
+            first = self._local(index, ROOT, None, items[0], self._tips)
         elif right is not None and (left is None or under_after(self._ops, left, right)):
             # An after-child of ``left`` would be ordered by hash against ``right``, which
             # hangs below ``left`` too: anchor before ``right`` instead (hashseq's rule).
-            first = self._local(BEFORE, right, items[0], self._tips - {right})
+            first = self._local(index, BEFORE, right, items[0], self._tips - {right})
         else:
-            first = self._local(AFTER, left, items[0], self._tips - {left})
+            first = self._local(index, AFTER, left, items[0], self._tips - {left})
         out = [first]
-        for item in items[1:]:
-            out.append(self._local(AFTER, out[-1].id, item, ()))
+        for offset, item in enumerate(items[1:], 1):
+            out.append(self._local(index + offset, AFTER, out[-1].id, item, ()))
         return out
 
     def remove(self, index: int) -> Op:
@@ -155,11 +156,16 @@ class HashSeq:
         return self._local_op(make_op(self.scheme, REMOVE, _bounded(self._tips - targets),
                                       removed=targets))
 
-    def _local(self, kind: str, anchor: bytes | None, item: Any, deps: Iterable[bytes]) -> Op:
-        return self._local_op(make_op(self.scheme, kind, _bounded(deps), anchor, item))
+    def _local(self, index: int, kind: str, anchor: bytes | None, item: Any,
+               deps: Iterable[bytes]) -> Op:
+        return self._local_op(make_op(self.scheme, kind, _bounded(deps), anchor, item), index)
 
-    def _local_op(self, op: Op) -> Op:
-        self.apply(op)
+    def _local_op(self, op: Op, index: int = 0) -> Op:
+        self._editing = (op.id, index)
+        try:
+            self.apply(op)
+        finally:
+            self._editing = None
         return op
 
     # -- applying -------------------------------------------------------------------------------
@@ -230,8 +236,18 @@ class HashSeq:
             siblings = table.setdefault(anchor, [])
         insort(siblings, op_id)
         self._visible += 1
-        if self._order is not None:
-            self._place(op, siblings)
+        order = self._order
+        if order is None:
+            return
+        if self._editing is not None and self._editing[0] == op_id:
+            # hashseq's rules put a local insert exactly where it was asked for (the list
+            # model); the tests check this upkeep against a fresh walk.
+            order.insert(self._editing[1], op_id)
+        elif op.kind == AFTER and order and order[-1] == op.anchor:
+            # After the last visible item, all that follows in the walk is tombstones.
+            order.append(op_id)
+        else:
+            self._order = None    # foreign ops come in batches: walk once, when next read
 
     def _tombstone(self, op: Op) -> None:
         for target in op.removed:
@@ -244,36 +260,6 @@ class HashSeq:
                 self._order.remove(target)
 
     # -- the order ------------------------------------------------------------------------------
-
-    def _place(self, op: Op, siblings: list[bytes]) -> None:
-        """Put a just-integrated insert (no children yet) into the cached order, or drop the
-        cache when its neighbour in the full walk is a tombstone."""
-        order = self._order
-        assert order is not None
-        k = bisect_left(siblings, op.id)
-        if op.kind == AFTER or (op.kind == ROOT and k == len(siblings) - 1):
-            # It follows its anchor (first after-child) or the last of its previous sibling's
-            # subtree; the last root follows the last node of the previous root's tree.
-            if k == 0:
-                before = op.anchor
-            else:
-                before = last(self._afters, siblings[k - 1])
-            if before is None:
-                order.append(op.id)
-            elif before in self._removed:
-                self._order = None
-            elif order and order[-1] == before:
-                order.append(op.id)
-            else:
-                order.insert(order.index(before) + 1, op.id)
-        else:
-            # A before-child precedes the first node of its next sibling's subtree, or its
-            # anchor; a root other than the last precedes the first node of the next root's.
-            after = op.anchor if k == len(siblings) - 1 else first(self._befores, siblings[k + 1])
-            if after in self._removed:
-                self._order = None
-            else:
-                order.insert(order.index(after), op.id)
 
     def _ordered(self) -> list[bytes]:
         if self._order is None:

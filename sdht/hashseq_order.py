@@ -37,20 +37,6 @@ def walk(roots: list[bytes], afters: Mapping[bytes, list[bytes]],
     return out
 
 
-def last(afters: Mapping[bytes, list[bytes]], node: bytes) -> bytes:
-    """The last node of ``node``'s subtree in the walk (tombstone or not)."""
-    while afters.get(node):
-        node = afters[node][-1]
-    return node
-
-
-def first(befores: Mapping[bytes, list[bytes]], node: bytes) -> bytes:
-    """The first node of ``node``'s subtree in the walk (tombstone or not)."""
-    while befores.get(node):
-        node = befores[node][0]
-    return node
-
-
 def under_after(ops: Mapping[bytes, Any], left: bytes, right: bytes) -> bool:
     """Whether ``right`` lies in the subtree of one of ``left``'s after-children (hashseq's
     ``is_causally_before``): then an op after ``left`` would be ordered by hash against
