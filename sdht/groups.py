@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
+from . import params as cluster_params
 from .wire import RING_SIZE
 
 #: Slots the ring is cut into (Redis Cluster has 16384; 4096 keeps a placement cheap to build
@@ -101,3 +102,13 @@ def quorum_sizes(members: int, n: int) -> tuple[int, int]:
 def shard_of(groups: Sequence[Sequence[str]], node_id: str) -> int | None:
     """Return the shard id (1-based, as the seed numbers shards) of ``node_id``, or None."""
     return next((i + 1 for i, g in enumerate(groups) if node_id in g), None)
+
+
+def group_params(base: Mapping[str, Any], members: int, repl_factor: int) -> dict[str, Any]:
+    """Return ``base`` with replica groups of ``repl_factor`` members and quorums that overlap
+    in the largest group of ``members`` (:func:`quorum_sizes`), checked.
+
+    :raises ConfigError: when ``repl_factor`` is out of the parameter table's range.
+    """
+    r, w = quorum_sizes(members, repl_factor)
+    return cluster_params.check({**base, "groups": 1, "n": repl_factor, "r": r, "w": w})

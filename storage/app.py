@@ -16,6 +16,7 @@ from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and too
 
 from . import (auth, gateway, http, limits, metrics, names_routes, routes, sequence_gateway,
                sequence_routes, sync_routes, web)
+from . import shards, viewchange
 from .config import load_config
 from .store import Store
 
@@ -47,5 +48,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.init_app(app)  # request figures and /metrics
     web.init_app(app)      # the page at / and its /v1/ui routes
     gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits
+    shards.init_app(app)   # /kv-store/key-count and the seed's shards
+    viewchange.init_app(app)  # PUT /kv-store/view-change
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced
     return app

@@ -61,7 +61,7 @@ def get_key(key: str) -> tuple[Response, int]:
     with _errors(session):
         rec = _read(session, key)
     if rec is None or rec.deleted:
-        _fail(404, NOT_FOUND, session.context, doesExist=False, **_where(session, key))
+        fail(404, NOT_FOUND, session.context, doesExist=False, **_where(session, key))
     return _answer(200, session, key, message="Retrieved successfully",
                    value=jsonable(rec.value), doesExist=True)
 
@@ -71,7 +71,7 @@ def put_key(key: str) -> tuple[Response, int]:
     """Write ``{"value": V}`` to ``key``: 201 when it was missing, 200 when it replaced one."""
     ctx = _key(key)
     if g.body.get("value") is None:
-        _fail(400, "Value is missing", ctx)
+        fail(400, "Value is missing", ctx)
     session = _session(ctx)
     _charge_write(session)
     with _errors(session):
@@ -90,7 +90,7 @@ def delete_key(key: str) -> tuple[Response, int]:
     with _errors(session):
         rec = _read(session, key)
         if rec is None or rec.deleted:
-            _fail(404, NOT_FOUND, session.context, doesExist=False, **_where(session, key))
+            fail(404, NOT_FOUND, session.context, doesExist=False, **_where(session, key))
         session.delete(key)
     return _answer(200, session, key, message="Deleted successfully", doesExist=True)
 
@@ -99,22 +99,13 @@ def delete_key(key: str) -> tuple[Response, int]:
 @bp.route("/keys/", methods=["GET", "PUT", "DELETE"])
 def missing_key() -> NoReturn:
     """A request that names no key."""
-    _fail(400, "Key is missing", _parse())
-
-
-@bp.get("/key-count")
-def key_count() -> tuple[Response, int]:
-    """How many live keys (not deleted) this node holds."""
-    ctx = _parse()
-    return jsonify({"message": "Key count retrieved successfully", "key-count": _live_keys(),
-                    "shard-id": current_app.config["NODE_ID"],
-                    CONTEXT_FIELD: encode(ctx)}), 200
+    fail(400, "Key is missing", parse_request())
 
 
 # -- requests -------------------------------------------------------------------------------------
 
-def _parse() -> Context:
-    """Read the request: its JSON body (an object, or nothing) into ``g.body``, and its causal
+def parse_request() -> Context:
+    """Read a ``/kv-store`` request: its JSON body (an object, or nothing) into ``g.body``, and its causal
     context, merged from the body, the header and the query argument."""
     raw = request.get_data(cache=True)
     g.body = {}
@@ -122,7 +113,7 @@ def _parse() -> Context:
     # text up to six bytes per encoded byte, as escapes) and a context in full.
     limit = 6 * params()["max_value_bytes"] + 2 * CONTEXT_MAX_BYTES + 4096
     if len(raw) > limit:
-        _fail(413, "Request body is too large", EMPTY, detail=f"the limit is {limit} bytes")
+        fail(413, "Request body is too large", EMPTY, detail=f"the limit is {limit} bytes")
     if raw.strip():
         try:
             g.body = json.loads(raw)
@@ -130,27 +121,27 @@ def _parse() -> Context:
             g.body = None
         if not isinstance(g.body, dict):
             g.body = {}
-            _fail(400, "Failed to parse request body", EMPTY)
+            fail(400, "Failed to parse request body", EMPTY)
     texts = [request.headers.get(CONTEXT_HEADER), request.args.get(CONTEXT_FIELD)]
     try:
         ctx = merge_all([decode(g.body.get(CONTEXT_FIELD)), *(loads(t) for t in texts if t)])
         check_plausible(ctx, params(), now_us())
     except InvalidContext as exc:
-        _fail(400, "Invalid causal context", EMPTY, detail=str(exc))
+        fail(400, "Invalid causal context", EMPTY, detail=str(exc))
     return ctx
 
 
 def _key(key: str) -> Context:
     """Parse the request (:func:`_parse`) and check ``key``; return the request's context."""
-    ctx = _parse()
+    ctx = parse_request()
     if len(key) > current_app.config["GATEWAY_MAX_KEY_LENGTH"]:
-        _fail(400, "Key is too long", ctx)
+        fail(400, "Key is too long", ctx)
     try:
         check_key(key, params())
     except ValueTooLarge:
-        _fail(400, "Key is too long", ctx)
+        fail(400, "Key is too long", ctx)
     except InvalidRecord as exc:
-        _fail(400, "Key is invalid", ctx, detail=str(exc))
+        fail(400, "Key is invalid", ctx, detail=str(exc))
     return ctx
 
 
@@ -161,14 +152,14 @@ def _session(ctx: Context) -> Session:
     r = None
     if raw is not None:
         if not (raw.isascii() and raw.isdigit() and len(raw) <= 2 and 1 <= int(raw) <= n):
-            _fail(400, "Invalid r", ctx, detail=f"r must be an integer from 1 to n ({n})")
+            fail(400, "Invalid r", ctx, detail=f"r must be an integer from 1 to n ({n})")
         r = int(raw)
     if ring_view() is None:
-        _fail(503, UNAVAILABLE, ctx, detail="this node has not joined a ring")
+        fail(503, UNAVAILABLE, ctx, detail="this node has not joined a ring")
     try:
         return Session(ring(), ctx, r=r, wait=current_app.config["GATEWAY_WAIT"])
     except SDHTError as exc:
-        _fail(503, UNAVAILABLE, ctx, detail=str(exc))
+        fail(503, UNAVAILABLE, ctx, detail=str(exc))
 
 
 def _access() -> Access:
@@ -179,7 +170,7 @@ def _charge_write(session: Session) -> None:
     """Refuse a write this node will not mint (403), or one past the client's rate (429)."""
     p = params()
     if not _access().mints(p):
-        _fail(403, "Writes through this node are off", session.context,
+        fail(403, "Writes through this node are off", session.context,
               detail=f"this ring's min_work ({p['min_work']}) is above what the node mints for "
                      f"its clients ({_access().max_work}): write with the sdht library")
     _take_token(session)
@@ -189,7 +180,7 @@ def _take_token(session: Session) -> None:
     retry = _access().retry_after(request.remote_addr or "")
     if retry:
         g.retry_after = retry
-        _fail(429, "Too many requests", session.context,
+        fail(429, "Too many requests", session.context,
               detail=f"this client's rate on this node is spent: retry in {retry}s")
 
 
@@ -204,7 +195,7 @@ def _read(session: Session, key: str) -> Record | None:
             raise
     _take_token(session)
     if not _access().wait_slot():
-        _fail(503, UNAVAILABLE, session.context,
+        fail(503, UNAVAILABLE, session.context,
               detail="too many reads wait for their causal context on this node")
     try:
         return session.get_record(key, wait=total - FIRST_WAIT)
@@ -218,19 +209,19 @@ def _errors(session: Session) -> Iterator[None]:
     try:
         yield
     except WriteConflict as exc:
-        _fail(409, "Key is held by a write of higher priority", session.context,
+        fail(409, "Key is held by a write of higher priority", session.context,
               detail=str(exc))
     except ValueTooLarge as exc:
-        _fail(413, "Value is too large", session.context, detail=str(exc))
+        fail(413, "Value is too large", session.context, detail=str(exc))
     except InvalidRecord as exc:
-        _fail(400, "Value is invalid", session.context, detail=str(exc))
+        fail(400, "Value is invalid", session.context, detail=str(exc))
     except SDHTError as exc:  # quorums, the deadline, unreachable or faulty nodes
-        _fail(503, UNAVAILABLE, session.context, detail=str(exc))
+        fail(503, UNAVAILABLE, session.context, detail=str(exc))
 
 
 # -- answers --------------------------------------------------------------------------------------
 
-def _fail(status: int, error: str, ctx: Context, **extra: Any) -> NoReturn:
+def fail(status: int, error: str, ctx: Context, **extra: Any) -> NoReturn:
     """Answer ``{"error", "message": "Error in METHOD", "causal-context", ...}``."""
     raise ApiError(status, error, f"Error in {request.method}",
                    **{CONTEXT_FIELD: encode(ctx)}, **extra)
@@ -265,7 +256,7 @@ def _finish(response: Response) -> Response:
     return response
 
 
-def _live_keys() -> int:
+def live_keys() -> int:
     """Live keys (registers that are not tombstones) this node holds, counted at most once
     per :data:`COUNT_TTL` seconds per worker."""
     when, count = current_app.extensions["sdht.key_count"]

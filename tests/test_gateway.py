@@ -195,7 +195,35 @@ class TestEveryNode:
         wait_for(lambda: total() == before + 27, 20, what="the deleted key uncounted")
         status, out = call(nodes[2], "GET", None, path="key-count")
         assert out["message"] == "Key count retrieved successfully"
-        assert out["shard-id"] == nodes[2].id
+        # On a ring built with join each member is a shard of its own, in id order.
+        assert out["shard-id"] == sorted(n.id for n in nodes).index(nodes[2].id) + 1
+
+    def test_shards_of_a_ring_built_with_join_are_its_members(self, kv):
+        ring, nodes = kv
+        status, out = call(nodes[0], "GET", None, path="shards")
+        assert (status, out["shards"]) == (200, [1, 2, 3, 4])
+        assert out["message"] == "Shard membership retrieved successfully"
+        status, out = call(nodes[0], "GET", None, path="shards/4")
+        assert status == 200 and out["replicas"] == [max(n.id for n in nodes)]
+        assert out["message"] == "Shard information retrieved successfully"
+        assert out["key-count"] == call(by_id(nodes, out["replicas"][0]), "GET", None,
+                                        path="key-count")[1]["key-count"]
+        for bad in ("5", "0", "x", "-1", "9" * 30):
+            status, out = call(nodes[1], "GET", None, path=f"shards/{bad}")
+            assert (status, out["error"], out["message"]) == (404, "Shard does not exist",
+                                                              "Error in GET")
+
+    def test_a_view_change_is_refused_for_a_bad_view_or_factor(self, kv):
+        ring, nodes = kv
+        epoch = ring.handle.refresh().epoch
+        for body in ({}, {"view": [], "repl-factor": 1}, {"view": "", "repl-factor": 1},
+                     {"view": [nodes[0].id], "repl-factor": 0},
+                     {"view": [nodes[0].id], "repl-factor": 2},
+                     {"view": [nodes[0].id], "repl-factor": "1"},
+                     {"view": ["no-port"], "repl-factor": 1}, {"view": 5, "repl-factor": 1}):
+            status, out = call(nodes[0], "PUT", None, path="view-change", **body)
+            assert (status, out["error"]) == (400, "Failed to parse request body"), body
+        assert ring.handle.refresh().epoch == epoch
 
 
 def left_behind(ring, key: str) -> tuple[sdht.Record, str]:
@@ -390,7 +418,8 @@ class TestFuzz:
             node = rnd.choice(nodes)
             method = rnd.choice(["GET", "PUT", "DELETE", "GET", "PUT", "POST", "PATCH"])
             path = rnd.choice(["keys/" + urllib.parse.quote(rnd.choice(keys), safe=""),
-                               "keys/", "keys", "key-count"])
+                               "keys/", "keys", "key-count", "shards", "shards/1", "shards/9",
+                               "shards/x", "view-change"])
             body: dict = {}
             if rnd.random() < 0.7:
                 body["value"] = rnd.choice(values)
