@@ -189,6 +189,38 @@ def test_hub_plan_gives_every_interval_one_hub_that_meets_every_live_replica(cou
     assert all(hub_plan(view, gone, h) == {h: plan[h]} for h in plan)
 
 
+def _inside(low, high, ranges):
+    return any(s <= low and high <= e for s, e in ranges)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(0, RING_SIZE),
+                          st.integers(0, 1 << 16).map(lambda i: i << 48),
+                          st.integers(0, 1 << 16).map(lambda i: max(0, (i << 48) - 1))),
+                max_size=12))
+def test_a_sync_starts_from_the_largest_nodes_inside_and_lists_the_leaves_cut(points):
+    from sdht.sync import _cover, merge_ranges
+    from sdht.wire import DEPTH, node_range
+    points = sorted(set(points))
+    ranges = merge_ranges([(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)])
+    compare, listing = _cover(ranges)
+    spans = sorted(node_range(*n) for n in compare)
+    for (level, index), (low, high) in zip(sorted(compare), map(lambda n: node_range(*n),
+                                                                 sorted(compare))):
+        assert _inside(low, high, ranges)
+        if level:   # the largest: its parent is not wholly inside
+            assert not _inside(*node_range(level - 1, index // 16), ranges)
+    for (level, index) in listing:
+        low, high = node_range(level, index)
+        assert level == DEPTH and not _inside(low, high, ranges)
+        assert any(s < high and low < e for s, e in ranges)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))       # disjoint
+    assert len(set(listing)) == len(listing)
+    # together they cover every range
+    cover = merge_ranges(spans + [node_range(*leaf) for leaf in listing])
+    assert all(any(s <= start and end <= e for s, e in cover) for start, end in ranges)
+
+
 def test_replicas_that_agree_sync_in_one_request_each(node_apps):
     apps = node_apps(2)
     a, b = apps
