@@ -5,26 +5,36 @@ ring*: the browser cannot cheaply mint proof of work, so ``/v1/ui/*`` run the ri
 server-side (the node's own ring client, :mod:`storage.ringclient`) and answer the value
 together with the key's preference list and what each replica holds. The routes take small JSON
 bodies only.
+
+The page arrives with what this node knows without asking anyone (its stored ring, its own
+health figures, its recent events), so its first paint shows the ring and the figures; the
+other members' figures follow from the first fetch, at once. Links at its top lead to every
+member's page, and at its bottom is the node's log (:mod:`storage.eventlog`), fed by the
+request hooks registered here.
 """
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
+from flask import (Blueprint, Flask, Response, current_app, g, jsonify, render_template,
+                   request)
 
 from sdht.client import Ring
 from sdht.errors import NoNodes
 from sdht.ring import position
 from sdht.wire import RING_SIZE
-from sdht.status import cluster_status, jsonable, replicas, token_fractions
+from sdht.status import cluster_status, jsonable, replicas, shares, token_fractions
 
+from . import eventlog, routes
 from .auth import keys, mode, require_page_token
-from .http import ApiError
+from .http import ApiError, ring_view
 from .ringclient import ring as _ring
 
 #: Largest JSON body the page's routes accept (bytes); values are small on this page.
 UI_MAX_BODY = 64 << 10
+#: Events the page shows at its bottom (``/v1/ui/log`` gives up to eventlog.MAX_EVENTS).
+PAGE_EVENTS = 50
 
 ui = Blueprint("ui", __name__)
 
@@ -50,12 +60,71 @@ def _answer(ring: Ring, key: str, **extra: Any) -> Response:
                     else 0, **extra})
 
 
+@ui.before_app_request
+def _peek_written_key() -> None:
+    """Note the key of a single-record write for the log (read from the body's first bytes;
+    the body is cached, so the route reads it again at no cost)."""
+    if request.method == "PUT" and request.path == "/v1/record":
+        g.written_key = eventlog.record_key(request.get_data(cache=True))
+
+
+@ui.after_app_request
+def _log_event(response: Response) -> Response:
+    """Keep the request in the node's log when it is a write, sync, membership change or
+    error (:func:`storage.eventlog.classify`)."""
+    try:
+        event = eventlog.classify(request, response, g.get("written_key"))
+        if event is not None:
+            eventlog.append(current_app.config["DATA_DIR"], *event)
+    except OSError:   # the log is for people; a full disk must not fail the request
+        pass
+    return response
+
+
+def initial_state() -> dict[str, Any]:
+    """What the page draws first, from this node alone (no request to any other node): the
+    ring it stores, with each member's tokens and share, its own health figures (as
+    ``GET /v1/health``) and its recent events."""
+    node_id = current_app.config["NODE_ID"]
+    view = ring_view()
+    health = routes.health().get_json()
+    nodes = []
+    if view is not None:
+        share, tokens = shares(view), token_fractions(view)
+        for m in view.members:
+            mine = m.id == node_id
+            nodes.append({"id": m.id, "state": m.state, "share": share[m.id],
+                          "positions": tokens[m.id], "up": True if mine else None,
+                          "records": health["records"] if mine else None,
+                          "epoch": view.epoch if mine else None})
+    return {"ring": {"self": node_id, "epoch": view.epoch if view else 0, "agree": True,
+                     "nodes": nodes, "initial": True},
+            "health": health,
+            "log": eventlog.recent(current_app.config["DATA_DIR"], PAGE_EVENTS)}
+
+
 @ui.get("/")
 def index() -> str:
-    """The node's page."""
+    """The node's page, with its initial state (:func:`initial_state`)."""
     dev = keys().development
+    state = initial_state()
     return render_template("index.html", node=current_app.config["NODE_ID"] or "this node",
-                           needs_key=not dev, dev_mode=dev, mode=mode())
+                           needs_key=not dev, dev_mode=dev, mode=mode(), state=state,
+                           members=[n["id"] for n in state["ring"]["nodes"]])
+
+
+@ui.get("/v1/ui/log")
+def ui_log() -> Response:
+    """The node's recent events, newest first: ``{"node", "events": [{t, kind, text, pid}]}``;
+    ``?limit=`` (default 50, at most 500)."""
+    try:
+        limit = int(request.args.get("limit", PAGE_EVENTS))
+    except ValueError:
+        raise ApiError(400, "bad_argument", "limit must be an integer") from None
+    if not 1 <= limit <= eventlog.MAX_EVENTS:
+        raise ApiError(400, "bad_argument", f"limit must be in 1..{eventlog.MAX_EVENTS}")
+    return jsonify({"node": current_app.config["NODE_ID"],
+                    "events": eventlog.recent(current_app.config["DATA_DIR"], limit)})
 
 
 @ui.get("/v1/ui/ring")

@@ -1,4 +1,5 @@
 // The node page: draws the ring from /v1/ui/ring and runs key operations through /v1/ui/*.
+// The page arrives with this node's own view (#initial-state), drawn before anything is fetched.
 "use strict";
 const SVG = "http://www.w3.org/2000/svg";
 const PALETTE = ["#d9480f", "#1971c2", "#2f9e44", "#9c36b5", "#e67700", "#0c8599", "#c2255c", "#5c940d"];
@@ -35,7 +36,7 @@ function drawRing(state) {
     for (const f of node.positions) {
       const [x, y] = point(f, 120);
       svg.append(el("circle", {cx: x.toFixed(2), cy: y.toFixed(2), r: mine ? 3.6 : 2.2,
-        fill: node.up ? colours[node.id] : "#adb5bd", "fill-opacity": mine ? 1 : 0.8,
+        fill: node.up !== false ? colours[node.id] : "#adb5bd", "fill-opacity": mine ? 1 : 0.8,
         class: mine ? "token mine" : "token", "data-node": node.id}));
       if (mine) {  // this node's tokens also get a tick outside the circle
         const [x1, y1] = point(f, 126), [x2, y2] = point(f, 134);
@@ -56,7 +57,7 @@ function drawRing(state) {
     if (node.id === state.self) tr.className = "self";
     tr.innerHTML = `<td><span class="swatch"></span></td><td></td><td></td>
       <td class="num"></td><td class="num"></td><td class="num"></td>`;
-    tr.querySelector(".swatch").style.background = node.up ? colours[node.id] : "#adb5bd";
+    tr.querySelector(".swatch").style.background = node.up !== false ? colours[node.id] : "#adb5bd";
     const cells = tr.querySelectorAll("td");
     cells[1].textContent = node.id + (node.id === state.self ? " (this node)" : "");
     cells[2].textContent = node.state;
@@ -66,9 +67,10 @@ function drawRing(state) {
     return tr;
   });
   document.querySelector("#members tbody").replaceChildren(...rows);
-  document.getElementById("summary").textContent = state.nodes.length
-    ? `${state.nodes.filter(n => n.up).length} of ${state.nodes.length} nodes up · epoch ${state.epoch}`
-    : "this node has not joined a ring yet";
+  document.getElementById("summary").textContent = !state.nodes.length
+    ? "this node has not joined a ring yet"
+    : state.initial ? `${state.nodes.length} members · epoch ${state.epoch} · asking the other members…`
+    : `${state.nodes.filter(n => n.up).length} of ${state.nodes.length} nodes up · epoch ${state.epoch}`;
 }
 
 function drawHealth(h) {
@@ -84,11 +86,27 @@ function drawHealth(h) {
   }));
 }
 
+function drawLog(events) {
+  const items = events.map(e => {
+    const li = document.createElement("li");
+    li.className = "event " + e.kind;
+    const time = document.createElement("time"), kind = document.createElement("span");
+    time.textContent = new Date(1000 * e.t).toLocaleTimeString();
+    kind.className = "kind"; kind.textContent = e.kind;
+    li.append(time, kind, document.createTextNode(" " + e.text));
+    return li;
+  });
+  const log = document.getElementById("log");
+  if (items.length) log.replaceChildren(...items);
+  else log.replaceChildren(Object.assign(document.createElement("li"), {textContent: "nothing yet"}));
+}
+
 async function refresh() {
   try {
-    const [ring, health] = await Promise.all([
-      fetch("/v1/ui/ring").then(r => r.json()), fetch("/v1/health").then(r => r.json())]);
-    drawRing(ring); drawHealth(health);
+    const [ring, health, log] = await Promise.all([
+      fetch("/v1/ui/ring").then(r => r.json()), fetch("/v1/health").then(r => r.json()),
+      fetch("/v1/ui/log").then(r => r.json())]);
+    drawRing(ring); drawHealth(health); drawLog(log.events);
     window.lastRing = ring;
   } catch (err) {
     document.getElementById("summary").textContent = "cannot reach this node: " + err;
@@ -147,5 +165,9 @@ document.getElementById("key-form").addEventListener("submit", async (event) => 
   refresh();
 });
 
+// First paint: what the node sent with the page, drawn now; then the first fetch, at once.
+const initial = JSON.parse(document.getElementById("initial-state").textContent);
+drawRing(initial.ring); drawHealth(initial.health); drawLog(initial.log);
+window.lastRing = initial.ring;
 refresh();
 setInterval(refresh, 5000);
