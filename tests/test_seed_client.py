@@ -16,7 +16,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -244,7 +243,8 @@ class TestViewChange:
         a, b = seed_nodes(2, 1, ports=ports[:2])
         c = seed_nodes(1, 1, view=ids, ports=ports[2:])[0]
         acked: dict[str, str] = {}
-        stop = threading.Event()
+        stop, changing = threading.Event(), threading.Event()
+        during = []    # writes acknowledged while the view change ran
 
         def writer() -> None:
             ctx, i = {}, 0
@@ -256,18 +256,23 @@ class TestViewChange:
                     status = 0
                 if status in (200, 201):
                     acked[key], ctx = str(i), out[CTX]
+                    if changing.is_set():
+                        during.append(i)
                 i += 1
 
         thread = threading.Thread(target=writer)
         thread.start()
         try:
             wait_for(lambda: len(acked) >= 20, 30, what="writes before the change")
+            changing.set()
             view_change(b, ids, 1)
-            time.sleep(0)   # the writer runs on through the change and after it
+            changing.clear()
+            after = len(during)
             wait_for(lambda: len(acked) >= 150, 60, what="writes after the change")
         finally:
             stop.set()
             thread.join(60)
+        assert after > 0, "no write was acknowledged while the view changed"
         for node in (a, b, c):
             for key, value in acked.items():
                 status, out = call(node, "GET", f"keys/{key}", {}, )
