@@ -259,3 +259,20 @@ def keyed_cluster(node_apps, operator) -> Iterator[Callable[..., tuple]]:
     public key and their own derived keys, joined by a ring holding the operator key.
     Returns ``(ring, apps)``."""
     yield from joined_rings(node_apps, operator)
+
+
+# -- the run's summary: skipped tests are named, with what installs what they need -------------
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """At the end of every run, list the tests that were skipped and why (their reasons say
+    what installs what they need), so a skip is not mistaken for a pass."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.section(f"{len(skipped)} test(s) skipped: NOT run", sep="-", yellow=True,
+                             bold=True)
+    for report in skipped:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        terminalreporter.write_line(f"{report.nodeid}: {reason.removeprefix('Skipped: ')}")
+    terminalreporter.write_line("Install what they need (bash .ci/run installs .ci/apt-packages "
+                                "as root) and run again to run them.")

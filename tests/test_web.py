@@ -16,6 +16,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -274,3 +275,26 @@ def test_the_first_paint_shows_the_ring_and_the_figures(start_node, tmp_path):
         return all(abs(p - q) <= 6 for p, q in zip(pixel, blue))
     painted = sum(near(row[i:i + 3]) for row in rows for i in range(0, len(row), 3))
     assert painted > 300, f"only {painted} pixels of the ring's tokens in the first paint"
+
+
+def test_the_run_summary_names_skipped_tests_and_what_installs_them(tmp_path):
+    """The summary hook of tests/conftest.py, in a pytest run of its own with one skipped test."""
+    from conftest import ROOT
+    ours = str(ROOT / "tests" / "conftest.py")
+    (tmp_path / "conftest.py").write_text(
+        "import importlib.util\n"
+        f"spec = importlib.util.spec_from_file_location('sdht_conftest', {ours!r})\n"
+        "module = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(module)\n"
+        "pytest_terminal_summary = module.pytest_terminal_summary\n")
+    (tmp_path / "test_skips.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.skipif(True, reason='needs a browser (Debian: apt-get install chromium)')\n"
+        "def test_needs_a_browser():\n    pass\n\n"
+        "def test_runs():\n    pass\n")
+    ran = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          str(tmp_path)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "1 test(s) skipped: NOT run" in ran.stdout, ran.stdout
+    assert "test_skips.py::test_needs_a_browser: needs a browser (Debian: apt-get install " \
+           "chromium)" in ran.stdout, ran.stdout
