@@ -298,3 +298,10 @@ def test_the_run_summary_names_skipped_tests_and_what_installs_them(tmp_path):
     assert "1 test(s) skipped: NOT run" in ran.stdout, ran.stdout
     assert "test_skips.py::test_needs_a_browser: needs a browser (Debian: apt-get install " \
            "chromium)" in ran.stdout, ran.stdout
+
+
+def test_the_page_routes_are_documented_in_the_readme():
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    for route in ("/v1/ui/ring", "/v1/ui/log", "/v1/ui/get", "/v1/ui/set", "/v1/ui/delete"):
+        assert route in readme, route
