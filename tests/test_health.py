@@ -51,6 +51,12 @@ class TestHungReplica:
         # None of the 80 operations after it was found out was sent to it.
         wait_for(lambda: ring.transport.health(hung.id), what="the node to resume")
         assert handled(ring, hung.id) - before <= len(found_out)
-        ring.health.cooldown = 0.05         # it answers again: the next probe clears it
-        wait_for(lambda: ring.set("probe", 1) and not ring.health.suspects(),
+        # It answers again. A suspicion lasts the cooldown in force when it was recorded (30 s
+        # here), so record one as a failed probe would under a short cooldown: the first probe
+        # after it must clear it, which is seen as a request the node handled.
+        resumed = handled(ring, hung.id)
+        ring.health.cooldown = 0.05
+        ring.health.failed(hung.id)
+        wait_for(lambda: ring.set("probe", 1) and not ring.health.suspects()
+                 and handled(ring, hung.id) > resumed,
                  what="the recovered node to be trusted again")
