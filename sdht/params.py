@@ -69,6 +69,10 @@ TABLE: dict[str, Param] = {p.name: p for p in (
 
 #: Every parameter's default, as a ring created without overrides carries them.
 DEFAULTS: dict[str, Any] = {name: p.default for name, p in TABLE.items()}
+#: Parameters added after rings were first signed: a ring's signed body leaves each out while
+#: it holds its default, so a ring signed before it existed keeps the body its signature covers.
+LATE = frozenset({"groups", "score_delay", "score_response", "score_distance", "score_errors",
+                  "score_badness"})
 
 
 def check(params: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,9 +11,11 @@ import logging
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
-from .errors import InvalidRecord, NodeError, QuorumError, SDHTError, TransportError
+from .errors import NodeError, QuorumError, SDHTError, TransportError
+from .answers import check_answer, valid
 from .handle import RingHandle
 from .health import NodeHealth
+from .hints import Hinter
 from .kinds import register
 from .kinds.register import Record, winner
 from .nodeapi import PutOutcome
@@ -21,6 +23,7 @@ from .wire import BATCH, SUPERSEDED
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+__all__ = ["MAX_REROUTES", "Quorum", "check_answer", "valid", "write_shortfall"]
 
 #: How many times an operation is re-routed after a node reports a newer ring.
 MAX_REROUTES = 3
@@ -40,8 +43,11 @@ class Quorum:
 
     def __init__(self, handle: RingHandle, health: NodeHealth | None = None) -> None:
         self.handle = handle
-        #: Which nodes failed lately; requests avoid them while others can make the quorum.
+        #: What this client saw of each node: the score that orders replicas, and the
+        #: failure cooldown (docs/operating.md, "Routing by score").
         self.health = health or NodeHealth()
+        #: Writes that missed a replica, handed to one that has them (hinted handoff).
+        self.hinter = Hinter(handle.transport.request, self.health.missed)
 
     # -- one key ------------------------------------------------------------------------------
 
@@ -57,6 +63,7 @@ class Quorum:
         for _ in range(MAX_REROUTES):
             view = self.handle.current()
             p = view.params
+            self.health.configure(p)
             replicas = view.readers.for_key(key)
             need = min(p["r"], len(replicas))
             # Ask r replicas (docs/design.md, "Flows", get), healthy ones first; the others only if
@@ -97,8 +104,9 @@ class Quorum:
             # write for a full timeout. Answers already in (a superseded one too) still count.
             calls = {node: (self.write_one, node, rec, view.params) for node in targets}
             suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
+            running: dict[str, Future] = {}
             replies, errors, epochs = self.gather(
-                calls, len(targets), spares=suspects,
+                calls, len(targets), spares=suspects, running=running,
                 enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
             if self.handle.noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
@@ -112,8 +120,22 @@ class Quorum:
                 got, need = short
                 raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
                                   f"acknowledged", rec.key, need, got, errors)
+            self.hint_missing(rec, targets, list(replies), running)
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
+
+    def hint_missing(self, rec: Record, targets: list[str], acked: list[str],
+                     running: Mapping[str, Future]) -> None:
+        """Hinted handoff for a write that made its quorum: hint ``rec`` for each target
+        that did not acknowledge it (skipped, failed, or still silent a moment later), to be
+        kept by one that did (:mod:`sdht.hints`). Hints do not count toward ``w``."""
+        for node in targets:
+            if node in acked:
+                continue
+            if node in running:
+                self.hinter.watch(node, rec, acked, running[node])
+            else:
+                self.hinter.hint(node, rec, acked)
 
     def read_one(self, node: str, key: str,
                  params: Mapping[str, Any]) -> tuple[Record | None, int]:
@@ -156,24 +178,32 @@ class Quorum:
     # -- running requests ---------------------------------------------------------------------
 
     def call(self, node: str, fn: Callable[..., T], *args: Any) -> T:
-        """Run one request to ``node``, noting in :attr:`health` whether it answered."""
+        """Run one request to ``node``, noting in :attr:`health` how long it took, or that
+        it failed (unreachable or silent: a cooldown; an error answer: the error rate)."""
+        rid = self.health.started(node)
         try:
             result = fn(*args)
         except TransportError:
-            self.health.failed(node)
+            self.health.failed(node, rid)
             raise
-        self.health.answered(node)
+        except SDHTError:
+            self.health.erred(node, rid)
+            raise
+        self.health.answered(node, rid)
         return result
 
     def gather(self, calls: dict[str, tuple], need: int,
                enough: Callable[[dict[str, Any]], bool] | None = None,
-               spares: dict[str, tuple] | None = None) -> Gathered:
+               spares: dict[str, tuple] | None = None,
+               running: dict[str, Future] | None = None) -> Gathered:
         """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
         of the results so far is true) or all finished; the others are left running.
 
         :param calls: per node, ``(fn, *args)``; ``fn`` returns ``(value, epoch)``.
         :param spares: calls started only when ``calls`` can no longer succeed without them
             (replicas beyond the first ``r`` of a read, suspect nodes of a write).
+        :param running: when given, filled with the calls still running at the return, by
+            node (a write hints those that then fail or stay silent).
         :returns: ``(results by node, errors by node, epochs seen)``.
         """
         futures: dict[Future, str] = {}
@@ -206,6 +236,8 @@ class Quorum:
                     continue
                 results[node] = value
                 epochs.append(epoch)
+        if running is not None:
+            running.update({futures[f]: f for f in pending})
         return results, errors, epochs
 
     def batch_rounds(self, fn: Callable[[str, list], tuple[list, int]],
@@ -264,38 +296,3 @@ def write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
         if got < need:
             return got, need
     return None
-
-
-def check_answer(node: str, rec: Any, key: str, params: Mapping[str, Any],
-                 now: int | None = None) -> None:
-    """Check a replica's answer for ``key`` before any use: None (it holds nothing), or a
-    register of that very key that passes its kind's checks at the ring's ``params`` (the
-    proof-of-work gate at ``min_work``, a time at most ``max_skew`` ahead of this client's
-    clock, ``now``). Its shape was checked as it was decoded (:mod:`sdht.nodeapi`).
-
-    :raises NodeError: naming ``node``, when it fails: the record is forged or the replica
-        faulty, and it is neither returned nor written back anywhere.
-    """
-    if rec is None:
-        return
-    try:
-        if not isinstance(rec, Record):
-            raise InvalidRecord(f"the answer is not a register: {type(rec).__name__}")
-        if rec.key != key:
-            raise InvalidRecord(f"the answer is a record of {rec.key[:100]!r}")
-        register.check(rec, params, now)
-    except InvalidRecord as exc:
-        raise NodeError(f"{node} answered a record for {key[:100]!r} that fails its checks: "
-                        f"{exc}", node) from None
-
-
-def valid(rec: Any, key: str, params: Mapping[str, Any], now: int | None = None,
-          node: str = "a replica") -> bool:
-    """Whether a replica's answer for ``key`` is usable (see :func:`check_answer`); a failing
-    one is logged and must be counted as that replica's error."""
-    try:
-        check_answer(node, rec, key, params, now)
-        return True
-    except NodeError as exc:
-        log.warning("ignoring an answer: %s", exc)
-        return False

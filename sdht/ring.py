@@ -62,10 +62,12 @@ class RingView:
     def body(self) -> dict[str, Any]:
         """Return the JSON form without the signature: what the operator signs.
 
-        ``groups`` is left out while it is 0, so rings signed before the parameter existed
-        keep the body their signature covers (:meth:`from_json` puts the default back).
+        Parameters added later (:data:`sdht.params.LATE`: ``groups``, the score's weights)
+        are left out while at their default, so rings signed before they existed keep the
+        body their signature covers (:meth:`from_json` puts the defaults back).
         """
-        params = {k: v for k, v in self.params.items() if k != "groups" or v}
+        params = {k: v for k, v in self.params.items()
+                  if k not in cluster_params.LATE or v != cluster_params.DEFAULTS[k]}
         return {"epoch": self.epoch, "params": params,
                 "members": [m.to_json() for m in self.members]}
 

@@ -14,8 +14,8 @@ from flask import Flask
 
 from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and tools)
 
-from . import (auth, gateway, http, limits, metrics, names_routes, routes, sequence_gateway,
-               sequence_routes, sync_routes, web)
+from . import (auth, gateway, hint_routes, http, limits, metrics, names_routes, routes,
+               sequence_gateway, sequence_routes, sync_routes, web)
 from . import shards, viewchange
 from .config import load_config
 from .store import Store
@@ -45,6 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(names_routes.bp)  # unique names: acceptor, gateway registry
     app.register_blueprint(sequence_routes.bp)   # a sequence's ops in one range read
     app.register_blueprint(sequence_gateway.bp)  # /kv-store/sequences
+    app.register_blueprint(hint_routes.bp)   # hinted handoff: hints kept for other replicas
     metrics.init_app(app)  # request figures and /metrics
     web.init_app(app)      # the page at / and its /v1/ui routes
     gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits

@@ -8,6 +8,8 @@ from sdht.errors import ConfigError
 from sdht import params as cluster_params
 from sdht.wire import MAX_ANSWER_BYTES, MAX_BATCH
 
+from . import hints
+
 #: Every node setting, its default, and (in the comment) its environment variable.
 DEFAULT_CONFIG: dict[str, Any] = {
     "DATA_DIR": None,              # SDHT_DATA_DIR: the LMDB directory (required)
@@ -26,6 +28,13 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "READ_TIMEOUT": 10.0,
     "LOCATION": None,              # SDHT_LOCATION: an optional label shown in health
     "SYNC_INTERVAL": 30.0,         # SDHT_SYNC_INTERVAL: seconds between sync passes (0: off)
+    # Hinted handoff (storage/hints.py, storage/handoff.py, docs/operating.md):
+    "HINT_MAX_BYTES": hints.DEFAULT_MAX_BYTES,  # SDHT_HINT_MAX_BYTES: hints kept, all targets
+    "HINT_MAX_AGE": hints.DEFAULT_MAX_AGE,      # SDHT_HINT_MAX_AGE: seconds one is kept
+    "HANDOFF_INTERVAL": 0.25,      # SDHT_HANDOFF_INTERVAL: seconds between replays (0: off)
+    "HINT_RATE": 20_000.0,         # SDHT_HINT_RATE: hints replayed per second per target
+    # SDHT_TEST_DELAY_MS: milliseconds added to every data answer (tests of routing by score)
+    "TEST_DELAY_MS": 0.0,
     # The /kv-store gateway (storage/gateway.py, docs/http-api.md):
     "GATEWAY_MAX_KEY_LENGTH": 50,  # SDHT_GATEWAY_MAX_KEY_LENGTH: longest key, in characters
     "GATEWAY_WAIT": 2.0,           # SDHT_GATEWAY_WAIT: seconds a read may take (its context)
@@ -48,13 +57,19 @@ DEFAULT_CONFIG: dict[str, Any] = {
 
 _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
           "MAX_ANSWER_BYTES": int, "READ_TIMEOUT": float, "SYNC_INTERVAL": float,
+          "HINT_MAX_BYTES": int, "HINT_MAX_AGE": float, "HANDOFF_INTERVAL": float,
+          "HINT_RATE": float, "TEST_DELAY_MS": float,
           "GATEWAY_MAX_KEY_LENGTH": int, "GATEWAY_WAIT": float, "GATEWAY_MAX_WAITING": int,
           "GATEWAY_WRITE_RATE": float, "GATEWAY_WRITE_BURST": int,
           "GATEWAY_LIMIT_LOOPBACK": bool, "GATEWAY_MAX_WORK": float}
-#: The gateway's numeric settings and their inclusive ranges.
-_GATEWAY_RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.1, 60.0),
+#: The numeric settings checked against inclusive ranges.
+_RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.1, 60.0),
                    "GATEWAY_MAX_WAITING": (0, 1024), "GATEWAY_WRITE_RATE": (0.0, 1e6),
-                   "GATEWAY_WRITE_BURST": (1, 10**6), "GATEWAY_MAX_WORK": (0.0, 60.0)}
+                   "GATEWAY_WRITE_BURST": (1, 10**6), "GATEWAY_MAX_WORK": (0.0, 60.0),
+                   # hinted handoff and the test delay: same check, same message
+                   "HINT_MAX_BYTES": (0, 1 << 40), "HINT_MAX_AGE": (0.0, 30 * 86400.0),
+                   "HANDOFF_INTERVAL": (0.0, 3600.0), "HINT_RATE": (1.0, 1e7),
+                   "TEST_DELAY_MS": (0.0, 60_000.0)}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:
@@ -91,7 +106,7 @@ def load_config(config: Mapping[str, Any] | None = None,
     merged["PARAMS"] = params
     if not 0 < merged["READ_TIMEOUT"] <= 3600:  # 0 would make client sockets non-blocking
         raise ConfigError(f"READ_TIMEOUT={merged['READ_TIMEOUT']!r} must be in (0, 3600] seconds")
-    for name, (low, high) in _GATEWAY_RANGES.items():
+    for name, (low, high) in _RANGES.items():
         if not low <= merged[name] <= high:
             raise ConfigError(f"{name}={merged[name]!r} must be in [{low}, {high}]")
     if not merged["DATA_DIR"]:

@@ -40,7 +40,8 @@ if not control_socket_disable:
 # -- server hooks ---------------------------------------------------------------------------------
 
 def when_ready(server: Any) -> None:
-    """Start the node's one background anti-entropy loop, in the master (storage.syncer)."""
+    """Start the node's background loops in the master: anti-entropy (storage.syncer) and
+    hint replay (storage.handoff)."""
     from storage.syncer import start_from_config
     bind = server.cfg.bind[0] if server.cfg.bind else ""
     if bind.startswith("unix:"):
@@ -49,6 +50,12 @@ def when_ready(server: Any) -> None:
     syncer = start_from_config(bind)
     if syncer is not None:
         server.log.info("anti-entropy every %ss as %s", syncer.interval, syncer.node_id)
+    # Hinted handoff's replayer (storage/handoff.py), in the master like the sync loop.
+    from storage import handoff
+    from storage.syncer import local_address
+    replayer = handoff.start_from_config(local_address(bind))
+    if replayer is not None:
+        server.log.info("hint replay every %ss", replayer.interval)
 
 
 # -- the worker -----------------------------------------------------------------------------------

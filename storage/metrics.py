@@ -37,6 +37,9 @@ QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename
 NOT_ERRORS = frozenset({404, 409})
 #: Endpoints whose 4xx answers count as refused (invalid) writes.
 WRITE_ENDPOINTS = frozenset({"v1.put_record", "v1.put_records"})
+#: Buckets of the replication delay histograms, in seconds (the target: p99 under 2 s).
+DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
+                 1800.0, float("inf"))
 
 
 class Metrics:
@@ -65,6 +68,13 @@ class Metrics:
         self.names = Counter("sdht_name_messages", "Unique-name phase messages this acceptor "
                              "answered, by phase (prepare, accept) and answer (ok, conflict, "
                              "stale).", ["phase", "outcome"], registry=reg)
+        self.hints = Counter("sdht_hints", "Hints for other replicas, by outcome: kept, "
+                             "dropped (past the byte cap), delivered, expired (past the age "
+                             "cap).", ["outcome"], registry=reg)
+        self.hint_delivery = Histogram("sdht_hint_delivery_seconds", "Time from a hint's "
+                                       "arrival until its target acknowledged it (replication "
+                                       "delay after an outage).", buckets=DELAY_BUCKETS,
+                                       registry=reg)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -1,0 +1,140 @@
+"""The node's hint replayer: hinted handoff's delivery loop, one per node, in the gunicorn master.
+
+Every ``SDHT_HANDOFF_INTERVAL`` seconds (0.25 by default, 0 turns it off) the loop asks its own
+node for the hint backlog (``GET /v1/hints``) and, for each target not failing lately, takes the
+oldest hints in batches (``POST /v1/hints/take``), writes them to the target through its ordinary
+batch write (``POST /v1/records``: admission and the accept rule, so a replayed hint can never
+regress a newer version) and deletes them once the target answered (``POST /v1/hints/done``).
+A target may take at most ``SDHT_HINT_RATE`` hints per second, so a node coming back is not
+flooded. A batch the target refuses outright (4xx: say, the ring's limits changed) is dropped
+and left to anti-entropy.
+
+Like :mod:`storage.syncer` it never opens LMDB (an environment must not cross gunicorn's
+forks): it works through its node's routes, signed with the node's own key.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+
+from sdht.errors import NodeError, SDHTError, TransportError
+from sdht.health import NodeHealth
+from sdht.nodeapi import MSGPACK
+from sdht.transport import Transport
+from sdht.trust import Keys
+from sdht.wire import packb, packed_array
+
+log = logging.getLogger(__name__)
+
+#: (connect, read) seconds of a replay request: short, so a target that hangs is retried soon
+#: after it resumes (a request sent while it hung is answered when it resumes).
+REPLAY_TIMEOUT = (1.0, 1.0)
+#: Seconds a target that failed is left alone before the next attempt.
+RETRY_AFTER = 0.5
+#: Hints per replay batch.
+BATCH = 500
+
+
+class Replayer:
+    """Delivers the hints the node at ``address`` holds.
+
+    :param address: ``host:port`` where this node answers.
+    :param interval: seconds between passes; :param rate: hints per second per target.
+    :param keys: the node's keys (its routes and peers' need a member's signature).
+    """
+
+    def __init__(self, address: str, interval: float, rate: float,
+                 keys: Keys | None = None) -> None:
+        self.address, self.interval, self.rate = address, interval, rate
+        self.transport = Transport(REPLAY_TIMEOUT, keys, max_parallel=8)
+        #: Targets that failed lately (the client's failure memory, with a short cooldown).
+        self.health = NodeHealth(cooldown=RETRY_AFTER)
+        self.stopped = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> "Replayer":
+        """Run passes in a daemon thread until :meth:`stop`."""
+        self.thread = threading.Thread(target=self._loop, name="sdht-handoff", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current pass."""
+        self.stopped.set()
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                self.run_pass()
+            except SDHTError as exc:   # our own node is restarting: next time
+                log.debug("hint replay skipped: %s", exc)
+            except Exception:   # the loop must outlive any one bad pass
+                log.exception("hint replay failed")
+
+    def run_pass(self) -> int:
+        """Replay to every target with hints (in parallel) once; return how many were
+        delivered."""
+        backlog = self.transport.request(self.address, "GET", "/v1/hints", admin=True).body
+        if not isinstance(backlog, dict):
+            return 0
+        targets = [t for t in backlog if isinstance(t, str) and not self.health.is_suspect(t)]
+        futures = [self.transport.submit(self.deliver, t) for t in targets]
+        return sum(f.result() for f in futures)
+
+    def deliver(self, target: str) -> int:
+        """Deliver ``target``'s hints, oldest first, up to this pass's share of the rate;
+        return how many the target acknowledged."""
+        budget = max(1, int(self.rate * max(self.interval, 0.05)))
+        delivered = 0
+        while budget > 0 and not self.stopped.is_set():
+            reply = self.transport.request(self.address, "POST", "/v1/hints/take",
+                                           params={"target": target,
+                                                   "limit": min(BATCH, budget)}, admin=True)
+            seqs, entries = _taken(reply.body)
+            if not seqs:
+                break
+            try:
+                self.transport.request(target, "POST", "/v1/records", headers=MSGPACK,
+                                       data=packed_array(entries))
+            except TransportError as exc:
+                self.health.failed(target)
+                log.debug("hints for %s wait: %s", target, exc)
+                break
+            except NodeError as exc:
+                if exc.status is None or exc.status >= 500 or exc.status in (401, 403, 429):
+                    self.health.failed(target)   # busy, or not trusting us yet: later
+                    break
+                log.warning("hints for %s refused, left to anti-entropy: %s", target, exc)
+            self.health.answered(target)
+            self.transport.request(self.address, "POST", "/v1/hints/done",
+                                   params={"target": target}, data=packb(seqs),
+                                   headers=MSGPACK, admin=True)
+            delivered += len(seqs)
+            budget -= len(seqs)
+        return delivered
+
+
+def _taken(body: object) -> tuple[list[int], list[bytes]]:
+    """The sequences and packed entries of a ``/v1/hints/take`` answer (empty when odd)."""
+    if not isinstance(body, dict):
+        return [], []
+    seqs, entries = body.get("seqs"), body.get("entries")
+    if not (isinstance(seqs, list) and isinstance(entries, list) and len(seqs) == len(entries)
+            and all(isinstance(e, bytes) for e in entries)):
+        return [], []
+    return seqs, entries
+
+
+def start_from_config(address: str) -> Replayer | None:
+    """Start the replayer of the node answering at ``address`` (settings from the
+    environment); None when ``SDHT_HANDOFF_INTERVAL`` is 0."""
+    from .auth import node_keys
+    from .config import load_config
+    cfg = load_config()
+    if cfg["HANDOFF_INTERVAL"] <= 0:
+        return None
+    cfg["NODE_ID"] = cfg["NODE_ID"] or address
+    return Replayer(address, cfg["HANDOFF_INTERVAL"], cfg["HINT_RATE"], node_keys(cfg)).start()
+
+
+__all__ = ["BATCH", "REPLAY_TIMEOUT", "Replayer", "start_from_config"]
