@@ -41,12 +41,15 @@ class Replayer:
     :param address: ``host:port`` where this node answers.
     :param interval: seconds between passes; :param rate: hints per second per target.
     :param keys: the node's keys (its routes and peers' need a member's signature).
+    :param transport: an injected transport (in-process tests); by default HTTP with
+        :data:`REPLAY_TIMEOUT` and ``keys``.
     """
 
     def __init__(self, address: str, interval: float, rate: float,
-                 keys: Keys | None = None) -> None:
+                 keys: Keys | None = None, transport: Transport | None = None) -> None:
         self.address, self.interval, self.rate = address, interval, rate
-        self.transport = Transport(REPLAY_TIMEOUT, keys, max_parallel=8)
+        #: How it reaches its node and the targets (injected by in-process tests).
+        self.transport = transport or Transport(REPLAY_TIMEOUT, keys, max_parallel=8)
         #: Targets that failed lately (the client's failure memory, with a short cooldown).
         self.health = NodeHealth(cooldown=RETRY_AFTER)
         self.stopped = threading.Event()

@@ -6,6 +6,19 @@ from __future__ import annotations
 import signal
 import time
 
+import pytest
+
+from sdht.errors import NodeError
+from sdht.inprocess import WSGITransport
+from sdht.kinds import name
+from sdht.nodeapi import MSGPACK
+from sdht.pow import mint
+from sdht.trust import Keys
+from sdht.wire import now_us, packed_array
+from storage.handoff import Replayer
+from storage.hints import Hints
+from storage.store import Store
+
 from conftest import wait_for
 
 #: Anti-entropy off: only hints can bring a replica back in step.
@@ -100,3 +113,96 @@ class TestHintedHandoff:
                  "delivered and deleted")
         assert all(ring.get(k) == expected[k] for k in KEYS)
 
+
+
+# -- in process: the routes' guards, the caps, and replay as an ordinary merge ------------------
+
+def _hint(transport, holder: str, target: str, entries) -> dict:
+    return transport.request(holder, "POST", "/v1/hints", params={"target": target},
+                             data=packed_array([e.pack() for e in entries]),
+                             headers=MSGPACK, admin=True).body
+
+
+class TestHintRoutes:
+    def test_a_stranger_can_neither_keep_nor_read_hints(self, keyed_cluster, operator):
+        ring, apps = keyed_cluster(3)
+        holder, target = list(apps)[:2]
+        stranger = WSGITransport(apps, keys=Keys((operator.public,)))   # no private key
+        with pytest.raises(NodeError) as refused:
+            _hint(stranger, holder, target, [mint("k", 1, 3.0)])
+        assert refused.value.status == 401
+        with pytest.raises(NodeError) as read:
+            stranger.request(holder, "GET", "/v1/hints")
+        assert read.value.status == 401
+        assert _hint(ring.transport, holder, target, [mint("k", 1, 3.0)]) == {"kept": 1,
+                                                                             "dropped": 0}
+
+    def test_names_and_non_members_are_never_hinted(self, keyed_cluster):
+        from test_names import P2, claim
+        ring, apps = keyed_cluster(3)
+        holder, target = list(apps)[:2]
+        state = name.State("user:bob", (9, P2), (9, P2), claim("user:bob"))
+        for where, entries, code in ((target, [state], "not_hintable"),
+                                     ("10.9.9.9:1", [mint("k", 1, 3.0)], "bad_target"),
+                                     (holder, [mint("k", 1, 3.0)], "bad_target")):
+            with pytest.raises(NodeError) as refused:
+                _hint(ring.transport, holder, where, entries)
+            assert refused.value.status == 400 and refused.value.body["error"] == code
+        assert ring.transport.request(holder, "GET", "/v1/hints", admin=True).body == {}
+
+    def test_replay_is_an_ordinary_merge_and_never_regresses(self, keyed_cluster):
+        ring, apps = keyed_cluster(3)
+        holder, target = list(apps)[:2]
+        older, newer = mint("k", "old", 3.0), mint("k", "new", 3.0, t=now_us() + 1000)
+        ring.transport.put_many(target, [newer])
+        _hint(ring.transport, holder, target, [older, mint("j", "hinted", 3.0)])
+        replayer = Replayer(holder, 0.25, 1000.0, transport=ring.transport)
+        assert replayer.run_pass() == 2
+        held, _ = ring.transport.get_many(target, ["k", "j"])
+        assert [r.value for r in held] == ["new", "hinted"]
+        assert ring.transport.request(holder, "GET", "/v1/hints", admin=True).body == {}
+        assert replayer.run_pass() == 0
+
+    def test_a_target_down_keeps_its_hints_until_it_answers(self, keyed_cluster):
+        ring, apps = keyed_cluster(3)
+        holder, target = list(apps)[:2]
+        _hint(ring.transport, holder, target, [mint("k", 1, 3.0)])
+        replayer = Replayer(holder, 0.25, 1000.0, transport=ring.transport)
+        ring.transport.mark_down(target)
+        assert replayer.run_pass() == 0 and replayer.health.is_suspect(target)
+        backlog = ring.transport.request(holder, "GET", "/v1/hints", admin=True).body
+        assert backlog[target]["count"] == 1
+        ring.transport.mark_up(target)
+        wait_for(lambda: replayer.run_pass() == 1, timeout=5, what="the cooldown to end")
+
+
+class TestHintCaps:
+    def test_bytes_past_the_cap_are_dropped_and_old_hints_expire(self, tmp_path):
+        store = Store(str(tmp_path / "s"))
+        try:
+            hints = Hints(store.env, max_bytes=1000, max_age=60.0)
+            packed = [mint(f"k{i}", "x" * 50, 3.0).pack() for i in range(20)]
+            kept = hints.add("a:1", packed, now_us=0)
+            assert 0 < kept < 20 and hints.backlog(now_us=0)["a:1"].count == kept
+            assert hints.backlog(now_us=0)["a:1"].bytes <= 1000
+            found, expired = hints.take("a:1", 100, now_us=61 * 10**6)
+            assert found == [] and expired == kept and hints.backlog() == {}
+            assert hints.add("a:1", packed[:1]) == 1     # the space is free again
+        finally:
+            store.close()
+
+    def test_take_is_oldest_first_and_done_deletes_once(self, tmp_path):
+        store = Store(str(tmp_path / "s"))
+        try:
+            hints = Hints(store.env)
+            packed = [mint(f"k{i}", i, 3.0).pack() for i in range(5)]
+            hints.add("a:1", packed[:3], now_us=10)
+            hints.add("b:2", packed[3:], now_us=20)
+            found, _ = hints.take("a:1", 2, now_us=30)
+            assert [raw for _, _, raw in found] == packed[:2]
+            seqs = [seq for seq, _, _ in found]
+            assert hints.done("a:1", seqs) == [10, 10] and hints.done("a:1", seqs) == []
+            assert {t: b.count for t, b in hints.backlog(now_us=30).items()} == {"a:1": 1,
+                                                                                 "b:2": 2}
+        finally:
+            store.close()
