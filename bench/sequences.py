@@ -36,7 +36,7 @@ from bench import Procs, machine, percentile, start_node  # bench/bench.py, besi
 
 import sdht  # noqa: E402
 from sdht.hashseq import HashSeq  # noqa: E402
-from sdht.sequence_replicas import mint_op, write  # noqa: E402
+from sdht.sequence_replicas import fetch, mint_op, write  # noqa: E402
 
 
 def timed(op: Callable[[int], Any], count: int) -> dict[str, float]:
@@ -113,6 +113,16 @@ def stored_bytes(ring: sdht.Ring) -> int:
     return sum(ring.transport.health(node)["bytes"] for node in ring.nodes)
 
 
+def settled(ring: sdht.Ring, key: str, items: int, deadline: float = 120.0) -> None:
+    """Wait until every replica holds the ``items`` ops of ``key`` (a write returns after
+    ``w`` of them; the last one may still be storing)."""
+    ends = time.monotonic() + deadline
+    while any(len(fetch(ring.quorum, node, key)[0]) < items for node in ring.preference(key)):
+        if time.monotonic() > ends:
+            raise SystemExit(f"the replicas of {key!r} did not all store its ops")
+        time.sleep(0.2)
+
+
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sdht-bench-seq-"))
     procs = Procs(tmp)
@@ -130,6 +140,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                    for name in runs[0]}
         before = stored_bytes(ring)
         load_timeline(ring, "bench:size", args.items)
+        settled(ring, "bench:size", args.items)
         size = {"bytes per op, all replicas": (stored_bytes(ring) - before) / args.items,
                 "replicas": ring.params["n"]}
         ring.close()

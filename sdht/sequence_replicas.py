@@ -1,5 +1,6 @@
-"""A sequence's replica requests: minting an op, writing ops with ``w`` acknowledgements, and
-reading every op one replica holds (``GET /v1/sequence``, one range read per page).
+"""A sequence's replica requests: minting an op, writing ops with ``w`` acknowledgements,
+asking a replica for the summary of the ops it holds, and reading them all (``GET
+/v1/sequence``, one range read per page).
 
 :class:`sdht.sequences.Sequence` runs these through the ring's :class:`~sdht.quorum.Quorum`, so
 they share its health memory, its parallel fan-out and its re-routing on a newer ring.
@@ -88,6 +89,21 @@ def fetch(quorum: Quorum, node: str, key: str) -> tuple[list[dict], int]:
         if cursor is None:
             return out, epoch
     raise NodeError(f"{node} answered more than {MAX_PAGES} pages of {key!r}", node)
+
+
+def summarize(quorum: Quorum, node: str, key: str) -> tuple[bytes, int]:
+    """The summary of the op ids ``node`` holds for ``key``
+    (:func:`sdht.kinds.sequence.summary`), and the node's epoch.
+
+    :raises NodeError: for a malformed answer.
+    """
+    reply = quorum.handle.transport.request(node, "GET", ROUTE,
+                                            params={"key": key, "summary": "1"})
+    with answer_of(node, "GET " + ROUTE):
+        digest = reply.body["summary"]
+        if type(digest) is not bytes or len(digest) != 32:
+            raise ValueError("a malformed summary")
+    return digest, reply.epoch
 
 
 def repair(quorum: Quorum, node: str, missing: list[OpEntry]) -> None:

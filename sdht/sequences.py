@@ -22,11 +22,11 @@ import time
 from typing import Any, Iterator, Mapping, NamedTuple
 
 from . import hashseq
-from .errors import InvalidRecord, KeyNotFound, NodeError, QuorumError
+from .errors import InvalidRecord, KeyNotFound, NodeError, QuorumError, TransportError
 from .kinds import common, sequence
 from .kinds.sequence import OpEntry
 from .quorum import MAX_REROUTES, Quorum
-from .sequence_replicas import fetch, mint_op, repair, write
+from .sequence_replicas import fetch, mint_op, repair, summarize, write
 from .wire import now_us
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ class Sequence:
         self._proofs: dict[tuple, bytes] = {}         # (nonce, t, w) -> op id, checked once
         self._pending: list[OpEntry] = []             # written, not yet acknowledged
         self._read_at = -float("inf")
+        self._summarised: tuple[int, bytes] = (-1, b"")
         self._lock = threading.RLock()
 
     def __repr__(self) -> str:
@@ -203,25 +204,33 @@ class Sequence:
         return op.id
 
     def _refresh(self) -> None:
+        """Ask ``r`` replicas for the summary of their ops; read the ops of those whose
+        summary differs from what this Sequence knows, one at a time, merging each (the next
+        may match by then); repair the replicas that lack ops."""
         for _ in range(MAX_REROUTES):
             view = self.handle.current()
             p = view.params
             replicas = view.readers.for_key(self.key)
             need = min(p["r"], len(replicas))
-            calls = {n: (fetch, self.quorum, n, self.key)
+            calls = {n: (summarize, self.quorum, n, self.key)
                      for n in self.quorum.health.order(replicas)}
             first = dict(list(calls.items())[:need])
             replies, errors, epochs = self.quorum.gather(
                 first, need, spares={n: c for n, c in calls.items() if n not in first})
             if self.handle.noticed(epochs):
                 continue
-            held = {}
-            for node, objs in replies.items():
+            held: dict[str, set[bytes]] = {}
+            for node, digest in replies.items():
+                self._hold(node, digest, p, held, errors)
+            for node in (n for n in calls if n not in replies):   # a faulty one's stand-in
+                if len(held) >= need:
+                    break
                 try:
-                    held[node] = self._merge(objs, p)
-                except (InvalidRecord, NodeError) as exc:   # a faulty replica: not counted
+                    digest, _ = self.quorum.call(node, summarize, self.quorum, node, self.key)
+                except (NodeError, TransportError) as exc:
                     errors[node] = str(exc)
-                    log.warning("ignoring %s's ops of %r: %s", node, self.key[:100], exc)
+                    continue
+                self._hold(node, digest, p, held, errors)
             if len(held) < need:
                 raise QuorumError(f"read of sequence {self.key!r}: {len(held)} of {need} "
                                   "replicas answered", self.key, need, len(held), errors)
@@ -229,6 +238,28 @@ class Sequence:
             self._read_at = time.monotonic()
             return
         raise QuorumError(f"read of sequence {self.key!r}: the ring kept changing", self.key)
+
+    def _hold(self, node: str, digest: bytes, params: Mapping[str, Any],
+              held: dict[str, set[bytes]], errors: dict[str, str]) -> None:
+        """Note in ``held`` the ops ``node`` holds: what this Sequence knows when its summary
+        is ``digest``, else the ops it reads from it, checked and merged. A replica whose ops
+        cannot be read, or fail their checks, is noted in ``errors`` instead."""
+        known = set(self._entries)
+        if digest == self._summary():
+            held[node] = known
+            return
+        try:
+            objs, _ = self.quorum.call(node, fetch, self.quorum, node, self.key)
+            held[node] = self._merge(objs, params)
+        except (InvalidRecord, NodeError, TransportError) as exc:
+            errors[node] = str(exc)
+            log.warning("ignoring %s's ops of %r: %s", node, self.key[:100], exc)
+
+    def _summary(self) -> bytes:
+        # Ops are only ever added: the count says whether the summary is still current.
+        if self._summarised[0] != len(self._entries):
+            self._summarised = (len(self._entries), sequence.summary(self._entries))
+        return self._summarised[1]
 
     def _merge(self, objs: list, params: Mapping[str, Any]) -> set[bytes]:
         """Check and apply the ops one replica answered; return the ids it holds. Each proof

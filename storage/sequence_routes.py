@@ -1,7 +1,9 @@
 """The node's read of a sequence: every op it holds under one key, in one range read.
 
 ``GET /v1/sequence?key=K`` (``&after=HEX`` to resume, ``&limit=N``) answers the msgpack map
-``{"ops": [op entry, ...], "next": cursor or nil}``. A sequence's ops share the LMDB key prefix
+``{"ops": [op entry, ...], "next": cursor or nil}``; with ``&summary=1``, ``{"count": N,
+"summary": DIGEST}`` of the op ids held (:func:`sdht.kinds.sequence.summary`), a walk over LMDB
+keys alone, so a reader that knows the same ops reads nothing more. A sequence's ops share the LMDB key prefix
 ``position || tag || key length || key`` (storage/layout.py) and differ only in the op id
 after it, so they are one cursor walk; the entries go out as stored, never decoded or
 re-encoded. A page ends at ``limit`` ops (at most ``MAX_BATCH``) or ``MAX_ANSWER_BYTES``
@@ -9,6 +11,8 @@ re-encoded. A page ends at ``limit`` ops (at most ``MAX_BATCH``) or ``MAX_ANSWER
 Ops are written through the ordinary ``/v1/records`` batch route, under the kind's admission.
 """
 from __future__ import annotations
+
+import hashlib
 
 import msgpack
 from flask import Blueprint, Response, current_app, request
@@ -50,11 +54,31 @@ def ops_of(key: str, after: bytes | None, limit: int, room: int
     return out, None
 
 
+def summary_of(key: str) -> tuple[int, bytes]:
+    """How many ops this node holds for ``key``, and the summary of their ids."""
+    prefix = data_key(sequence.TAG, key)
+    h = hashlib.blake2b(digest_size=32, person=sequence.SUMMARY_PERSON)
+    count = 0
+    st = store()
+    with st.env.begin(db=st.data) as txn:
+        cursor = txn.cursor()
+        if cursor.set_range(prefix):
+            for lkey in cursor.iternext(keys=True, values=False):
+                if not lkey.startswith(prefix):
+                    break
+                h.update(lkey[len(prefix):])   # LMDB order: the ids sorted
+                count += 1
+    return count, h.digest()
+
+
 @bp.get(ROUTE)
 def get_sequence() -> Response:
     """A page of the ops held for ``?key=``, resumed ``after`` an op id (hex)."""
     p = params()
     key = check_key(request.args.get("key"), p)
+    if request.args.get("summary") == "1":
+        count, digest = summary_of(key)
+        return msgpack_response(packb({"count": count, "summary": digest}))
     limit = int_arg("limit", 1, current_app.config["MAX_BATCH"], current_app.config["MAX_BATCH"])
     after_hex = request.args.get("after")
     try:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import sdht
 from sdht import kinds
-from sdht.errors import InvalidRecord, KeyNotFound, NodeError, ValueTooLarge
+from sdht.errors import InvalidRecord, KeyNotFound, ValueTooLarge
 from sdht.hashseq import HashSeq
 from sdht.hashseq_op import MAX_DEPS, make_op, DEFAULT as SCHEME
 from sdht.kinds import sequence
@@ -169,6 +169,17 @@ class TestTheNode:
             got, cursor = got + page["ops"], page["next"]
         assert sorted(o["o"]["id"] for o in got) == sorted(e.op.id for e in mine)
 
+    def test_the_summary_is_the_digest_of_the_ids_held(self, app):
+        client = app.test_client()
+        seq = HashSeq()
+        ops = [mint_op(KEY, seq.append(i), DEFAULTS["min_work"]) for i in range(5)]
+        client.post("/v1/records", data=packed_array([e.pack() for e in ops]),
+                    content_type=MSGPACK)
+        got = unpackb(client.get(ROUTE, query_string={"key": KEY, "summary": "1"}).data)
+        assert got == {"count": 5, "summary": sequence.summary(e.op.id for e in ops)}
+        empty = unpackb(client.get(ROUTE, query_string={"key": "none", "summary": "1"}).data)
+        assert empty == {"count": 0, "summary": sequence.summary([])}
+
     @pytest.mark.parametrize("query", [{}, {"key": ""}, {"key": KEY, "after": "zz"},
                                        {"key": KEY, "after": "ab"}, {"key": KEY, "limit": "0"},
                                        {"key": KEY, "limit": "x"}])
@@ -323,15 +334,20 @@ class TestReplicas:
         for key in keys:
             assert ring.sequence(key).items() == [0, 1, 2]
 
-    def test_a_replica_answering_a_forged_op_is_not_believed(self, inprocess_cluster):
-        ring, apps = inprocess_cluster(3, params={"r": 1})
+    def test_a_replica_holding_a_forged_op_is_not_believed(self, inprocess_cluster):
+        from storage.http import store
+        ring, apps = inprocess_cluster(3, params={"r": 2})
         seq = ring.sequence(KEY)
         seq.append("true")
-        forged = dataclasses.replace(seq._entries[next(iter(seq._entries))].op, item="lie")
-        with pytest.raises(InvalidRecord):
-            sequence.from_wire({**unpackb(seq._entries[forged.id].pack()),
-                                "o": forged.to_wire()}, DEFAULTS)
-        assert ring.sequence(KEY).items() == ["true"]
+        local = HashSeq()
+        local.apply(next(iter(seq._entries.values())).op)
+        real = local.append("real")
+        forged = dataclasses.replace(real, item="a lie")      # the id no longer matches
+        liar = ring.health.order(ring.preference(KEY))[0]     # one a read asks first
+        with apps[liar].app_context():   # planted under the node's admission, as a bad disk
+            store().put_many([mint_op(KEY, forged, DEFAULTS["min_work"])], ring.params)
+        assert forged.id in ids_on(apps, liar)
+        assert ring.sequence(KEY).items() == ["true"]   # read from the two honest replicas
 
     def test_a_failed_write_stays_pending_and_goes_out_with_the_next(self, inprocess_cluster):
         ring, apps = inprocess_cluster(3)

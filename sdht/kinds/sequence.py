@@ -43,6 +43,8 @@ NAME = "sequence"
 #: Anti-entropy, migration and read repair carry ops like registers; the merge is union.
 SYNCED = True
 FIELDS = frozenset("xkotwn")
+#: The personalisation of :func:`summary`.
+SUMMARY_PERSON = b"sdht-seq-set-v1"
 #: Bytes of a sequence's key: its LMDB keys hold the 32-byte op id after the key, under
 #: LMDB's 511-byte limit with the layout's 11-byte head (storage/layout.py).
 MAX_KEY_BYTES = 511 - 11 - ID_BYTES
@@ -113,6 +115,17 @@ def digest_of(prefix: bytes, nonce: bytes) -> bytes:
     """``blake2b-256(prefix + nonce)``, personalised as the proof-of-work search hashes."""
     h = hashlib.blake2b(prefix, digest_size=32, person=DIGEST_PERSON)
     h.update(nonce)
+    return h.digest()
+
+
+def summary(ids: Any) -> bytes:
+    """The digest of a set of op ids (the ops a replica holds): blake2b-256 of the ids sorted,
+    personalised. A reader compares it with the summary of what it knows, and reads the ops
+    of a replica only when they differ (storage/sequence_routes.py computes it in LMDB order,
+    which is the same order)."""
+    h = hashlib.blake2b(digest_size=32, person=SUMMARY_PERSON)
+    for op_id in sorted(ids):
+        h.update(op_id)
     return h.digest()
 
 
