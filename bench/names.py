@@ -32,51 +32,16 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
 from bench import ROOT, Procs, machine, percentile, start_node  # bench/bench.py, beside this
+from etcd import start_etcd  # bench/etcd.py
 
 import sdht  # noqa: E402
-from sdht.cli.processes import free_port  # noqa: E402
 
 THREADS = 8
 CALL_DEADLINE = 30.0   # seconds a worker waits at the round's barrier before the run fails
-
-
-def start_etcd(procs: Procs, members: int = 3) -> list[int]:
-    """Start an etcd cluster of ``members`` on free loopback ports; return the client ports."""
-    etcd = shutil.which("etcd")
-    if etcd is None:
-        raise SystemExit("etcd is not installed: apt-get install -y etcd-server")
-    ports = [(free_port(), free_port()) for _ in range(members)]
-    cluster = ",".join(f"m{i}=http://127.0.0.1:{peer}" for i, (_, peer) in enumerate(ports))
-    for i, (client, peer) in enumerate(ports):
-        argv = [etcd, "--name", f"m{i}", "--data-dir", str(procs.tmp / f"etcd{i}"),
-                "--listen-client-urls", f"http://127.0.0.1:{client}",
-                "--advertise-client-urls", f"http://127.0.0.1:{client}",
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "sdht-bench"]
-        # Members start without waiting: the first cannot be healthy before a quorum is up.
-        procs.start(f"etcd{i}", argv, ready=lambda: True)
-    for client, _ in ports:
-        ends = time.monotonic() + 30
-        while not _etcd_healthy(client):
-            if time.monotonic() > ends:
-                raise SystemExit(f"etcd on port {client} did not become healthy")
-            time.sleep(0.1)
-    return [client for client, _ in ports]
-
-
-def _etcd_healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-            return json.loads(resp.read()).get("health") == "true"
-    except (OSError, ValueError):
-        return False
 
 
 def run_threads(count: int, work: Callable[[int], list[tuple[float, Any]]]
