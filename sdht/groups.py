@@ -13,7 +13,7 @@ the same groups with no coordination):
   the extra members). So a group has ``n`` to ``2n - 1`` members, and every member is in one.
 - **Slots.** The ring is cut into :data:`SLOTS` equal slots (Redis Cluster's hash slots). Slot
   ``s`` belongs to group ``jump(s, groups)``: Lamping and Veach's jump consistent hash, which
-  splits the slots evenly and, when the group count grows from g to g + 1, moves only the
+  splits the slots about evenly (see :data:`SLOTS`) and, when the group count grows from g to g + 1, moves only the
   ~1/(g + 1) of the slots that the new group takes.
 - **Quorums.** A group can have up to ``2n - 1`` members, so :func:`quorum_sizes` picks ``r``
   and ``w`` (at most ``n``) with ``r + w`` above the largest group: a quorum read meets every
@@ -31,8 +31,9 @@ from typing import Any, Mapping, Sequence
 from . import params as cluster_params
 from .wire import RING_SIZE
 
-#: Slots the ring is cut into (Redis Cluster has 16384; 4096 keeps a placement cheap to build
-#: and splits keys within ~1 % of even for a few dozen groups).
+#: Slots the ring is cut into (Redis Cluster has 16384; 4096 keeps a placement cheap to build,
+#: ~30 ms once per group count and process). Measured shares of the ring: within 0.5 % of an
+#: even split for 2 or 3 groups, 4 % for 4, 7 % for 8, 14 % for 16, 24 % for 32.
 SLOTS = 4096
 #: Ring positions per slot (2**52): slot ``s`` covers ``[s * SLOT_WIDTH, (s + 1) * SLOT_WIDTH)``.
 SLOT_WIDTH = RING_SIZE // SLOTS
