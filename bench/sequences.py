@@ -7,10 +7,12 @@ Three real ``sdht-storage`` nodes (as ``bench/bench.py`` starts them), ring n=3,
   replicas within ``stale_after``: its appends read again only every 2 s), and as many
   ``ring.set`` of fresh keys; also appends to a sequence that reads its replicas before each
   append (``stale_after=0``). Target: append <= 1.5x set.
-* **reading a 10,000-item timeline** (``--items``): ``items()`` of a new ``Sequence`` (every op
-  of r replicas read in one range read each, checked, merged, ordered), ``page(50)`` of a new
-  one, and ``page(50)`` again on the same one (its ops already checked), against one
-  ``get_many`` of 1,000 keys. Target: reading <= 10x get_many.
+* **reading a 10,000-item timeline** (``--items``): ``items()`` of a new ``Sequence`` (the
+  summaries of r replicas, then every op of one replica in one range read, checked, merged,
+  ordered), against one ``get_many`` of 1,000 keys, each ``--repeat`` times interleaved;
+  ``page(50)`` of a new ``Sequence``, then of the same one again (nothing new: summaries only),
+  then after another writer appended one op (one replica's ops read, one op checked).
+  Target: reading <= 10x get_many.
 * **merge of two 10,000-op replicas** (pure CRDT, no I/O): two replicas of ``--items`` ops
   written apart (no common op), merged; and applying 10,000 ops to an empty replica.
 
@@ -96,15 +98,26 @@ def run_once(ring: sdht.Ring, args: argparse.Namespace, run: int) -> dict[str, d
 
     keys = [f"bench:many:{run}:{i}" for i in range(1000)]
     ring.set_many({k: {"post": i, "text": "x" * 40} for i, k in enumerate(keys)})
-    out["get_many 1,000 keys"] = once(lambda: ring.get_many(keys))
     key = f"bench:timeline:{run}"
     load_timeline(ring, key, args.items)
+    settled(ring, key, args.items)
     got: list = []
-    out[f"read a {args.items:,}-item timeline"] = once(lambda: got.append(ring.sequence(key).items()))
+    # Each read --repeat times, the two interleaved: load that drifts weighs on both alike.
+    reads = {"get_many 1,000 keys": lambda _: ring.get_many(keys),
+             f"read a {args.items:,}-item timeline": lambda _: got.append(
+                 ring.sequence(key).items())}
+    samples: dict[str, list[dict]] = {name: [] for name in reads}
+    for _ in range(args.repeat):
+        for name, op in reads.items():
+            samples[name].append(timed(op, 1))
+    for name, figs in samples.items():
+        out[name] = {k: statistics.median(f[k] for f in figs) for k in figs[0]}
     assert len(got[0]) == args.items
     fresh = ring.sequence(key)
     out["page(50), new Sequence"] = once(lambda: fresh.page(50))
-    out["page(50), same Sequence again"] = once(lambda: fresh.page(50))
+    out["page(50), same Sequence, nothing new"] = once(lambda: fresh.page(50))
+    ring.sequence(key).append({"post": "one more"})
+    out["page(50), same Sequence, one op new"] = once(lambda: fresh.page(50))
     out.update(bench_merge(args.items))
     return out
 
@@ -170,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--items", type=int, default=10_000)
     parser.add_argument("--appends", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="reads per run, median kept")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     for k, v in machine().items():
