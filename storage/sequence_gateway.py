@@ -35,7 +35,8 @@ from .ringclient import ring
 bp = Blueprint("kv_sequences", __name__, url_prefix="/kv-store/sequences")
 #: Sequences one worker keeps between requests (least recently used dropped first).
 CACHED = 64
-_cache: collections.OrderedDict[tuple[int, str], Sequence] = collections.OrderedDict()
+_cache: collections.OrderedDict[tuple[int, str], tuple[Any, Sequence]] = \
+    collections.OrderedDict()
 _cache_lock = threading.Lock()
 
 
@@ -49,11 +50,13 @@ def _sequence(key: str) -> Sequence:
                        f"{sequence.MAX_KEY_BYTES} bytes")
     client = ring()
     with _cache_lock:
-        held = _cache.pop((id(client), key), None) or Sequence(client.quorum, key)
+        held = _cache.pop((id(client), key), None)
+        if held is None or held[0] is not client:   # an id reused by another ring client
+            held = (client, Sequence(client.quorum, key))
         _cache[(id(client), key)] = held
         while len(_cache) > CACHED:
             _cache.popitem(last=False)
-    return held
+    return held[1]
 
 
 def _charge() -> None:
