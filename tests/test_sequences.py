@@ -262,6 +262,23 @@ class TestTheAPI:
         for n in range(3):   # each writer's posts keep their order
             assert [x for x in items if x.startswith(f"{n}:")] == [f"{n}:{i}" for i in range(8)]
 
+    def test_forty_concurrent_appends_are_all_kept(self, ring3):
+        # The case: 40 read-modify-write appends to a list in a register kept 24.
+        ring, _ = ring3
+        barrier = threading.Barrier(40)
+
+        def one(i: int) -> None:
+            seq = ring.sequence(KEY)
+            seq.refresh()
+            barrier.wait(30)
+            seq.append(i)
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(ring.sequence(KEY).items()) == list(range(40))
+
     def test_module_functions_use_the_default_ring(self, ring3):
         ring, _ = ring3
         sdht.set_default_ring(ring)
