@@ -8,7 +8,7 @@ Handing them a :class:`RingHandle` instead of the ``Ring`` keeps the import grap
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import trust
 from .errors import ConfigError, NodeError, NoNodes, TransportError, UntrustedRing
@@ -34,6 +34,9 @@ class RingHandle:
         self.new_ring_params: dict[str, Any] = dict(new_ring_params or {})
         #: The newest ring this client knows; None until the first refresh finds one.
         self.view: RingView | None = None
+        #: Nodes a refresh asks only when no other answered (the client's suspects, set by
+        #: :class:`sdht.quorum.Quorum`): a hung node must not cost every refresh a timeout.
+        self.avoid: Callable[[str], bool] = lambda node: False
 
     def refresh(self, prefer: Iterable[str] = ()) -> RingView | None:
         """Fetch the newest ring from the members and seeds that answer; adopt and return it.
@@ -44,9 +47,11 @@ class RingHandle:
             (so a join never mistakes a ring it cannot check for no ring at all).
         """
         known = [m.id for m in self.view.members] if self.view else []
-        candidates = list(dict.fromkeys([*prefer, *known, *self.seeds]))
+        candidates = sorted(dict.fromkeys([*prefer, *known, *self.seeds]), key=self.avoid)
         best, reached, untrusted = self.view, 0, []
         for node in candidates:
+            if reached and best is not None and self.avoid(node):
+                break   # sorted: the rest are avoided too
             try:
                 view = self.ring_of(node)
             except UntrustedRing as exc:

@@ -46,6 +46,7 @@ class Quorum:
         #: What this client saw of each node: the score that orders replicas, and the
         #: failure cooldown (docs/operating.md, "Routing by score").
         self.health = health or NodeHealth()
+        handle.avoid = self.health.is_suspect   # a ring refresh asks suspects last
         #: Writes that missed a replica, handed to one that has them (hinted handoff).
         self.hinter = Hinter(handle.transport.request, self.health.missed)
 
@@ -89,9 +90,7 @@ class Quorum:
         """Write ``rec`` to its replicas until ``w`` of the current and of the future
         placement acknowledged. Returns None on success, or the higher score that beat it.
 
-        :param acked: when given, set to the nodes that acknowledged (stored or already
-            held) ``rec`` by the time the quorum was decided, so a caller can say where the
-            write went rather than where it was meant to go.
+        :param acked: a list to set to the nodes that acknowledged ``rec`` (stored or held it).
         :raises QuorumError: when fewer than ``w`` of a placement acknowledged.
         """
         for _ in range(MAX_REROUTES):

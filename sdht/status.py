@@ -1,17 +1,27 @@
 """The state of a ring as operators see it: each node's share, health and agreement on the ring.
 
 Used by ``sdht status`` and by the node's web page. A node that cannot be reached is reported as
-``down``, never raised.
+``down``, never raised. Health is asked with a short timeout (:data:`PROBE_TIMEOUT`), all nodes
+at once, so one hung node costs a command well under a second rather than a full read timeout;
+:func:`screen` does the same before any CLI command, so that its requests avoid a hung node from
+the start (a client's failure memory lasts one process: the CLI starts with none).
 """
 from __future__ import annotations
 
 import base64
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, Iterable
 
 from .errors import SDHTError
 from .handle import RingHandle
+from .health import NodeHealth
 from .ring import RingView, intervals, token_positions
+from .transport import Transport
 from .wire import RING_SIZE
+
+#: (connect, read) seconds of a health probe: a node answers its health in milliseconds, so
+#: one silent this long is reported down (and avoided) rather than waited for.
+PROBE_TIMEOUT = (0.5, 0.75)
 
 #: Health fields copied into a node's status, as the node reports them; the last three are the
 #: unique-name registry's (docs/names.md): names held, accepts answered, refused phases.
@@ -52,7 +62,22 @@ def cluster_status(handle: RingHandle) -> dict[str, Any]:
     if view is None:
         return {"epoch": 0, "agree": True, "nodes": []}
     share = shares(view)
-    futures = {m.id: handle.transport.submit(handle.transport.health, m.id) for m in view.members}
+    probe = Transport(PROBE_TIMEOUT, handle.transport.keys, max_parallel=16)
+    try:
+        futures = {m.id: probe.submit(probe.health, m.id) for m in view.members}
+        nodes = _entries(view, share, futures)
+    finally:
+        probe.close()
+    newest = max([view.epoch, *(n["epoch"] or 0 for n in nodes)])
+    for entry in nodes:
+        entry["agrees"] = entry["up"] and entry["epoch"] == newest
+    return {"epoch": newest, "agree": all(n["agrees"] for n in nodes if n["up"]),
+            "nodes": nodes}
+
+
+def _entries(view: RingView, share: dict[str, float],
+             futures: dict[str, Future]) -> list[dict[str, Any]]:
+    """Each member's status entry from its health answer (or its failure: down)."""
     nodes = []
     for member in view.members:
         entry: dict[str, Any] = {"id": member.id, "state": member.state,
@@ -65,11 +90,47 @@ def cluster_status(handle: RingHandle) -> dict[str, Any]:
             entry.update({k: None for k in HEALTH_FIELDS})
             entry.update(up=False, state="down", error=str(exc))
         nodes.append(entry)
-    newest = max([view.epoch, *(n["epoch"] or 0 for n in nodes)])
-    for entry in nodes:
-        entry["agrees"] = entry["up"] and entry["epoch"] == newest
-    return {"epoch": newest, "agree": all(n["agrees"] for n in nodes if n["up"]),
-            "nodes": nodes}
+    return nodes
+
+
+def screen(handle: RingHandle, health: NodeHealth, nodes: Iterable[str] = ()) -> list[str]:
+    """Ask ``nodes`` (by default the seeds and the known members) for their health, all at
+    once with :data:`PROBE_TIMEOUT`, and note in ``health`` who answered and who did not, so
+    that the requests that follow avoid a hung node instead of waiting a read timeout on it.
+    Answers update what ``health`` knows of each node (its location). Returns the nodes that
+    did not answer.
+    """
+    known = [m.id for m in handle.view.members] if handle.view else []
+    asked = list(dict.fromkeys(nodes or [*handle.seeds, *known]))
+    probe = Transport(PROBE_TIMEOUT, handle.transport.keys, max_parallel=16)
+    silent = []
+    try:
+        futures = {n: probe.submit(probe.health, n) for n in asked}
+        for node, fut in futures.items():
+            try:
+                health.learn(node, fut.result())
+                health.answered(node)
+            except SDHTError:
+                health.failed(node)
+                silent.append(node)
+    finally:
+        probe.close()
+    return silent
+
+
+def screen_ring(handle: RingHandle, health: NodeHealth) -> list[str]:
+    """:func:`screen` the seeds, learn the ring from those that answered, then screen the
+    members not asked yet: what a short-lived client (the CLI) does before its first request.
+    Returns the nodes that did not answer; a ring that cannot be learnt is left to the
+    command to report."""
+    silent = screen(handle, health)
+    try:
+        handle.refresh()
+    except SDHTError:
+        return silent
+    asked = set(handle.seeds)
+    rest = [m.id for m in handle.view.members if m.id not in asked] if handle.view else []
+    return silent + (screen(handle, health, rest) if rest else [])
 
 
 def jsonable(value: Any) -> Any:

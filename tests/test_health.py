@@ -2,12 +2,17 @@
 again when it answers; with a hung replica, requests stop waiting on it."""
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
+import time
 
 import sdht
 from sdht.health import NodeHealth
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 
 
 class TestNodeHealth:
@@ -60,3 +65,33 @@ class TestHungReplica:
         wait_for(lambda: ring.set("probe", 1) and not ring.health.suspects()
                  and handled(ring, hung.id) > resumed,
                  what="the recovered node to be trusted again")
+
+
+def sdht_cli(tmp_path, *args: str) -> tuple[float, subprocess.CompletedProcess]:
+    """Run the ``sdht`` command (a fresh process: no failure memory); return its wall time."""
+    env = {k: v for k, v in os.environ.items() if k != "SDHT_SEEDS"}
+    env.update(PYTHONPATH=str(ROOT), SDHT_CLUSTER_DIR=str(tmp_path / "no-demo"))
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", "from sdht.cli import main; main()", *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    return time.monotonic() - began, proc
+
+
+class TestCliWithAHungNode:
+    def test_commands_answer_within_2s_and_status_shows_it_down(self, cluster, tmp_path):
+        ring, nodes = cluster(3, env={"SDHT_SYNC_INTERVAL": "0"})
+        seeds = ",".join(n.id for n in nodes)
+        ring.set("k", "before")
+        startup, _ = sdht_cli(tmp_path, "--help")   # the interpreter and imports alone
+        hung = nodes[1]
+        hung.signal(signal.SIGSTOP)
+        try:
+            for args in (("set", "k", "during"), ("get", "k"), ("status", "--json")):
+                took, proc = sdht_cli(tmp_path, "--seeds", seeds, *args)
+                assert proc.returncode == 0, proc.stderr
+                assert took - startup < 2.0, f"sdht {' '.join(args)} took {took:.2f} s"
+            state = json.loads(proc.stdout)
+            down = [n["id"] for n in state["nodes"] if not n["up"]]
+            assert down == [hung.id]
+        finally:
+            hung.signal(signal.SIGCONT)

@@ -22,7 +22,7 @@ from ..client import Ring
 from ..errors import SDHTError
 from ..migration import plan_transfers
 from ..ring import JOINING, LEAVING, Member
-from ..status import cluster_status, jsonable
+from ..status import cluster_status, jsonable, screen_ring
 from ..transport import DEFAULT_TIMEOUT
 from ..trust import Keys
 from ..wire import RING_SIZE
@@ -40,6 +40,10 @@ def _ring(ctx: click.Context) -> Ring:
             raise click.ClickException("no seeds: pass --seeds HOST:PORT, set SDHT_SEEDS, or "
                                        "start a demo cluster with 'sdht cluster start'")
         obj["ring"] = ctx.with_resource(Ring(seeds, timeout=obj["timeout"], keys=obj["keys"]))
+        # A hung node must not cost every command a read timeout: probe all nodes briefly
+        # first, so requests avoid the silent ones (sdht/status.py, issue 15).
+        screen_ring(obj["ring"].handle, obj["ring"].health)
+        ctx.call_on_close(obj["ring"].quorum.hinter.flush)   # hints sent before exit
     return obj["ring"]
 
 
