@@ -135,18 +135,14 @@ class Ring:
         lands after this one, ``set`` still returns this record, which that later write has
         superseded (a ``get`` then returns the later value), as in any last-writer-wins store.
 
-        :raises InvalidRecord: for a bad key or value (``ValueTooLarge`` for one too large),
-            or work outside ``[min_work, max_work]``.
-        :raises WriteConflict: when the key is held by more work than this write will pay
-            (a rented key).
+        :raises InvalidRecord: for a bad key, value (``ValueTooLarge``: too large) or work.
+        :raises WriteConflict: for a rented key: one held by more work than this write pays.
         :raises QuorumError: when fewer than ``w`` replicas acknowledged.
-        :param acked: when given, set to the nodes that acknowledged the write (see
-            :meth:`sdht.quorum.Quorum.replicate`).
+        :param acked: a list to set to the nodes that acknowledged the write.
         """
         return self._write(key, value, work, deleted=False, acked=acked)
 
-    def delete(self, key: str, work: float | None = None, *,
-               acked: list[str] | None = None) -> Record:
+    def delete(self, key: str, work: float | None = None, *, acked: list | None = None) -> Record:
         """Write a tombstone for ``key`` (same rules and ``acked`` as :meth:`set`); return it."""
         return self._write(key, None, work, deleted=True, acked=acked)
 
@@ -167,14 +163,13 @@ class Ring:
         return self.quorum.read(key)
 
     def _write(self, key: str, value: Any, work: float | None, deleted: bool,
-               after: int = 0, above: float = -math.inf,
-               acked: list[str] | None = None) -> Record:
+               after: int = 0, above: float = -math.inf, acked: list | None = None) -> Record:
         p = self.handle.current().params
         common.check_key(key, p)
         common.check_value(value, p)
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
         rec = mint(key, value, w, t=max(now_us(), after + 1), deleted=deleted)
-        lost = self._replicate(rec, acked) if rec.score(p["decay"]) > above else above
+        lost = self.quorum.replicate(rec, acked) if rec.score(p["decay"]) > above else above
         if lost is None:
             return rec
         # A replica holds a higher score, or a session saw one (``above``; its writes come
@@ -187,7 +182,7 @@ class Ring:
                                 f"{lost:.6f}); beating it needs work {needed:.2f} > {budget:.2f}",
                                 key, lost)
         rec = mint(key, value, max(w, math.ceil(needed * 1000) / 1000), t=t, deleted=deleted)
-        lost = self._replicate(rec, acked)
+        lost = self.quorum.replicate(rec, acked)
         if lost is not None:
             # Lost again, to a version written meanwhile. If plain work would beat it now, it
             # is simply a later write: last writer wins, and this write is done (superseded,
@@ -197,11 +192,6 @@ class Ring:
                 raise WriteConflict(f"{key!r} was rented meanwhile by a version of higher "
                                     f"priority (score {lost:.6f})", key, lost)
         return rec
-
-    def _replicate(self, rec: Record, acked: list[str] | None) -> float | None:
-        # ``acked`` is passed only when asked for, so a one-argument stand-in for
-        # ``quorum.replicate`` (tests/test_client.py races writes so) keeps working.
-        return self.quorum.replicate(rec) if acked is None else self.quorum.replicate(rec, acked)
 
     # -- batches ------------------------------------------------------------------------------
 

@@ -259,13 +259,13 @@ class TestRentAndLastWriterWins:
         ring, _ = inprocess_cluster(3, params={"decay": 0.01})
         replicate, attempts = ring.quorum.replicate, []
 
-        def racing(rec):
+        def racing(rec, acked=None):
             attempts.append(rec)
             later = mint(rec.key, f"later {len(attempts)}", 3.0,
                          t=now_us() + 600_000 * len(attempts))
             for node in ring.preference(rec.key):
                 ring.transport.put_record(node, later)
-            return replicate(rec)
+            return replicate(rec, acked)
 
         ring.quorum.replicate = racing
         rec = ring.set("raced", "mine")
