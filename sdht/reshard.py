@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from . import params as cluster_params
-from .errors import ConfigError, RingBusy, SDHTError, TransportError
+from .errors import ConfigError, NoNodes, RingBusy, SDHTError, TransportError
 from .groups import group_params
 from .handle import RingHandle
 from .migration import (MigrationReport, _publish, _stream, join, plan_drops, plan_transfers,
@@ -76,9 +76,16 @@ def view_change(handle: RingHandle, members: Iterable[str], repl_factor: int,
     """
     wanted = check_view(members, repl_factor)
     report = ViewChangeReport()
-    view = handle.current()
+    # The view's members may know the ring when the caller does not (a node waiting to be
+    # joined); with no ring anywhere, the first join starts one.
+    handle.seeds = list(dict.fromkeys([*handle.seeds, *wanted]))
+    try:
+        view: RingView | None = handle.current()
+    except NoNodes:
+        view = None
     for node in wanted:
-        if view.member(node) is None or view.member(node).state != NORMAL:
+        member = view.member(node) if view is not None else None
+        if member is None or member.state != NORMAL:
             report.moved += join(handle, node, None, progress).moved
             report.joined.append(node)
             view = handle.current()

@@ -3,7 +3,9 @@
 
 The node runs :func:`sdht.reshard.view_change` with its own ring client: the new members join,
 the parameters become replica groups of ``repl-factor``, the members not in the view leave, and
-data moves at every step. It answers once the ring is exactly the view.
+data moves at every step. It answers once the ring is exactly the view. Any node serves it, one
+in no ring too (it finds the ring through the view's members; with no ring anywhere, the view
+becomes the first one).
 
 **Authority.** A view change rewrites the ring, which only the operator may sign. A node in
 development mode (no keys: loopback clients only) publishes unsigned rings, so a demo cluster
@@ -25,7 +27,6 @@ from sdht.wire import CONTEXT_FIELD
 
 from .auth import keys
 from .gateway import UNAVAILABLE, fail, parse_request
-from .http import ring_view
 from .ringclient import ring
 from .shards import shard_info, shards
 
@@ -64,8 +65,6 @@ def change_view() -> tuple[Response, int]:
         fail(403, "View change needs the operator", ctx,
              detail="a keyed node cannot sign rings: change the view with the operator key "
                     "(sdht join / sdht remove)")
-    if ring_view() is None:
-        fail(503, UNAVAILABLE, ctx, detail="this node has not joined a ring")
     if not _running.acquire(blocking=False):
         fail(409, "A view change is in progress", ctx)
     try:

@@ -42,6 +42,17 @@ class TestViewChange:
         assert all(ring.get(f"k{i}") == i for i in range(120))
         assert sum(held(apps, n) for n in ids[1:]) == 120
 
+    def test_a_view_change_of_nodes_in_no_ring_makes_the_first_ring(self, node_apps):
+        import sdht
+        from sdht.inprocess import WSGITransport
+        apps = node_apps(4)
+        with sdht.Ring(list(apps)[:1], transport=WSGITransport(apps)) as ring:
+            reshard.view_change(ring.handle, list(apps), 2)
+            view = ring.handle.refresh()
+            assert [len(g) for g in view.readers.groups] == [2, 2]
+            ring.set("first", 1)
+            assert ring.get("first") == 1
+
     def test_the_same_view_again_changes_nothing(self, inprocess_cluster):
         ring, apps = inprocess_cluster(2)
         reshard.view_change(ring.handle, list(apps), 1)

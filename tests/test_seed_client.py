@@ -215,7 +215,7 @@ class TestViewChange:
         for i in range(keys):
             status, out = call(a, "PUT", f"keys/vc-{i}", ctx, value=f"v{i}")
             ctx = out[CTX]
-        out = view_change(b, ids, 2)
+        out = view_change(d, ids, 2)   # through a node that waits to be joined
         assert [s["shard-id"] for s in out["shards"]] == [1, 2]
         assert sum(s["key-count"] for s in out["shards"]) == keys
         assert sorted(sum((s["replicas"] for s in out["shards"]), [])) == sorted(ids)
