@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, jsonify
+from flask import Blueprint, Flask, Response, current_app, g, jsonify
 
 from sdht.errors import ConfigError, RingBusy, SDHTError
 from sdht.reshard import check_view, view_change
@@ -77,6 +77,8 @@ def change_view() -> tuple[Response, int]:
     finally:
         _running.release()
     final = ring().handle.current()
+    # Count afresh: this worker's count may be from before the data moved.
+    current_app.extensions["sdht.key_count"] = (float("-inf"), 0)
     return jsonify({"message": "View change successful",
                     "shards": [shard_info(final, i) for i in range(1, len(shards(final)) + 1)],
                     "epoch": report.epoch, "joined": report.joined, "removed": report.removed,
