@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,8 +17,9 @@ from typing import Callable, Iterable
 from .errors import SDHTError
 from .handle import RingHandle
 from .ring import RingView, intervals
-from .sync import merge_ranges, sync_ranges
+from .sync import LEAVES_PER_REQUEST, merge_ranges, start_nodes, sync_ranges
 from .transport import Transport
+from .wire import BATCH, MAX_TREE_RANGES, ref_position
 
 #: Hubs a whole-ring repair syncs at once: each keeps one request in flight to each side of
 #: its current sync, so this bounds the repair's requests in flight at twice as many.
@@ -140,10 +142,14 @@ def repair_view(transport: Transport, view: RingView, down: Iterable[str] = (),
         nonlocal done
         peers, count = plan[hub]
         mine = RepairReport()
-        gains = [_repair_pair(transport, view, hub, p, r, mine) for p, r in sorted(peers.items())]
-        last = max((i for i, gained in enumerate(gains) if gained), default=0)
-        for peer, ranges in sorted(peers.items())[:last]:
-            _repair_pair(transport, view, hub, peer, ranges, mine)
+        settled = _settled(transport, hub, peers)
+        mine.syncs = len(settled)
+        rest = sorted(p for p in peers if p not in settled)
+        gains = [_repair_pair(transport, view, hub, p, peers[p], mine) for p in rest]
+        if any(gains):   # peers that saw the hub before its last gain lack it
+            last = max(i for i, gained in enumerate(gains) if gained)
+            for peer in sorted(settled) + rest[:last]:
+                _repair_pair(transport, view, hub, peer, peers[peer], mine)
         with lock:
             for name in ("syncs", "hashes", "differences", "pushed"):
                 setattr(report, name, getattr(report, name) + getattr(mine, name))
@@ -159,6 +165,70 @@ def repair_view(transport: Transport, view: RingView, down: Iterable[str] = (),
             fut.result()
     report.seconds = time.monotonic() - began
     return report
+
+
+def _settled(transport: Transport, hub: str, peers: dict[str, list[tuple[int, int]]]
+             ) -> set[str]:
+    """The peers that already agree with ``hub`` on every range they share with it.
+
+    The hub is asked once for all its peers (its hashes do not depend on the peer; its
+    listings, over all the ranges, are cut to each peer's), each peer once, in parallel: a hub
+    whose replicas agree costs about ``1 + peers`` requests, not two per peer. A peer this
+    cannot settle at once (a difference, a listing cut short, an error) is left to a full sync.
+    """
+    starts = {p: start_nodes(r) for p, r in peers.items()}
+    union = merge_ranges(r for ranges in peers.values() for r in ranges)
+    if len(union) > MAX_TREE_RANGES or any(len(r) > MAX_TREE_RANGES for r in peers.values()):
+        return set()
+    asked = {p: transport.submit(_tree_all, transport, p, c, ls, peers[p])
+             for p, (c, ls) in starts.items()}
+    mine = _tree_all(transport, hub, sorted({n for c, _ in starts.values() for n in c}),
+                     sorted({leaf for _, ls in starts.values() for leaf in ls}), union)
+    settled = set()
+    for p, fut in asked.items():
+        theirs = fut.result()
+        if mine is None or theirs is None:
+            continue
+        compare, cut = starts[p]
+        if all(mine[0][n] == theirs[0][n] for n in compare) and all(
+                _within(mine[1][leaf], peers[p]) == theirs[1][leaf] for leaf in cut):
+            settled.add(p)
+    return settled
+
+
+def _tree_all(transport: Transport, node: str, nodes: list[tuple[int, int]],
+              leaves: list[tuple[int, int]], ranges: list[tuple[int, int]]
+              ) -> tuple[dict, dict] | None:
+    """``node``'s hashes of ``nodes`` and listings of ``leaves`` within ``ranges``, as dicts
+    (a listing as ``{reference: digest}``), in requests of at most ``BATCH`` hashes and
+    ``LEAVES_PER_REQUEST`` leaves; None when an answer is cut short or the node fails."""
+    hashes: dict[tuple[int, int], bytes] = {}
+    listed: dict[tuple[int, int], dict[bytes, bytes]] = {}
+    try:
+        for i in range(max(-(-len(nodes) // BATCH), -(-len(leaves) // LEAVES_PER_REQUEST))):
+            part = nodes[i * BATCH:(i + 1) * BATCH]
+            cut = leaves[i * LEAVES_PER_REQUEST:(i + 1) * LEAVES_PER_REQUEST]
+            body, _ = transport.tree(node, part, cut, ranges)
+            if body.get("truncated"):
+                return None
+            hashes.update(zip(part, body["hashes"]))
+            listed.update((leaf, {bytes(r): bytes(d) for r, d in entries})
+                          for leaf, entries in zip(cut, body["entries"]))
+    except SDHTError:
+        return None
+    return hashes, listed
+
+
+def _within(listing: dict[bytes, bytes], ranges: list[tuple[int, int]]) -> dict[bytes, bytes]:
+    """The entries of ``listing`` whose positions lie in the sorted ``ranges``."""
+    starts = [s for s, _ in ranges]
+    out = {}
+    for ref, digest in listing.items():
+        pos = ref_position(ref)
+        i = bisect.bisect_right(starts, pos) - 1
+        if i >= 0 and pos < ranges[i][1]:
+            out[ref] = digest
+    return out
 
 
 def _repair_pair(transport: Transport, view: RingView, hub: str, other: str,

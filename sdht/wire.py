@@ -91,6 +91,12 @@ def is_tree_node(level: Any, index: Any) -> bool:
 RING_SIZE = 1 << 64
 
 
+def ref_position(ref: bytes) -> int:
+    """The ring position of the entry a tree listing's reference names: a reference is the
+    entry's LMDB key, which starts with its position (8 bytes, big-endian; storage/layout.py)."""
+    return int.from_bytes(ref[:8], "big")
+
+
 def encode_ranges(ranges: Iterable[tuple[int, int]]) -> list[list[int]]:
     """Encode half-open ``[start, end)`` ranges as inclusive ``[first, last]`` pairs: the end of
     the ring, 2**64, does not fit a msgpack integer."""

@@ -98,5 +98,6 @@ def test_repair_runs_one_sync_per_hub_and_peer(quick):
     quiet, busy = rows[0], rows[100]
     assert quiet["differences"] == 0 and quiet["syncs"] == quiet["hub_peer_pairs"]
     assert quiet["syncs"] < quiet["syncs_one_per_replica_set"] / 3
-    assert quiet["messages"] == 2 * quiet["syncs"]   # agreeing replicas: one request each
+    # agreeing replicas: one request to each peer, a few to each hub for all its peers
+    assert quiet["syncs"] < quiet["messages"] < 1.5 * quiet["syncs"]
     assert busy["pushed"] >= 100 and busy["syncs"] <= 2 * busy["hub_peer_pairs"]

@@ -199,11 +199,11 @@ def _inside(low, high, ranges):
                           st.integers(0, 1 << 16).map(lambda i: max(0, (i << 48) - 1))),
                 max_size=12))
 def test_a_sync_starts_from_the_largest_nodes_inside_and_lists_the_leaves_cut(points):
-    from sdht.sync import _cover, merge_ranges
+    from sdht.sync import start_nodes, merge_ranges
     from sdht.wire import DEPTH, node_range
     points = sorted(set(points))
     ranges = merge_ranges([(points[i], points[i + 1]) for i in range(0, len(points) - 1, 2)])
-    compare, listing = _cover(ranges)
+    compare, listing = start_nodes(ranges)
     spans = sorted(node_range(*n) for n in compare)
     for (level, index), (low, high) in zip(sorted(compare), map(lambda n: node_range(*n),
                                                                  sorted(compare))):
@@ -235,6 +235,33 @@ def test_replicas_that_agree_sync_in_one_request_each(node_apps):
     t.put_many(b, [mint("late", 1, 3.0)])
     assert sdht.sync.sync_ranges(t, a, b, [FULL]).pushed_to_a == 1
     t.close()
+
+
+def test_a_repair_with_nothing_to_do_asks_each_replica_about_once_per_hub(node_apps):
+    from sdht.repair import hub_plan, repair_view
+    apps = node_apps(5)
+    t = CountingTransport(apps)
+    ring = sdht.Ring(list(apps)[:1], transport=t)
+    try:
+        for node in apps:
+            ring.join(node)
+        ring.set_many({f"k{i}": i for i in range(300)})
+        view = ring.handle.refresh()
+        plan = hub_plan(view)
+        pairs = sum(len(peers) for peers, _ in plan.values())
+        t.trees = 0
+        for hub, (peers, _) in plan.items():
+            for peer, ranges in peers.items():
+                sdht.sync.sync_ranges(t, hub, peer, ranges)
+        pairwise, t.trees = t.trees, 0
+        report = repair_view(t, view)
+        assert (report.differences, report.errors, report.syncs) == (0, [], pairs)
+        # each peer asked, and each hub once for all its peers: not both sides of every pair
+        assert t.trees <= 0.8 * pairwise, (t.trees, pairwise)
+        t.put_many(list(apps)[2], [mint("late", 1, 3.0)])
+        assert repair_view(t, view).pushed == 2 and repair_view(t, view).differences == 0
+    finally:
+        ring.close()
 
 
 def test_repair_syncs_around_a_node_that_is_down(inprocess_cluster):
