@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import BinaryIO, Callable
 
 import click
 
 from . import localcluster
 from .cluster import cluster, keygen
-from .output import (MAX_TEXT_RATIO, Progress, parse_value, progress_callback, report_line,
-                     show_value, status_lines, stored_line)
+from .options import seeds_here, split_seeds, value_of
+from .output import (Progress, progress_callback, report_line, show_value, status_lines,
+                     stored_line)
 from ..client import Ring
 from ..errors import SDHTError
 from ..migration import plan_transfers
@@ -89,7 +89,7 @@ def cli(ctx: click.Context, seeds: str, operator_key: str | None,
     it (sdht status --seeds HOST:PORT). Every option also has an environment variable.
     """
     ctx.ensure_object(dict).update(
-        seeds=_split(seeds),
+        seeds=split_seeds(seeds),
         keys=_keys(operator_key, operator_pubkey),
         timeout=(min(DEFAULT_TIMEOUT[0], timeout), timeout))
 
@@ -107,34 +107,6 @@ cli.add_command(keygen)
 
 # -- keys -----------------------------------------------------------------------------------------
 
-def _seeds_here(command: Callable) -> Callable:
-    """``--seeds`` on a command too, so it may come after the command's name as well as
-    before it (``sdht status --seeds X`` as ``sdht --seeds X status``); the later one wins."""
-    def remember(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
-        if value:
-            ctx.ensure_object(dict)["seeds"] = _split(value)
-    return click.option("--seeds", default=None, metavar="HOST:PORT[,...]", expose_value=False,
-                        callback=remember, is_eager=False,
-                        help="Nodes to learn the ring from (also accepted before the "
-                             "command).")(command)
-
-
-def _split(seeds: str) -> list[str]:
-    return [s.strip() for s in seeds.split(",") if s.strip()]
-
-
-def _read_value(source: BinaryIO, ring: Ring, what: str) -> bytes:
-    """Read a value from ``source``, refusing past what the ring could store: a value's text
-    (JSON) can be longer than its msgpack encoding, but not by more than MAX_TEXT_RATIO."""
-    limit = MAX_TEXT_RATIO * ring.params["max_value_bytes"]
-    data = source.read(limit + 1)
-    if len(data) > limit:
-        raise click.ClickException(f"the value from {what} is over {limit:,} bytes; the ring "
-                                   f"stores values of at most "
-                                   f"{ring.params['max_value_bytes']:,} bytes")
-    return data
-
-
 @cli.command("set")
 @click.argument("key")
 @click.argument("value", required=False)
@@ -142,7 +114,7 @@ def _read_value(source: BinaryIO, ring: Ring, what: str) -> bytes:
               help="Read the value from this file (VALUE then must be left out).")
 @click.option("--work", type=float, default=None, help="Logwork to mint (default min_work).")
 @click.option("--raw", is_flag=True, help="Store VALUE as a string even if it parses as JSON.")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def set_(ctx: click.Context, key: str, value: str | None, path: str | None, work: float | None,
          raw: bool) -> None:
@@ -152,23 +124,8 @@ def set_(ctx: click.Context, key: str, value: str | None, path: str | None, work
     (a trailing newline included); text that is not UTF-8 is stored as bytes. Prints the
     replicas that acknowledged the write.
     """
-    if value is None and path is None:
-        raise click.UsageError("Missing argument 'VALUE' ('-' reads stdin; or --file PATH)")
-    if value is not None and path is not None:
-        raise click.UsageError("give VALUE or --file PATH, not both")
     ring = _ring(ctx)
-    if path is not None or value == "-":
-        if path is not None:
-            with open(path, "rb") as f:
-                data = _read_value(f, ring, path)
-        else:
-            data = _read_value(click.get_binary_stream("stdin"), ring, "stdin")
-        try:
-            parsed = parse_value(data.decode("utf-8"), raw)
-        except UnicodeDecodeError:
-            parsed = data
-    else:
-        parsed = parse_value(value, raw)
+    parsed = value_of(value, path, raw, ring.params["max_value_bytes"])
     acked: list[str] = []
     rec = ring.set(key, parsed, work, acked=acked)
     click.echo(stored_line(key, acked, ring.preference(key), rec.w))
@@ -177,7 +134,7 @@ def set_(ctx: click.Context, key: str, value: str | None, path: str | None, work
 @cli.command("get")
 @click.argument("key")
 @click.option("--json", "as_json", is_flag=True, help="Print {key, found, value} as JSON.")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def get(ctx: click.Context, key: str, as_json: bool) -> None:
     """Print the value of KEY (exit status 1 when it is not set)."""
@@ -196,7 +153,7 @@ def get(ctx: click.Context, key: str, as_json: bool) -> None:
 
 @cli.command("delete")
 @click.argument("key")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def delete(ctx: click.Context, key: str) -> None:
     """Delete KEY (write a tombstone). A key that is not set is left alone and said so; the
@@ -216,7 +173,7 @@ def delete(ctx: click.Context, key: str) -> None:
 @click.option("--prefix", default="demo-", show_default=True, help="Key prefix.")
 @click.option("--batch", type=click.IntRange(1, 10_000), default=500, show_default=True,
               help="Keys per batch write (one request per replica node).")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def fill(ctx: click.Context, count: int, prefix: str, batch: int) -> None:
     """Write COUNT demo keys PREFIX000000... with small JSON values."""
@@ -238,7 +195,7 @@ def fill(ctx: click.Context, count: int, prefix: str, batch: int) -> None:
 @click.argument("node")
 @click.option("--tokens", type=click.IntRange(1, 4096), default=None,
               help="Virtual nodes (default: the ring's).")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def join(ctx: click.Context, node: str, tokens: int | None) -> None:
     """Add NODE (HOST:PORT, a running sdht-storage) to the ring, moving data to it."""
@@ -252,7 +209,7 @@ def join(ctx: click.Context, node: str, tokens: int | None) -> None:
 @cli.command("remove")
 @click.argument("node")
 @click.option("--dead", is_flag=True, help="NODE is gone: copy its ranges from the survivors.")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def remove(ctx: click.Context, node: str, dead: bool) -> None:
     """Take NODE out of the ring, moving its data to the nodes that gain its ranges."""
@@ -264,7 +221,7 @@ def remove(ctx: click.Context, node: str, dead: bool) -> None:
 
 
 @cli.command("repair")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def repair(ctx: click.Context) -> None:
     """Compare replicas and copy what is missing (anti-entropy), with progress."""
@@ -287,7 +244,7 @@ def repair(ctx: click.Context) -> None:
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-@_seeds_here
+@seeds_here
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show every node: state, ring share, records, bytes, epoch, revision, response time,

@@ -92,12 +92,6 @@ def report_line(report: Any, skip: tuple[str, ...] = ()) -> str:
                      for k, v in fields.items() if k not in ("node", "action", *skip))
 
 
-#: A value read from stdin or a file may be this many times the ring's ``max_value_bytes``
-#: as text: JSON text is longer than the msgpack it encodes to (the exact limit is checked
-#: on the encoded value).
-MAX_TEXT_RATIO = 4
-
-
 def stored_line(key: str, acked: list[str], replicas: list[str], work: float) -> str:
     """What ``sdht set`` prints: the replicas that acknowledged the write (not the ones it was
     meant for), and those that had not when the write quorum was reached."""

@@ -72,7 +72,8 @@ def listeners(port: int) -> list[int]:
         for line in lines:
             fields = line.split()
             # local address "ADDR:PORT" in hex, state 0A is LISTEN, field 9 the socket inode
-            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            if (len(fields) > 9 and fields[3] == "0A"
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port):
                 inodes.add(f"socket:[{fields[9]}]")
     if not inodes:
         return []
