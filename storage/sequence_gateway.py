@@ -22,7 +22,7 @@ import json
 import threading
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from sdht.errors import KeyNotFound
 from sdht.kinds import sequence
@@ -68,6 +68,7 @@ def _charge() -> None:
                        "for its clients: write with the sdht library")
     retry = access.retry_after(request.remote_addr or "")
     if retry:
+        g.retry_after = retry   # the gateway's answer hook sends it as Retry-After
         raise ApiError(429, "too_many_requests", f"retry in {retry}s", retry_after=retry)
 
 

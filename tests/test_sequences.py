@@ -419,6 +419,20 @@ class TestTheGateway:
         assert client.delete(f"/kv-store/sequences/alice/posts//{item}").status_code == 200
         assert ring.sequence("alice/posts/").items() == []
 
+    def test_writes_pay_the_gateways_limits(self, gateway):
+        from storage.access import Access
+        ring, client = gateway
+        app = client.application
+        app.extensions["sdht.gateway"] = Access({
+            "GATEWAY_WRITE_RATE": 0.001, "GATEWAY_WRITE_BURST": 1,
+            "GATEWAY_LIMIT_LOOPBACK": True, "GATEWAY_MAX_WORK": 8, "GATEWAY_MAX_WAITING": 1})
+        assert client.post("/kv-store/sequences/limited", data="1").status_code == 201
+        refused = client.post("/kv-store/sequences/limited", data="2")
+        assert refused.status_code == 429 and "Retry-After" in refused.headers
+        app.extensions["sdht.gateway"].max_work = ring.params["min_work"] - 1
+        assert client.post("/kv-store/sequences/limited", data="3").status_code == 403
+        assert client.get("/kv-store/sequences/limited").get_json()["count"] == 1
+
     @pytest.mark.parametrize("method,path,body", [
         ("POST", "/kv-store/sequences/k", ""),
         ("POST", "/kv-store/sequences/k", "{not json"),
