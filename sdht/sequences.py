@@ -98,13 +98,17 @@ class Sequence:
         ``before`` (an item id, or its hex), the ones that come before that item.
 
         :raises KeyNotFound: when ``before`` names no visible item.
+        :raises InvalidRecord: when ``before`` is not an id.
         """
         if type(limit) is not int or limit < 0:
             raise InvalidRecord("limit must be a non-negative integer")
         items = self.entries()
         end = len(items)
         if before is not None:
-            wanted = bytes.fromhex(before) if isinstance(before, str) else before
+            try:
+                wanted = bytes.fromhex(before) if isinstance(before, str) else bytes(before)
+            except (TypeError, ValueError):
+                raise InvalidRecord("before must be an item id (bytes, or hex)") from None
             end = next((i for i, it in enumerate(items) if it.id == wanted), -1)
             if end < 0:
                 raise KeyNotFound(f"no item {wanted.hex()[:64]} in {self.key!r}")

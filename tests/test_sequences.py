@@ -242,6 +242,8 @@ class TestTheAPI:
         assert [it.value for it in seq.page(10, before=first[-1].id.hex())] == [3, 2, 1, 0]
         with pytest.raises(KeyNotFound):
             seq.page(3, before=bytes(32))
+        with pytest.raises(InvalidRecord):
+            seq.page(3, before="not hex")
 
     def test_concurrent_writers_lose_nothing_and_never_interleave(self, ring3):
         ring, _ = ring3
