@@ -23,9 +23,11 @@ from flask import Request, Response
 FILE = "events.log"
 #: Size past which the log file is rotated (bytes): 256 KiB, ~1,500 events.
 MAX_BYTES = 256 << 10
-#: The most events :func:`recent` returns, and how much of each file it reads (bytes).
+#: The most events :func:`recent` returns, how much of each file it reads at most (bytes), and
+#: how much it reads per event wanted (a line is ~120 bytes, MAX_TEXT characters at most).
 MAX_EVENTS = 500
-READ_BYTES = 128 << 10
+READ_BYTES = 256 << 10
+LINE_BYTES = 512
 #: Longest text kept for one event (characters).
 MAX_TEXT = 300
 KINDS = ("write", "sync", "membership", "error")
@@ -58,25 +60,29 @@ def recent(data_dir: str, limit: int = 50) -> list[dict[str, Any]]:
     for name in (path, path + ".1"):
         if len(events) >= limit:
             break
-        events += list(reversed(_tail(name)))[:limit - len(events)]
+        events += _tail(name, limit - len(events))
     return events
 
 
-def _tail(path: str) -> list[dict[str, Any]]:
-    """The events in the last READ_BYTES of ``path``, oldest first."""
+def _tail(path: str, count: int) -> list[dict[str, Any]]:
+    """The last ``count`` events of ``path``, newest first, read from its end only (about
+    LINE_BYTES an event, READ_BYTES at most)."""
+    want = min(READ_BYTES, count * LINE_BYTES)
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
-            start = max(0, f.tell() - READ_BYTES)
+            start = max(0, f.tell() - want)
             f.seek(start)
-            chunk = f.read(READ_BYTES)
+            chunk = f.read(want)
     except FileNotFoundError:
         return []
     lines = chunk.split(b"\n")
     if start > 0:
         lines = lines[1:]   # the first line was cut by the seek
-    out = []
-    for line in lines:
+    out: list[dict[str, Any]] = []
+    for line in reversed(lines):
+        if len(out) >= count:
+            break
         try:
             event = json.loads(line)
         except ValueError:   # an empty line, or one a crash cut short
