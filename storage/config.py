@@ -33,8 +33,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "HINT_MAX_AGE": hints.DEFAULT_MAX_AGE,      # SDHT_HINT_MAX_AGE: seconds one is kept
     "HANDOFF_INTERVAL": 0.25,      # SDHT_HANDOFF_INTERVAL: seconds between replays (0: off)
     "HINT_RATE": 20_000.0,         # SDHT_HINT_RATE: hints replayed per second per target
-    # SDHT_TEST_DELAY_MS: milliseconds added to every data answer (tests of routing by score)
+    # SDHT_TEST_DELAY_MS, SDHT_TEST_ERROR_RATE: milliseconds added to every answer but health,
+    # and the fraction answered 503 (test-only faults for the tests of routing by score)
     "TEST_DELAY_MS": 0.0,
+    "TEST_ERROR_RATE": 0.0,
     # The /kv-store gateway (storage/gateway.py, docs/http-api.md):
     "GATEWAY_MAX_KEY_LENGTH": 50,  # SDHT_GATEWAY_MAX_KEY_LENGTH: longest key, in characters
     "GATEWAY_WAIT": 2.0,           # SDHT_GATEWAY_WAIT: seconds a read may take (its context)
@@ -58,7 +60,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
 _TYPES = {"MAP_SIZE": int, "SYNC": bool, "MAX_BATCH": int, "MAX_BODY_BYTES": int,
           "MAX_ANSWER_BYTES": int, "READ_TIMEOUT": float, "SYNC_INTERVAL": float,
           "HINT_MAX_BYTES": int, "HINT_MAX_AGE": float, "HANDOFF_INTERVAL": float,
-          "HINT_RATE": float, "TEST_DELAY_MS": float,
+          "HINT_RATE": float, "TEST_DELAY_MS": float, "TEST_ERROR_RATE": float,
           "GATEWAY_MAX_KEY_LENGTH": int, "GATEWAY_WAIT": float, "GATEWAY_MAX_WAITING": int,
           "GATEWAY_WRITE_RATE": float, "GATEWAY_WRITE_BURST": int,
           "GATEWAY_LIMIT_LOOPBACK": bool, "GATEWAY_MAX_WORK": float}
@@ -69,7 +71,7 @@ _RANGES = {"GATEWAY_MAX_KEY_LENGTH": (1, 65536), "GATEWAY_WAIT": (0.1, 60.0),
                    # hinted handoff and the test delay: same check, same message
                    "HINT_MAX_BYTES": (0, 1 << 40), "HINT_MAX_AGE": (0.0, 30 * 86400.0),
                    "HANDOFF_INTERVAL": (0.0, 3600.0), "HINT_RATE": (1.0, 1e7),
-                   "TEST_DELAY_MS": (0.0, 60_000.0)}
+                   "TEST_DELAY_MS": (0.0, 60_000.0), "TEST_ERROR_RATE": (0.0, 1.0)}
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

@@ -25,16 +25,10 @@ from sdht.wire import MAX_ANSWER_BYTES, packb
 
 from . import metrics
 from .auth import require_authority
-from .hints import MAX_TARGET_BYTES, Hints, hints_of
-from .http import ApiError, admit, batch, body, int_arg, msgpack_response, params, ring_view, store
+from .hints import MAX_TARGET_BYTES, node_hints
+from .http import ApiError, admit, batch, body, int_arg, msgpack_response, params, ring_view
 
 bp = Blueprint("hints", __name__, url_prefix="/v1/hints")
-
-
-def node_hints() -> Hints:
-    """The hints of this process's store, with the node's caps."""
-    cfg = current_app.config
-    return hints_of(store(), cfg["HINT_MAX_BYTES"], cfg["HINT_MAX_AGE"])
 
 
 def _target(member: bool = True) -> str:

@@ -182,6 +182,16 @@ class Hints:
             txn.delete(key)
 
 
+def node_hints() -> Hints:
+    """The hints of the store of the node serving this request, with the node's caps
+    (``SDHT_HINT_MAX_BYTES``, ``SDHT_HINT_MAX_AGE``)."""
+    from flask import current_app
+
+    from .http import store
+    cfg = current_app.config
+    return hints_of(store(), cfg["HINT_MAX_BYTES"], cfg["HINT_MAX_AGE"])
+
+
 def hints_of(store: Any, max_bytes: int = DEFAULT_MAX_BYTES,
              max_age: float = DEFAULT_MAX_AGE) -> Hints:
     """Return the :class:`Hints` of ``store`` (a :class:`storage.store.Store`), opened once

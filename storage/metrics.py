@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import os
+import random
 import time
 from typing import Any, Iterable
 
@@ -27,12 +28,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sdht.wire import MIGRATION_HEADER
 
 from .acceptor import count_names
-from .http import ring_view, store
+from .hints import node_hints
+from .http import ApiError, ring_view, store
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Routes left out of the health figures (mean response time, error rate): polling a node's
 #: health or scraping it must not dilute the figures of the work it serves.
-QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename>"})
+#: The hint replayer's poll of its own node's backlog (``/v1/hints``, four times a second) too.
+QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename>",
+                          "/v1/hints"})
 #: Answers that are normal outcomes rather than errors: a missing key, a superseded write.
 NOT_ERRORS = frozenset({404, 409})
 #: Endpoints whose 4xx answers count as refused (invalid) writes.
@@ -93,8 +97,13 @@ class Metrics:
         """
         count = errors = proposals = conflicts = 0
         seconds = 0.0
+        buckets: dict[str, dict[float, float]] = {"latency": {}, "delivery": {}}
         for family in self.source().collect():
             for sample in family.samples:
+                if sample.name == "sdht_hint_delivery_seconds_bucket":
+                    le = float(sample.labels["le"])
+                    buckets["delivery"][le] = buckets["delivery"].get(le, 0.0) + sample.value
+                    continue
                 if sample.name == "sdht_name_messages_total":
                     proposals += int(sample.value) if sample.labels["phase"] == "accept" else 0
                     conflicts += int(sample.value) if sample.labels["outcome"] == "conflict" \
@@ -109,9 +118,19 @@ class Metrics:
                         errors += int(sample.value)
                 elif sample.name == "sdht_request_duration_seconds_sum":
                     seconds += sample.value
+                elif sample.name == "sdht_request_duration_seconds_bucket":
+                    le = float(sample.labels["le"])
+                    buckets["latency"][le] = buckets["latency"].get(le, 0.0) + sample.value
         return {"requests": count, "errors": errors,
                 "error_rate": errors / count if count else 0.0,
                 "mean_response_ms": 1000.0 * seconds / count if count else 0.0,
+                "p99_response_ms": 1000.0 * quantile(buckets["latency"], 0.99),
+                # Replication (issue 15): the hints this node keeps per target, and how long
+                # delivered ones waited (the replication delay after an outage, bucketed).
+                "hints": {t: b.to_json() for t, b in node_hints().backlog().items()},
+                "hints_delivered": int(max(buckets["delivery"].values(), default=0)),
+                "replication_delay_p50_s": quantile(buckets["delivery"], 0.5),
+                "replication_delay_p99_s": quantile(buckets["delivery"], 0.99),
                 "window": "since_start", "heartbeat": time.time(),
                 # The unique-name registry (docs/names.md): names this node holds a claim for,
                 # accepts it answered, and phase messages it refused for a higher ballot.
@@ -135,6 +154,20 @@ class Metrics:
         total = sum(outcomes.values())
         if total and request.headers.get(MIGRATION_HEADER) == "1":
             self.migrated.inc(total)
+
+
+def quantile(cumulative: dict[float, float], q: float) -> float:
+    """The upper bound of the bucket holding the ``q`` quantile of a histogram given as
+    cumulative counts by upper bound (0 when empty; the largest finite bound past it)."""
+    bounds = sorted(cumulative)
+    total = cumulative[bounds[-1]] if bounds else 0.0
+    if not total:
+        return 0.0
+    finite = [b for b in bounds if b != float("inf")]
+    for bound in bounds:
+        if cumulative[bound] >= q * total:
+            return bound if bound != float("inf") else (finite[-1] if finite else 0.0)
+    return 0.0
 
 
 class _StoreCollector:
@@ -195,6 +228,14 @@ def init_app(app: Flask) -> Metrics:
 
 def _start_timer() -> None:
     g.sdht_started = time.perf_counter()
+    cfg = current_app.config
+    if (cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"]) and request.url_rule is not None \
+            and request.url_rule.rule not in QUIET_ROUTES:
+        # Test-only faults (SDHT_TEST_DELAY_MS, SDHT_TEST_ERROR_RATE): a slow or erroring
+        # node for the tests of routing by score; both 0 in production.
+        time.sleep(cfg["TEST_DELAY_MS"] / 1000.0)
+        if random.random() < cfg["TEST_ERROR_RATE"]:
+            raise ApiError(503, "test_error", "SDHT_TEST_ERROR_RATE: a test-made error")
 
 
 def _observe(response: Response) -> Response:

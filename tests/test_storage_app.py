@@ -181,8 +181,12 @@ class TestRefusals:
 
 
 def ring(epoch: int, **params) -> dict:
+    """A ring's JSON as a node serves it: late parameters at their default are left out."""
+    from sdht.params import LATE
+    given = {**DEFAULT_PARAMS, **params}
     return {"epoch": epoch, "members": [{"id": "127.0.0.1:9", "state": "normal", "tokens": 4}],
-            "params": {**DEFAULT_PARAMS, **params}}
+            "params": {k: v for k, v in given.items()
+                       if k not in LATE or v != DEFAULT_PARAMS[k]}}
 
 
 class TestRing:
