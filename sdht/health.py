@@ -28,6 +28,7 @@ suspect only when the others cannot make the quorum; a write that skipped it lea
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,13 +45,18 @@ SLOW_AFTER = 0.5
 #: suspect at once: a hung node must not take every thread of the fan-out pool meanwhile.
 CROWD, CROWD_AFTER = 4, 0.05
 #: Seconds after which a sample counts half: a node slow a while ago is tried again.
-HALF_LIFE = 5.0
+HALF_LIFE = 2.0
+#: Seconds between two looks at what a node publishes of itself (its location).
+FIGURES_EVERY = 30.0
+#: Environment variable naming a client's location, ``lat,lon`` in degrees.
+LOCATION_ENV = "SDHT_CLIENT_LOCATION"
 #: Weight of a new sample in the moving averages.
 ALPHA = 0.2
 #: Seconds a node that missed a write is taken to be behind (its hints take about that long).
 BEHIND_AFTER_MISS = 2.0
-#: The badness below which nodes are not told apart (seconds): loopback jitter is noise.
-FLOOR = 0.002
+#: The badness below which nodes are not told apart (seconds): jitter of a few milliseconds
+#: is noise, and must not reorder replicas.
+FLOOR = 0.01
 #: The score's parameters as ring parameters name them, by the seed's letter.
 WEIGHT_PARAMS = {"i": "score_delay", "j": "score_response", "k": "score_distance",
                  "l": "score_errors", "b": "score_badness"}
@@ -67,6 +73,7 @@ class _Samples:
     behind_until: float = 0.0     # missed writes may be in flight until then (monotonic)
     probing: bool = False         # failed, and not answered since: one probe at a time
     location: tuple[float, float] | None = None
+    looked: float = -FIGURES_EVERY  # monotonic time of the last look at its figures
     outstanding: dict[int, float] = field(default_factory=dict)   # request id -> start
 
 
@@ -113,6 +120,12 @@ class NodeHealth:
         self._nodes: dict[str, _Samples] = {}
         self._lock = threading.Lock()
         self._ids = iter(range(1 << 62))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "NodeHealth":
+        """A :class:`NodeHealth` located at ``SDHT_CLIENT_LOCATION`` (``lat,lon``), if set."""
+        environ = os.environ if environ is None else environ
+        return cls(location=parse_location(environ.get(LOCATION_ENV)))
 
     def configure(self, params: Mapping[str, Any]) -> None:
         """Use the ring's ``params`` for the score (a client's :attr:`weights` still win)."""
@@ -183,6 +196,16 @@ class NodeHealth:
         loc = parse_location(figures.get("location"))
         if loc is not None:
             self._get(node).location = loc
+
+    def figures_due(self, node: str) -> bool:
+        """Whether to look at ``node``'s published figures now (at most every
+        :data:`FIGURES_EVERY` seconds); noted as looked at."""
+        s, now = self._get(node), time.monotonic()
+        with self._lock:
+            if now - s.looked < FIGURES_EVERY:
+                return False
+            s.looked = now
+            return True
 
     def _fade(self, s: _Samples, now: float) -> None:
         """Let old samples count less (half-life :data:`HALF_LIFE`)."""

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable
+from typing import Callable, Mapping
 
 from .errors import SDHTError
 from .kinds.register import Record
@@ -69,6 +69,20 @@ class Hinter:
             self._queued += 1
             self._wake()
         self.missed(target)
+
+    def missing(self, rec: Record, targets: list[str], acked: list[str],
+                running: Mapping[str, Future]) -> None:
+        """For a write that made its quorum: hint ``rec`` for each of ``targets`` that did
+        not acknowledge it, at once when it was skipped or failed, or when its write (in
+        ``running``) fails or stays silent :data:`HINT_AFTER` seconds; kept by one of
+        ``acked``. Hints do not count toward ``w``."""
+        for node in targets:
+            if node in acked:
+                continue
+            if node in running:
+                self.watch(node, rec, acked, running[node])
+            else:
+                self.hint(node, rec, acked)
 
     def watch(self, target: str, rec: Record, holders: list[str], future: Future) -> None:
         """Hint ``rec`` for ``target`` unless ``future`` (its write there) succeeds within

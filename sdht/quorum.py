@@ -45,7 +45,7 @@ class Quorum:
         self.handle = handle
         #: What this client saw of each node: the score that orders replicas, and the
         #: failure cooldown (docs/operating.md, "Routing by score").
-        self.health = health or NodeHealth()
+        self.health = health or NodeHealth.from_env()
         handle.avoid = self.health.is_suspect   # a ring refresh asks suspects last
         #: Writes that missed a replica, handed to one that has them (hinted handoff).
         self.hinter = Hinter(handle.transport.request, self.health.missed)
@@ -66,6 +66,8 @@ class Quorum:
             p = view.params
             self.health.configure(p)
             replicas = view.readers.for_key(key)
+            for node in filter(self.health.figures_due, replicas):   # every FIGURES_EVERY s
+                transport.submit(self.learn, node)
             need = min(p["r"], len(replicas))
             # Ask r replicas (docs/design.md, "Flows", get), healthy ones first; the others only if
             # one of those fails, or answers a record that fails its checks (then it is faulty).
@@ -119,22 +121,17 @@ class Quorum:
                 got, need = short
                 raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
                                   f"acknowledged", rec.key, need, got, errors)
-            self.hint_missing(rec, targets, list(replies), running)
+            self.hinter.missing(rec, targets, list(replies), running)   # hinted handoff
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
 
-    def hint_missing(self, rec: Record, targets: list[str], acked: list[str],
-                     running: Mapping[str, Future]) -> None:
-        """Hinted handoff for a write that made its quorum: hint ``rec`` for each target
-        that did not acknowledge it (skipped, failed, or still silent a moment later), to be
-        kept by one that did (:mod:`sdht.hints`). Hints do not count toward ``w``."""
-        for node in targets:
-            if node in acked:
-                continue
-            if node in running:
-                self.hinter.watch(node, rec, acked, running[node])
-            else:
-                self.hinter.hint(node, rec, acked)
+    def learn(self, node: str) -> None:
+        """Learn what ``node`` publishes of itself (its ``/v1/health``: location) for the
+        score; in the background, at most every :data:`sdht.health.FIGURES_EVERY` seconds."""
+        try:
+            self.health.learn(node, self.handle.transport.health(node))
+        except SDHTError as exc:
+            log.debug("figures of %s: %s", node, exc)
 
     def read_one(self, node: str, key: str,
                  params: Mapping[str, Any]) -> tuple[Record | None, int]:

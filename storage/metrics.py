@@ -41,6 +41,8 @@ QUIET_ROUTES = frozenset({"/v1/health", "/metrics", "/", "/static/<path:filename
 NOT_ERRORS = frozenset({404, 409})
 #: Endpoints whose 4xx answers count as refused (invalid) writes.
 WRITE_ENDPOINTS = frozenset({"v1.put_record", "v1.put_records"})
+#: The record routes, where the test-only faults apply (joins and rings stay unaffected).
+DATA_ROUTES = frozenset({"/v1/record", "/v1/records", "/v1/records/get"})
 #: Buckets of the replication delay histograms, in seconds (the target: p99 under 2 s).
 DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
                  1800.0, float("inf"))
@@ -230,7 +232,7 @@ def _start_timer() -> None:
     g.sdht_started = time.perf_counter()
     cfg = current_app.config
     if (cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"]) and request.url_rule is not None \
-            and request.url_rule.rule not in QUIET_ROUTES:
+            and request.url_rule.rule in DATA_ROUTES:
         # Test-only faults (SDHT_TEST_DELAY_MS, SDHT_TEST_ERROR_RATE): a slow or erroring
         # node for the tests of routing by score; both 0 in production.
         time.sleep(cfg["TEST_DELAY_MS"] / 1000.0)
