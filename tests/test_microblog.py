@@ -12,6 +12,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 
 from sdht.hashseq import HashSeq
 from sdht.kinds import sequence
@@ -122,3 +124,27 @@ def test_concurrent_authors_through_a_node_kill(cluster, tmp_path):
         merged = [it.id for it in ring.sequence(key).entries()]
         assert replica_order(ring, ring.preference(key)[0], key) == merged
     assert microblog.Microblog(ring).read(next(iter(expected[PUBLIC])))["path"]
+
+
+def test_the_blog_in_process(inprocess_cluster):
+    ring, _ = inprocess_cluster(3)
+    blog = Microblog(ring)
+    assert blog.register("ann") and blog.register("ben") and not blog.register("ann")
+    blog.follow("ben", "ann")
+    blog.follow("ben", "ann")                       # following twice is following once
+    assert blog.following("ben") == ["ann"] and blog.followers("ann") == ["ben"]
+    path = blog.post("ann", "hello", "first")
+    assert path == "/ann/hello/" and blog.read(path)["body"] == "first"
+    with pytest.raises(microblog.PathTaken):
+        blog.post("ann", "hello", "again")          # a path is never taken twice
+    anon = blog.post_anonymous("who am I")
+    assert anon != path and blog.read(anon)["author"] is None
+    assert [p["path"] for p in blog.timeline(PUBLIC)] == [anon, path]   # newest first
+    assert [p["path"] for p in blog.timeline(inbox("ben"))] == [path]
+    assert [p["path"] for p in blog.timeline(user_timeline("ann"))] == [path]
+    blog.unfollow("ben", "ann")
+    assert blog.following("ben") == [] and blog.followers("ann") == []
+    blog.post("ann", "later", "second")
+    assert [p["path"] for p in blog.timeline(inbox("ben"))] == [path]
+    with pytest.raises(KeyError):
+        blog.follow("ben", "nobody")
