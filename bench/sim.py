@@ -300,10 +300,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parallel", type=int, default=8, help="hubs a repair syncs at once")
     ap.add_argument("--repair", action="append", metavar="NODES:KEYS",
                     help="point 6's ring sizes instead of the defaults (repeatable)")
+    ap.add_argument("--repair-k", help="point 6's differing keys, e.g. 0,100")
     args = ap.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
     if args.keys:
         size["keys"] = args.keys
+    if args.repair_k:
+        size["repair_k"] = [int(k) for k in args.repair_k.split(",")]
     if args.repair:
         size["repair"] = [tuple(int(x) for x in r.split(":")) for r in args.repair]
     print("machine:", machine())

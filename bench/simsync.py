@@ -7,6 +7,7 @@ whole-ring repair (sdht/repair.py: :func:`~sdht.repair.hub_plan`, :func:`~sdht.r
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import struct
@@ -145,7 +146,7 @@ def repair(nodes: int, key_count: int, ks: list[int], tokens: int, params: Mappi
             # every node its own hub in its background pass, PEERS_AT_ONCE peers at a time
             "modeled_pass_s": round(max(served) / 2 * rtt / 4, 3),
             "sim_cpu_s": round(cpu, 1)})
-        log(f"  repair {nodes} nodes k={k}: {rep.syncs} syncs, {t.traffic.messages} messages")
+        log(f"  repair row {json.dumps(rows[-1])}")
     return rows
 
 
