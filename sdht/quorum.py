@@ -8,6 +8,7 @@ reports a newer ring, and raises :class:`~sdht.errors.QuorumError` when too few 
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 
@@ -16,6 +17,7 @@ from .answers import check_answer, valid
 from .handle import RingHandle
 from .health import NodeHealth
 from .hints import Hinter
+from .lag import Lag
 from .kinds import register
 from .kinds.register import Record, winner
 from .nodeapi import PutOutcome
@@ -49,6 +51,8 @@ class Quorum:
         handle.avoid = self.health.is_suspect   # a ring refresh asks suspects last
         #: Writes that missed a replica, handed to one that has them (hinted handoff).
         self.hinter = Hinter(handle.transport.request, self.health.missed)
+        #: Replication delay as this client sees it (acknowledgement to the last replica).
+        self.lag = Lag()
 
     # -- one key ------------------------------------------------------------------------------
 
@@ -122,6 +126,8 @@ class Quorum:
                 raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
                                   f"acknowledged", rec.key, need, got, errors)
             self.hinter.missing(rec, targets, list(replies), running)   # hinted handoff
+            self.lag.track(time.monotonic(), running.values(),
+                           skipped=len(targets) - len(replies) - len(running))
             return None
         raise QuorumError(f"write of {rec.key!r}: the ring kept changing", rec.key)
 

@@ -27,7 +27,8 @@ PROBE_TIMEOUT = (0.5, 0.75)
 #: unique-name registry's (docs/names.md): names held, accepts answered, refused phases.
 HEALTH_FIELDS = ("records", "bytes", "epoch", "revision", "mean_response_ms", "error_rate",
                  "requests", "heartbeat", "uptime", "location", "names", "name_proposals",
-                 "name_conflicts")
+                 "name_conflicts", "p99_response_ms", "hints", "hints_delivered",
+                 "replication_delay_p50_s", "replication_delay_p99_s")
 
 
 def shares(view: RingView) -> dict[str, float]:
@@ -164,3 +165,21 @@ def replicas(handle: RingHandle, key: str) -> list[dict[str, Any]]:
                     "digest": rec.digest.hex() if rec else None,
                     "deleted": bool(rec and rec.deleted)})
     return out
+
+
+def lag_lines(state: dict[str, Any]) -> list[str]:
+    """``sdht status --lag``: per node, the hints it keeps for each other replica (how many,
+    the oldest's age) and the replication delay of the hints it delivered (p50, p99), from a
+    :func:`cluster_status` answer."""
+    lines = [f"{'node':<22} {'state':<8} {'delivered':>9} {'p50 s':>7} {'p99 s':>7}  "
+             "hints kept (target: count, oldest)"]
+    for n in state["nodes"]:
+        if not n["up"]:
+            lines.append(f"{n['id']:<22} {'down':<8}")
+            continue
+        kept = ", ".join(f"{t}: {b.get('count', 0)}, {b.get('oldest_age', 0):.1f} s"
+                         for t, b in sorted((n.get("hints") or {}).items())) or "none"
+        lines.append(f"{n['id']:<22} {n['state']:<8} {n.get('hints_delivered') or 0:>9} "
+                     f"{n.get('replication_delay_p50_s') or 0:>7.3f} "
+                     f"{n.get('replication_delay_p99_s') or 0:>7.3f}  {kept}")
+    return lines

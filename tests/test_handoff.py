@@ -20,6 +20,7 @@ from storage.hints import Hints
 from storage.store import Store
 
 from conftest import wait_for
+from test_health import sdht_cli
 
 #: Anti-entropy off: only hints can bring a replica back in step.
 NO_SYNC = {"SDHT_SYNC_INTERVAL": "0"}
@@ -78,13 +79,21 @@ class TestHintedHandoff:
                "every key")
         wait_for(lambda: backlog(ring, live, hung.id) == 0, what="hints deleted after delivery")
 
-    def test_a_killed_replica_catches_up_after_its_restart(self, cluster):
+    def test_a_killed_replica_catches_up_after_its_restart(self, cluster, tmp_path):
         ring, nodes = cluster(3, env=NO_SYNC)
         live, dead = nodes[:2], nodes[2]
         expected = {k: f"w-{k}" for k in KEYS}
         dead.kill()
         write_all(ring, expected)
         assert backlog(ring, live, dead.id) == len(KEYS)
+        assert ring.quorum.lag.snapshot()["hinted"] == len(KEYS)   # the client's view
+        took, proc = sdht_cli(tmp_path, "--seeds", ",".join(n.id for n in nodes), "status",
+                              "--lag")
+        assert proc.returncode == 0, proc.stderr
+        lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
+        assert lines[dead.id].split()[1] == "down"
+        assert sum(int(lines[n.id].split(f"{dead.id}: ")[1].split(",")[0]) for n in live) \
+            == len(KEYS)
         dead.restart()
         within(2.0, lambda: held_by_all(ring, [dead], expected), "the restarted replica to "
                "hold every key")

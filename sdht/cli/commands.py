@@ -22,7 +22,7 @@ from ..client import Ring
 from ..errors import SDHTError
 from ..migration import plan_transfers
 from ..ring import JOINING, LEAVING, Member
-from ..status import cluster_status, jsonable, screen_ring
+from ..status import cluster_status, jsonable, lag_lines, screen_ring
 from ..transport import DEFAULT_TIMEOUT
 from ..trust import Keys
 from ..wire import RING_SIZE
@@ -244,16 +244,18 @@ def repair(ctx: click.Context) -> None:
 
 @cli.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--lag", is_flag=True, help="Show replication: hints kept per target and the "
+              "delay of delivered ones.")
 @seeds_here
 @click.pass_context
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, lag: bool = False) -> None:
     """Show every node: state, ring share, records, bytes, epoch, revision, response time,
     error rate, heartbeat, and whether it holds the newest ring."""
     state = cluster_status(_ring(ctx).handle)
     if as_json:
         click.echo(json.dumps(state, indent=2))
         return
-    for line in status_lines(state):
+    for line in (lag_lines if lag else status_lines)(state):
         click.echo(line)
 
 
