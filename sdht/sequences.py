@@ -3,8 +3,9 @@
 ``ring.sequence(key)`` returns a :class:`Sequence`: a list many writers edit at once. Every edit
 is an op, minted with the ring's proof of work and written to the key's replicas like a
 register (``w`` acknowledgements of the current and of the future placement); a read asks ``r``
-replicas for all the ops they hold (one range read each, ``GET /v1/sequence``), merges them by
-union and computes the order, then sends each replica the ops it missed (read repair).
+replicas for the summary of the op ids they hold, reads the ops (one range read, ``GET
+/v1/sequence``) of each whose summary differs from what it knows, merges them by union and
+computes the order, then sends each replica the ops it missed (read repair).
 Concurrent appends never vanish and never interleave (docs/sequences.md).
 
 A :class:`Sequence` keeps the ops it has seen. An append anchors after the last item it knows,
