@@ -36,6 +36,14 @@ def start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def write_secret(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` readable by its owner only; return the path."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text + "\n")
+    return path
+
+
 def spawn(data_dir: Path, port: int, operator: str, workers: int) -> NodeRecord:
     """Start the demo node on ``port`` with keys derived from ``operator`` (it does not wait).
 
@@ -43,10 +51,7 @@ def spawn(data_dir: Path, port: int, operator: str, workers: int) -> NodeRecord:
     """
     # Every demo node runs with keys: the operator's public key, and its own derived key.
     node_id = f"127.0.0.1:{port}"
-    key_file = data_dir / f"{port}.key"
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(trust.node_private_key(operator, node_id) + "\n")
+    key_file = write_secret(data_dir / f"{port}.key", trust.node_private_key(operator, node_id))
     env = {"SDHT_OPERATOR_PUBKEY": trust.public_of(operator), "SDHT_NODE_KEY": str(key_file)}
     log = data_dir / f"{port}.log"
     with open(log, "ab") as out:

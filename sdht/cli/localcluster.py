@@ -24,7 +24,7 @@ from typing import Any, Iterator
 from .. import trust
 from ..errors import ClusterError, ConfigError
 from . import demonode
-from .demonode import NodeRecord
+from .demonode import NodeRecord, write_secret
 # stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
 from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
                         free_port, port_free, stop_group, wait_for)
@@ -195,14 +195,6 @@ def operator_key(data_dir: Path, create: bool = False) -> str | None:
     write_secret(path, private)
     (data_dir / "operator.pub").write_text(trust.public_of(private) + "\n")
     return private
-
-
-def write_secret(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` readable by its owner only; return the path."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    return path
 
 
 def stop_supervisor(state: dict[str, Any], deadline: float = STOP_DEADLINE) -> int | None:
