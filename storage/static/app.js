@@ -78,7 +78,13 @@ function drawHealth(h) {
     ["revision", h.revision], ["ring epoch", h.epoch], ["requests", h.requests],
     ["mean response", fmt(h.mean_response_ms, 2) + " ms"],
     ["error rate", fmt(100 * h.error_rate, 2) + " %"], ["uptime", fmt(h.uptime, 0) + " s"],
-    ["heartbeat", new Date(1000 * h.heartbeat).toLocaleTimeString()], ["location", h.location || "–"]];
+    ["heartbeat", new Date(1000 * h.heartbeat).toLocaleTimeString()], ["location", h.location || "–"],
+    // replication (issue 15): p99 response, hints kept per target, delivered hints' delay
+    ["p99 response", fmt(h.p99_response_ms || 0, 0) + " ms"],
+    ["hints kept", Object.entries(h.hints || {}).map(([t, b]) =>
+      `${t}: ${b.count} (oldest ${fmt(b.oldest_age, 1)} s)`).join(", ") || "none"],
+    ["replication delay", `p50 ${fmt(h.replication_delay_p50_s || 0, 2)} s · p99 ` +
+      `${fmt(h.replication_delay_p99_s || 0, 2)} s`]];
   const dl = document.getElementById("health");
   dl.replaceChildren(...rows.flatMap(([k, v]) => {
     const dt = document.createElement("dt"), dd = document.createElement("dd");
