@@ -77,8 +77,9 @@ def view_change(handle: RingHandle, members: Iterable[str], repl_factor: int,
     wanted = check_view(members, repl_factor)
     report = ViewChangeReport()
     # The view's members may know the ring when the caller does not (a node waiting to be
-    # joined); with no ring anywhere, the first join starts one.
-    handle.seeds = list(dict.fromkeys([*handle.seeds, *wanted]))
+    # joined); with no ring anywhere, the first join starts one. The seeds stay bounded: the
+    # client's first seed and this view.
+    handle.seeds = list(dict.fromkeys([*handle.seeds[:1], *wanted]))
     try:
         view: RingView | None = handle.current()
     except NoNodes:
