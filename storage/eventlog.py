@@ -122,13 +122,13 @@ def classify(request: Request, response: Response, key: str | None) -> tuple[str
     """The event a request makes, as ``(kind, text)``, or None when it is not one worth
     keeping. ``key`` is the written key when the hook could tell it."""
     method, path, status = request.method, request.path, response.status_code
-    named = f" {key!r}" if key is not None else ""
+    named = f"{key!r} " if key is not None else "a record "
     if status >= 500 or (400 <= status < 500 and status not in (404, 409)):
         message = _json(response).get("message") or response.status
         return "error", f"{method} {path} answered {status}: {message}"
     if path == "/v1/record" and method == "PUT":
-        outcome = {201: "stored", 200: "already held", 409: "superseded: a higher version is held"}
-        return "write", f"write{named}: {outcome.get(status, status)}"
+        outcome = {201: "stored", 200: "already held", 409: "refused: a higher version is held"}
+        return "write", f"{named}{outcome.get(status, status)}"
     if path == "/v1/records" and method == "POST":
         moved = request.headers.get("X-SDHT-Migration") == "1"
         count = _array_length(response.get_data()) if not response.direct_passthrough else None

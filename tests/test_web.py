@@ -55,7 +55,7 @@ class Browser:
         options = {"binary": CHROMIUM, "args": [
             "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
             "--no-first-run", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--disable-dev-shm-usage", "--window-size=1200,1100",
+            "--disable-sync", "--disable-dev-shm-usage", "--window-size=1200,1700",
             f"--user-data-dir={workdir / 'chromium-profile'}"]}
         caps = {"capabilities": {"alwaysMatch": {"browserName": "chrome",
                                                  "goog:chromeOptions": options}}}
