@@ -14,8 +14,8 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Iterable, Mapping
 
-from . import (batch, migration, names, params as cluster_params, repair as ring_repair,
-               sequences, sessions)
+from . import (batch, migration, names, params as cluster_params, registry,
+               repair as ring_repair, sequences, sessions)
 from .errors import KeyNotFound, WriteConflict
 from .handle import RingHandle
 from .health import NodeHealth
@@ -59,8 +59,9 @@ class Ring:
                                  cluster_params.with_defaults(params))
         #: The replica requests, with their failure memory (:attr:`health`).
         self.quorum = Quorum(self.handle)
-        #: The proposer of unique names (:meth:`register`, :meth:`lookup`).
-        self.names = names.Proposer(self.quorum)
+        #: Unique names (:meth:`register`, :meth:`lookup`): proposed here, or by a member.
+        self.names = (names.Proposer if registry.proposes_itself(transport.keys) else
+                      registry.Relay)(self.quorum)
 
     def close(self) -> None:
         """Release connections and threads."""
@@ -236,9 +237,8 @@ class Ring:
         """Register ``name`` for ``value`` if it is free, atomically: True when this call
         registered it (or ``owner``'s earlier call did), False when it was taken.
 
-        :raises OutcomeUnknown: when the outcome stays unknown at the deadline; retry with
-            its ``owner``. :raises QuorumError: when no majority answered (nothing proposed).
-        """
+        :raises OutcomeUnknown: when the outcome stays unknown at the deadline (retry with its
+            ``owner``); :raises QuorumError: when no majority answered (nothing proposed)."""
         return self.names.claim(name, value, owner)[0]
 
     def lookup(self, name: str) -> Any:

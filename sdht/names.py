@@ -19,19 +19,15 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from functools import partial
 from typing import Any, Callable
 
-from . import params as cluster_params
 from .errors import InvalidRecord, NodeError, OutcomeUnknown, QuorumError, SDHTError
 from .kinds import common
-from .kinds.name import (ACCEPT_ROUTE, CONFLICT, OK, OWNER_BYTES, PREPARE_ROUTE,
-                         PROPOSER_BYTES, STALE, ZERO, Answer, Ballot, Claim, answer_from_wire,
-                         canonical)
-from .pow import find_nonce
+from .kinds.name import (ACCEPT_ROUTE, CONFLICT, OK, PREPARE_ROUTE, PROPOSER_BYTES, STALE,
+                         ZERO, Answer, Ballot, Claim, answer_from_wire)
 from .quorum import Quorum
+from .registry import DEADLINE, new_claim
 from .ring import RingView
 from .wire import MSGPACK, now_us, packb
 
-#: Seconds ``register`` and ``lookup`` keep trying before they give up.
-DEADLINE = 10.0
 #: Seconds of the first backoff after a lost round, doubling to the cap (randomised).
 BACKOFF, BACKOFF_CAP = 0.004, 0.25
 #: The fast round's ballot: below every classic ballot (their counters start at 1), above
@@ -43,14 +39,6 @@ YIELD = 0.05
 #: Seconds an acceptor may owe an answer before rounds stop waiting on it first.
 SLOW = 0.5
 _HEADERS = {"Content-Type": MSGPACK}
-
-
-def mint_claim(key: str, value: Any, owner: bytes, w: float, t: int | None = None) -> Claim:
-    """Return a claim of ``key`` for ``value`` by call ``owner`` that shows work ``w``."""
-    t = now_us() if t is None else t
-    found = find_nonce(canonical(key, value, owner, t, w), w)
-    assert found is not None  # an unbounded search always answers
-    return Claim(key, value, owner, t, w, found[0], found[1])
 
 
 def majority(nodes: list[str]) -> int:
@@ -93,16 +81,14 @@ class Proposer:
         """Register ``key`` for ``value`` if it is free: ``(registered by this call, the chosen
         claim)``. ``owner``: the id of an earlier call to retry (:class:`OutcomeUnknown`).
         :raises InvalidRecord, OutcomeUnknown (claim proposed), QuorumError (not proposed):"""
-        p = self.quorum.handle.current().params
-        common.check_key(key, p)
-        common.check_value(value, p)
-        owner = os.urandom(OWNER_BYTES) if owner is None else owner
-        if type(owner) is not bytes or len(owner) != OWNER_BYTES:
-            raise InvalidRecord(f"an owner id is {OWNER_BYTES} bytes")
-        w = p["min_work"] if work is None else cluster_params.check_work(work, p)
-        chosen = self.run(key, mint_claim(key, value, owner, w), deadline)
+        return self.propose(new_claim(key, value, owner, work,
+                                      self.quorum.handle.current().params), deadline)
+
+    def propose(self, mine: Claim, deadline: float = DEADLINE) -> tuple[bool, Claim]:
+        """:meth:`claim` of a claim already minted (a member proposing a client's, checked)."""
+        chosen = self.run(mine.key, mine, deadline)
         assert chosen is not None  # put-if-absent never chooses nothing
-        return chosen.owner == owner, chosen
+        return chosen.owner == mine.owner, chosen
 
     def lookup(self, key: str, deadline: float = DEADLINE) -> Claim | None:
         """The claim chosen for ``key``, or None (free); :class:`QuorumError` past ``deadline``."""
@@ -195,8 +181,9 @@ class Proposer:
     def send(self, node: str, route: str, body: bytes, key: str, view: RingView) -> Answer:
         """One phase message to one acceptor, its answer checked (:class:`NodeError` for one
         that is not an acceptor's answer, or a forged claim)."""
+        # Signed: acceptors take phases only from the operator or a member (docs/security.md).
         request = partial(self.quorum.handle.transport.request, node, "POST", route, data=body,
-                          headers=_HEADERS)
+                          headers=_HEADERS, admin=True)
         began = time.monotonic()
         with self._lock:
             self._inflight.setdefault(node, []).append(began)

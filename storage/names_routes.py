@@ -4,6 +4,11 @@ the gateway's registry under ``/kv-store/names``.
 * ``POST /v1/names/prepare`` ``{k, b, e}`` and ``POST /v1/names/accept`` ``{k, b, e, a}``
   (msgpack): one LMDB write transaction each (:mod:`storage.acceptor`); the answer is
   ``{s: ok|conflict|stale, b, a, e}``. An accept's claim passes the proof-of-work gate first.
+  Both need a request signed by the operator or a member (docs/security.md).
+* ``POST /v1/names/register`` ``{a, d}`` and ``POST /v1/names/lookup`` ``{k, d}`` (msgpack): this
+  node proposes a client's claim (minted by the client) or looks a name up, as a member, within
+  ``d`` seconds, for a client that may not propose (:class:`sdht.registry.Relay`); ``{a}`` is
+  the chosen claim (or nil).
 * ``PUT /kv-store/names/<name>`` with an optional JSON body ``{"value": V, "owner": HEX}``
   registers the name if it is free: 201 ``{registered: true}``, or 409 ``taken`` with the
   current value. The node proposes through its own ring client, as any client does, and mints
@@ -19,11 +24,13 @@ from typing import Any
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from sdht.errors import InvalidRecord, OutcomeUnknown, ValueTooLarge
+from sdht import registry
 from sdht.kinds import name
 from sdht.status import jsonable
 from sdht.wire import packb
 
 from . import acceptor, metrics
+from .auth import require_authority
 from .http import ApiError, body, check_key, msgpack_response, params, ring_view, store
 from .ringclient import ring
 
@@ -36,7 +43,10 @@ MAX_REGISTER_BODY = 1 << 20
 
 def _message(with_claim: bool) -> tuple[str, name.Ballot, int, name.Claim | None]:
     """The phase message of this request: key, ballot, epoch and (for accept) the claim,
-    checked: the ballot is not from the future, the claim pays the proof-of-work gate."""
+    checked: the ballot is not from the future, the claim pays the proof-of-work gate. Only
+    the operator or a member proposes (docs/security.md): a client goes through
+    ``/v1/names/register`` (below)."""
+    require_authority()
     p = params()
     obj = body()
     if not isinstance(obj, dict) or set(obj) != ({"k", "b", "e", "a"} if with_claim
@@ -82,6 +92,46 @@ def accept() -> Response:
     return _reply("accept", acceptor.accept(store(), key, ballot, claim, epoch, params()))
 
 
+# -- proposing for a client (sdht.registry.Relay) -------------------------------------------------
+
+def _relayed(fields: set[str]) -> tuple[dict[str, Any], float]:
+    """The body of a relayed call, with the seconds ``d`` the caller waits (bounded)."""
+    _rate_limit()
+    obj = body()
+    if not isinstance(obj, dict) or set(obj) != fields | {"d"} or \
+            type(obj["d"]) not in (int, float) or not obj["d"] > 0:
+        raise ApiError(400, "bad_message", f"the message is {{{', '.join(sorted(fields))}, d}}")
+    return obj, min(float(obj["d"]), registry.DEADLINE)
+
+
+@bp.post(registry.REGISTER_ROUTE)
+def relay_register() -> Response:
+    """Propose a client's claim (minted by it: its work is checked here) as this member; the
+    answer ``{a}`` is the claim chosen, whoever's it is."""
+    obj, seconds = _relayed({"a"})
+    p = params()
+    try:
+        claim = name.claim_from_wire(obj["a"], p)
+        name.check_claim(claim, p)
+    except ValueTooLarge as exc:
+        raise ApiError(413, "too_large", str(exc)) from None
+    except InvalidRecord as exc:
+        raise ApiError(400, "invalid_record", str(exc)) from None
+    try:
+        _, chosen = ring().names.propose(claim, seconds)
+    except OutcomeUnknown as exc:
+        raise ApiError(503, "outcome_unknown", str(exc), owner=exc.owner.hex()) from None
+    return msgpack_response(packb({"a": chosen.to_wire()}))
+
+
+@bp.post(registry.LOOKUP_ROUTE)
+def relay_lookup() -> Response:
+    """Look a name up as this member: ``{a}``, the claim chosen or nil."""
+    obj, seconds = _relayed({"k"})
+    chosen = ring().names.lookup(check_key(obj["k"], params()), seconds)
+    return msgpack_response(packb({"a": chosen.to_wire() if chosen is not None else None}))
+
+
 # -- the gateway ----------------------------------------------------------------------------------
 
 def _name(key: str) -> str:
@@ -110,11 +160,17 @@ def _limits() -> None:
     """The gateway's own limits, when it runs on this node (storage/gateway.py): what work
     it mints for anyone, and each client's rate."""
     access = current_app.extensions.get("sdht.gateway")
-    if access is None:
-        return
-    if not access.mints(params()):
+    if access is not None and not access.mints(params()):
         raise ApiError(403, "forbidden", "this ring's min_work is above what the node mints "
                        "for its clients: register with the sdht library")
+    _rate_limit()
+
+
+def _rate_limit() -> None:
+    """Each client's rate of calls that make this node run rounds (storage/access.py)."""
+    access = current_app.extensions.get("sdht.gateway")
+    if access is None:
+        return
     retry = access.retry_after(request.remote_addr or "")
     if retry:
         raise ApiError(429, "too_many_requests", f"retry in {retry}s", retry_after=retry)

@@ -15,7 +15,6 @@ from flask import current_app
 from sdht.client import Ring
 from sdht.errors import NoNodes
 from sdht.transport import Transport
-from sdht.trust import Keys
 
 from .auth import keys
 
@@ -38,9 +37,9 @@ def ring() -> Ring:
             node = current_app.config["NODE_ID"]
             if not node:
                 raise NoNodes("this node has no NODE_ID, so it cannot reach the ring")
-            # It trusts the rings this node trusts, and makes no signed requests.
-            transport = Transport(RING_TIMEOUT, Keys(keys().operator_public),
-                                  max_parallel=RING_THREADS)
+            # It trusts the rings this node trusts, and signs as this member: acceptors take
+            # the phases of a name it proposes for a client only from a member.
+            transport = Transport(RING_TIMEOUT, keys(), max_parallel=RING_THREADS)
             held = (os.getpid(), Ring([node], transport=transport))
             current_app.extensions["sdht.ring_client"] = held
         return held[1]

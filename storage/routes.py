@@ -17,10 +17,10 @@ from werkzeug.exceptions import HTTPException
 from sdht import kinds
 from sdht.errors import ConfigError
 from sdht.ring import RingView
-from sdht.wire import SAME, STORED, packb, packed_array
+from sdht.wire import SAME, SIGNER_HEADER, STORED, packb, packed_array
 
 from . import metrics
-from .auth import check_ring, mode, require_authority
+from .auth import check_ring, keys, mode, require_authority
 from .http import (ApiError, admit, batch, body, check_key, int_arg, msgpack_response, params,
                    range_args, ring_view, store)
 from .layout import is_data_key
@@ -103,12 +103,30 @@ def get_record() -> Response:
     return msgpack_response(raw)
 
 
+def _signer() -> str | None:
+    """Who signed this write, checked before its body is read (the signature covers it); None
+    for an unsigned one. In development mode, ``"development"``: anyone on loopback."""
+    if keys().development or SIGNER_HEADER in request.headers:
+        return require_authority()
+    return None
+
+
+def _may_write(entries: list[kinds.Entry], signer: str | None) -> None:
+    """Answer 403 unless ``signer`` may write ``entries``: entries of a kind that is not
+    ``PUBLIC`` (a name's acceptor state) only from the operator or a member."""
+    if signer is None and not all(kinds.kind_of(e.TAG).PUBLIC for e in entries):
+        raise ApiError(403, "members_only", "acceptor state is written only by the operator's "
+                       "migration or a member (docs/security.md)")
+
+
 @bp.put("/record")
 def put_record() -> tuple[Response, int]:
     """Write one entry under its kind's accept rule: 201 stored, 200 same, 409 when the node
     holds an entry the order puts above it (with what the kind tells about it)."""
     p = params()
+    signer = _signer()
     entry = admit(body(), p)
+    _may_write([entry], signer)
     result = store().put_many([entry], p)[0]
     metrics.current().count_writes([result])
     if result.status == STORED:
@@ -149,7 +167,9 @@ def put_records() -> Response:
     the whole batch), then all are merged in one transaction. Answers one ``{s, ...}`` per
     entry: its outcome and what its kind tells about the version held afterwards."""
     p = params()
+    signer = _signer()
     entries = [admit(obj, p, raw) for obj, raw in batch(body(items=True), "records")]
+    _may_write(entries, signer)
     results = store().put_many(entries, p)
     metrics.current().count_writes(results)
     out = [{"s": r.status, **kinds.kind_of(e.TAG).describe(r.held, p)}

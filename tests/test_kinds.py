@@ -50,7 +50,7 @@ def _from_wire(obj: Any, params: Any) -> ToyItem:
 
 
 TOY = SimpleNamespace(
-    TAG=TOY_TAG, NAME="toy", SYNCED=True, HEAD_BYTES=0,
+    TAG=TOY_TAG, NAME="toy", SYNCED=True, PUBLIC=True, HEAD_BYTES=0,
     from_wire=_from_wire,
     check=lambda entry, params, now=None: None,
     supersedes=lambda incoming, held, params: held is None,   # union: add what is missing

@@ -41,6 +41,8 @@ class Kind(Protocol):
     NAME: str
     #: Whether anti-entropy compares and copies entries of this kind.
     SYNCED: bool
+    #: Whether any client may write entries of this kind; else only the operator or a member.
+    PUBLIC: bool
     HEAD_BYTES: int
 
     def from_wire(self, obj: Any, params: Mapping[str, Any]) -> Entry: ...

@@ -15,9 +15,9 @@ run the two phases; the rules an acceptor applies are the pure functions :func:`
   ``digest = blake2b-256(packb(["sdht-name", k, v, t, w, o]) + n)``; ``o`` is the id of the
   ``register`` call that proposed it, so a retry recognises its own claim.
 
-The state is its own kind (tag 1, so its LMDB key is not a register's: register merges and read
-repair never touch it), not ``SYNCED`` (anti-entropy never copies it); migration moves it through
-the batch write route, where :func:`supersedes` keeps the highest accepted ballot.
+The state is its own kind (tag 1: register merges and read repair never touch it), not ``SYNCED``
+(anti-entropy never copies it) and not ``PUBLIC``: only the operator's migration moves it (batch
+write route, :func:`supersedes` keeps the highest accepted ballot) and only members propose.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ TAG = 1
 NAME = "name"
 #: Anti-entropy never copies acceptor state: only migration moves it, by the max-ballot rule.
 SYNCED = False
+#: Only the operator or a member may write it, whole or by phase (docs/security.md).
+PUBLIC = False
 #: The node's routes for the two phases (msgpack in and out).
 PREPARE_ROUTE, ACCEPT_ROUTE = "/v1/names/prepare", "/v1/names/accept"
 #: Bytes of a proposer id, and of a claim's owner id (the id of one ``register`` call).
@@ -43,11 +45,9 @@ PROPOSER_BYTES, OWNER_BYTES = 8, 16
 #: A ballot: ``(counter, proposer id)``; nothing is ever promised or accepted at ZERO.
 Ballot = tuple[int, bytes]
 ZERO: Ballot = (0, bytes(PROPOSER_BYTES))
-#: What an acceptor answers.
-OK, CONFLICT, STALE = "ok", "conflict", "stale"
+OK, CONFLICT, STALE = "ok", "conflict", "stale"   # what an acceptor answers
 _STATE_PERSON = b"sdht-name-st-v1"
-_CLAIM_FIELDS = frozenset("kvotwn")
-_STATE_FIELDS = frozenset("xkpba")
+_CLAIM_FIELDS, _STATE_FIELDS = frozenset("kvotwn"), frozenset("xkpba")
 
 
 class Claim:

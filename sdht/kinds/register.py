@@ -33,6 +33,8 @@ TAG = 0
 NAME = "register"
 #: Anti-entropy, migration and read repair carry registers and merge them by the accept rule.
 SYNCED = True
+#: Any client may write registers (the proof of work prices them).
+PUBLIC = True
 #: blake2b personalisation: the domain tag that keeps record digests apart from other hashes.
 DIGEST_PERSON = b"sdht-record-v1"
 FIELDS = frozenset("xkvtwnd")

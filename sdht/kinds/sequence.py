@@ -42,6 +42,8 @@ TAG = 2
 NAME = "sequence"
 #: Anti-entropy, migration and read repair carry ops like registers; the merge is union.
 SYNCED = True
+#: Any client may write ops (each pays the proof-of-work gate).
+PUBLIC = True
 FIELDS = frozenset("xkotwn")
 #: The personalisation of :func:`summary`.
 SUMMARY_PERSON = b"sdht-seq-set-v1"
