@@ -389,3 +389,36 @@ def test_the_readme_python_example_leaves_the_demo_cluster_whole(demo):
     assert ran.returncode == 0, ran.stderr
     members = {n["id"] for n in json.loads(run(cluster_dir, "status", "--json").stdout)["nodes"]}
     assert members == {n["id"] for n in state["nodes"]}
+
+
+def test_heartbeats_find_a_silent_node_after_its_grace():
+    from sdht.cli.supervisor import Heartbeats
+    beats = Heartbeats(hung_after=10, grace=30)
+    assert beats.silent_for("a", 100, False, 0) is None       # just started: grace
+    assert beats.silent_for("a", 100, False, 29) is None
+    assert beats.silent_for("a", 100, False, 31) == 31         # never answered in 30 s
+    assert beats.silent_for("a", 200, False, 31) is None       # a new process: grace again
+    assert beats.silent_for("a", 200, True, 32) is None
+    assert beats.silent_for("a", 200, False, 41) is None
+    assert beats.silent_for("a", 200, False, 43) == 11         # silent 11 s after answering
+
+
+def test_the_supervisor_replaces_a_hung_node(tmp_path):
+    """A node stopped with SIGSTOP keeps its process but answers nothing: after its
+    heartbeat has been silent for HUNG_AFTER seconds the supervisor stops it and starts it
+    again."""
+    cluster_dir = tmp_path / "hung"
+    run(cluster_dir, "cluster", "start", "-n", "1", "--base-port", "0", "--workers", "1",
+        "--supervise")
+    try:
+        node = json.loads((cluster_dir / "cluster.json").read_text())["nodes"][0]
+        os.killpg(node["pid"], signal.SIGSTOP)
+
+        def replaced() -> bool:
+            now = json.loads((cluster_dir / "cluster.json").read_text())["nodes"][0]
+            return now["pid"] != node["pid"] and answers_health(node["id"])
+        wait_for(replaced, 90, interval=0.5, what="the hung node to be replaced")
+        assert not group_alive(node["pid"])
+        assert "has not answered for" in (cluster_dir / "supervisor.log").read_text()
+    finally:
+        run(cluster_dir, "cluster", "stop", ok=False)

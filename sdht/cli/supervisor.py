@@ -2,7 +2,9 @@
 
 As the scuttlebutt-style design's monitor does for its hosts, it looks at every node of the
 cluster each ``interval`` and starts again those no process serves any more (killed, crashed,
-exited), on their port and data. A node that keeps dying is not restarted in a tight loop:
+exited), on their port and data. It also checks each node's heartbeat (its health route): a
+node that has not answered for ``HUNG_AFTER`` seconds (``START_GRACE`` after it started) is
+hung, and is stopped, to be started again as a crashed one. A node that keeps dying is not restarted in a tight loop:
 :class:`RestartBudget` allows ``MAX_RESTARTS`` restarts of one node per ``WINDOW`` seconds, each
 after a delay that doubles from ``FIRST_DELAY`` up to ``MAX_DELAY``.
 
@@ -24,6 +26,7 @@ from typing import Callable
 from ..errors import ClusterError
 from . import demonode, localcluster
 from .localcluster import locked, read_state, write_state
+from .processes import answers_health
 
 #: Restarts allowed per node within WINDOW seconds; past them, the node waits.
 MAX_RESTARTS = 5
@@ -33,6 +36,37 @@ FIRST_DELAY = 0.5
 MAX_DELAY = 30.0
 #: Seconds between two looks at the nodes.
 INTERVAL = 0.5
+#: Seconds without an answer after which a running node counts as hung (START_GRACE for one
+#: that has not answered since it started), and how long one look waits for the answer.
+HUNG_AFTER = 15.0
+START_GRACE = localcluster.START_DEADLINE
+HEALTH_TIMEOUT = 2.0
+
+
+class Heartbeats:
+    """When each node last answered its health route, per process serving it."""
+
+    def __init__(self, hung_after: float = HUNG_AFTER, grace: float = START_GRACE) -> None:
+        self.hung_after, self.grace = hung_after, grace
+        #: node id -> (pid, since when it has been waited for, whether it ever answered)
+        self.heard: dict[str, tuple[int, float, bool]] = {}
+
+    def silent_for(self, node: str, pid: int, answered: bool, now: float) -> float | None:
+        """Note one look at ``node`` (served by ``pid``); return how long it has been silent
+        when that is past its limit (it is hung), else None."""
+        seen = self.heard.get(node)
+        if seen is None or seen[0] != pid:   # a process not seen before: its grace begins
+            self.heard[node] = (pid, now, answered)
+            return None
+        if answered:
+            self.heard[node] = (pid, now, True)
+            return None
+        silent = now - seen[1]
+        return silent if silent > (self.hung_after if seen[2] else self.grace) else None
+
+    def forget(self, node: str) -> None:
+        """Start afresh for ``node`` (it was stopped)."""
+        self.heard.pop(node, None)
 
 
 class RestartBudget:
@@ -75,7 +109,9 @@ def supervise(data_dir: Path, interval: float = INTERVAL,
         write_state(data_dir, state)
     say(f"supervising {len(state['nodes'])} node(s) in {data_dir} (pid {me['pid']})")
     waiting: set[str] = set()
+    beats = Heartbeats()
     while True:
+        _stop_hung(data_dir, beats, say)
         with locked(data_dir):
             state = read_state(data_dir)
             if state is None or state.get("supervisor", {}).get("pid") != me["pid"]:
@@ -103,6 +139,32 @@ def supervise(data_dir: Path, interval: float = INTERVAL,
                 write_state(data_dir, state)
         _reap()
         time.sleep(interval)
+
+
+def _stop_hung(data_dir: Path, beats: Heartbeats, say: Callable[[str], None]) -> None:
+    """Check every running node's heartbeat (outside the lock: a hung node takes the whole
+    timeout to not answer) and stop those silent for too long."""
+    state = read_state(data_dir) or {"nodes": []}
+    hung = []
+    for node in state["nodes"]:
+        if not demonode.recorded_alive(node):
+            beats.forget(node["id"])   # down, or restarted by hand: the crash path decides
+            continue
+        answered = answers_health(node["id"], HEALTH_TIMEOUT)
+        silent = beats.silent_for(node["id"], node["pid"], answered, time.monotonic())
+        if silent is not None:
+            hung.append((node["id"], node["pid"], silent))
+    for node_id, pid, silent in hung:
+        with locked(data_dir):
+            current = read_state(data_dir)
+            if current is None:
+                return
+            record = next((n for n in current["nodes"] if n["id"] == node_id), None)
+            if record is None or record["pid"] != pid:   # changed meanwhile: look again
+                continue
+            demonode.stop(data_dir, record)
+        beats.forget(node_id)
+        say(f"{node_id} has not answered for {silent:.0f}s; stopped it, to be restarted")
 
 
 def _reap() -> None:
