@@ -146,10 +146,12 @@ def repair_view(transport: Transport, view: RingView, down: Iterable[str] = (),
         mine.syncs = len(settled)
         rest = sorted(p for p in peers if p not in settled)
         gains = [_repair_pair(transport, view, hub, p, peers[p], mine) for p in rest]
-        if any(gains):   # peers that saw the hub before its last gain lack it
-            last = max(i for i, gained in enumerate(gains) if gained)
+        if any(gains):   # peers that saw the hub before its last gain lack it, where they
+            last = max(i for i, gained in enumerate(gains) if gained)   # share those ranges
+            news = sorted(pos for gained in gains for pos in gained)
             for peer in sorted(settled) + rest[:last]:
-                _repair_pair(transport, view, hub, peer, peers[peer], mine)
+                if _meets(news, peers[peer]):
+                    _repair_pair(transport, view, hub, peer, peers[peer], mine)
         with lock:
             for name in ("syncs", "hashes", "differences", "pushed"):
                 setattr(report, name, getattr(report, name) + getattr(mine, name))
@@ -231,16 +233,23 @@ def _within(listing: dict[bytes, bytes], ranges: list[tuple[int, int]]) -> dict[
     return out
 
 
+def _meets(positions: list[int], ranges: list[tuple[int, int]]) -> bool:
+    """Whether any of the sorted ``positions`` lies in one of ``ranges``."""
+    return any(bisect.bisect_left(positions, start) < bisect.bisect_left(positions, end)
+               for start, end in ranges)
+
+
 def _repair_pair(transport: Transport, view: RingView, hub: str, other: str,
-                 ranges: list[tuple[int, int]], report: RepairReport) -> bool:
-    """Sync ``hub`` with ``other``; add to ``report``; return whether the hub stored anything."""
+                 ranges: list[tuple[int, int]], report: RepairReport) -> list[int]:
+    """Sync ``hub`` with ``other``; add to ``report``; return the positions of what the hub
+    stored (empty when it stored nothing)."""
     try:
         rep = sync_ranges(transport, hub, other, ranges, view.params)
     except SDHTError as exc:
         report.errors.append(f"sync {hub} / {other}: {exc}")
-        return False
+        return []
     report.syncs += 1
     report.hashes += rep.hashes
     report.differences += rep.differences
     report.pushed += rep.pushed_to_a + rep.pushed_to_b
-    return rep.pushed_to_a > 0
+    return [ref_position(ref) for ref in rep.sent_to_a] if rep.pushed_to_a else []

@@ -17,7 +17,7 @@ rules, and a sync's cost (16 tree hashes per level per differing key): docs/anti
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterable, Mapping
 
 from . import kinds, params as cluster_params
@@ -44,10 +44,11 @@ class SyncReport:
     pushed_to_a: int = 0     # records a stored (it lacked them or held a lower version)
     pushed_to_b: int = 0     # records b stored
     rounds: int = 0          # request rounds (one request to each node per round)
+    sent_to_a: list[bytes] = field(default_factory=list)   # references a was offered
 
     def add(self, other: "SyncReport") -> None:
         """Add the counts of ``other`` (a sync of more ranges between the same nodes)."""
-        for f in fields(self)[2:]:   # every field after the two node names is a count
+        for f in fields(self)[2:]:   # every field after the two node names adds up
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
@@ -62,7 +63,7 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _cover(ranges: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+def start_nodes(ranges: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
     """The tree nodes a sync over the sorted, disjoint ``ranges`` starts from: the largest
     nodes wholly inside one range (compared by hash), and the leaves a range only partly
     covers (listed; their hashes cover keys outside the ranges). Computed range by range, in
@@ -119,7 +120,7 @@ def sync_ranges(transport: Transport, a: str, b: str, ranges: Iterable[tuple[int
 def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
           params: Mapping[str, Any]) -> SyncReport:
     report = SyncReport(a, b)
-    compare, listing = _cover(ranges)
+    compare, listing = start_nodes(ranges)
     to_a: list[bytes] = []   # references of the entries each side lacks or holds lower
     to_b: list[bytes] = []
     while compare or listing:
@@ -154,6 +155,7 @@ def _sync(transport: Transport, a: str, b: str, ranges: list[tuple[int, int]],
         report.pushed_to_b = _copy(transport, a, b, to_b, params)
     if to_a:
         report.pushed_to_a = _copy(transport, b, a, to_a, params)
+        report.sent_to_a = to_a
     return report
 
 
