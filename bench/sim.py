@@ -301,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repair", action="append", metavar="NODES:KEYS",
                     help="point 6's ring sizes instead of the defaults (repeatable)")
     ap.add_argument("--repair-k", help="point 6's differing keys, e.g. 0,100")
+    ap.add_argument("--ae-sizes", help="point 3's key counts, e.g. 10000,1000000")
     args = ap.parse_args(argv)
     size = dict(SIZES["quick" if args.quick else "full"])
     if args.keys:
         size["keys"] = args.keys
+    if args.ae_sizes:
+        size["ae_sizes"] = [int(n) for n in args.ae_sizes.split(",")]
     if args.repair_k:
         size["repair_k"] = [int(k) for k in args.repair_k.split(",")]
     if args.repair:
