@@ -226,6 +226,22 @@ class TestViewChange:
         ring = requests.get(f"{a.url}/v1/ring", timeout=5).json()
         assert sorted(m["id"] for m in ring["members"]) == sorted(ids[1:])
 
+    def test_a_restart_with_the_old_environment_keeps_the_newer_ring(self, seed_nodes):
+        ports = [free_port() for _ in range(3)]
+        ids = [f"127.0.0.1:{p}" for p in ports]
+        a, b = seed_nodes(2, 1, ports=ports[:2])
+        c = seed_nodes(1, 1, view=ids, ports=ports[2:])[0]
+        view_change(a, ids, 1)
+        newer = requests.get(f"{c.url}/v1/ring", timeout=5).json()
+        assert newer["epoch"] > 1
+        b.stop()
+        b.start()     # VIEW still names two nodes: the ring it holds wins
+        assert requests.get(f"{b.url}/v1/ring", timeout=5).json() == newer
+        c.stop()
+        shutil.rmtree(c.data_dir)   # a node that lost its disk takes its peers' ring
+        c.start()
+        assert requests.get(f"{c.url}/v1/ring", timeout=5).json() == newer
+
     @staticmethod
     def check_all(keys: int, nodes, ctx) -> None:
         for node in nodes:
