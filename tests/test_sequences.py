@@ -382,6 +382,20 @@ class TestReplicas:
         assert ring.sequence(KEY).items() == ["first", "second", "third"]
 
 
+class TestAKeyedCluster:
+    def test_any_client_appends_and_reads(self, keyed_cluster, operator):
+        from sdht.inprocess import WSGITransport
+        from sdht.trust import Keys
+        ring, apps = keyed_cluster(3)
+        with sdht.Ring(ring.nodes[:1], transport=WSGITransport(
+                apps, keys=Keys((operator.public,)))) as anyone:   # no private key at all
+            seq = anyone.sequence(KEY)
+            seq.append("from anyone")
+            seq.insert(0, "first")
+            assert anyone.sequence(KEY).items() == ["first", "from anyone"]
+        assert ring.sequence(KEY).items() == ["first", "from anyone"]
+
+
 # -- the gateway ----------------------------------------------------------------------------------
 
 class TestTheGateway:
