@@ -20,8 +20,10 @@ An entry wraps one op with its proof of work:
 
 ``digest = blake2b-256(packb(["sdht-seq", k, op id, t, w]) + n, person=b"sdht-record-v1")``
 (:func:`canonical`, :func:`digest_of`): the work binds the op to its key. A node refuses an
-entry whose op id does not match the op's content (:func:`sdht.hashseq.op_from_wire`), whose
-work is not shown, or which passes the limits below (this module is their one home).
+entry whose op id does not match the op's content, or whose op passes the CRDT's limits on
+dependencies and removed ids (:func:`sdht.hashseq_op.op_from_wire`, their one home); whose
+work is not shown or time is too far ahead; whose item is over the ring's ``max_value_bytes``;
+or whose key is over :data:`MAX_KEY_BYTES`.
 
 The same op may arrive with two proofs (a writer that minted twice); the one with the smaller
 digest is kept, so replicas converge on one stored entry per op and anti-entropy settles.
