@@ -13,9 +13,11 @@ from .client import Ring
 from .kinds.register import Record
 from .migration import MigrationReport
 from .ring import Node
+from .sequence_cache import SequenceCache
 from .sequences import Sequence
 
 _default: Ring | None = None
+_appended = SequenceCache()   # sdht.append's sequences
 _lock = threading.Lock()
 
 
@@ -103,5 +105,6 @@ def sequence(key: str, **options: Any) -> Sequence:
 
 def append(key: str, item: Any) -> bytes:
     """Append ``item`` to the sequence under ``key`` in the default ring; return its id (see
-    :meth:`sdht.sequences.Sequence.append`)."""
-    return default_ring().sequence(key).append(item)
+    :meth:`sdht.sequences.Sequence.append`). The last sequences appended to are kept, so a run
+    of appends reads the replicas only now and then."""
+    return _appended.get(default_ring(), key).append(item)

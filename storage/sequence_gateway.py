@@ -11,21 +11,20 @@
 The node runs the ring library (:mod:`storage.ringclient`) as any client does and mints the
 ops' proof of work for the caller, under the gateway's limits (:mod:`storage.access`: writes
 take a token of the client's rate; a ring whose ``min_work`` is above what the node mints
-refuses them, 403). Each worker keeps the last :data:`CACHED` sequences it served, so an
-append reads the replicas only when its knowledge is stale
+refuses them, 403). Each worker keeps the last sequences it served
+(:mod:`sdht.sequence_cache`), so an append reads the replicas only when its knowledge is stale
 (:data:`sdht.sequences.STALE_AFTER`). Errors are ``{"error", "message"}`` with a 4xx or 503.
 """
 from __future__ import annotations
 
-import collections
 import json
-import threading
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from sdht.errors import KeyNotFound
 from sdht.kinds import sequence
+from sdht.sequence_cache import SequenceCache
 from sdht.sequences import Item, Sequence
 from sdht.status import jsonable
 
@@ -33,11 +32,8 @@ from .http import ApiError, check_key, int_arg, params, ring_view
 from .ringclient import ring
 
 bp = Blueprint("kv_sequences", __name__, url_prefix="/kv-store/sequences")
-#: Sequences one worker keeps between requests (least recently used dropped first).
-CACHED = 64
-_cache: collections.OrderedDict[tuple[int, str], tuple[Any, Sequence]] = \
-    collections.OrderedDict()
-_cache_lock = threading.Lock()
+#: The sequences this worker keeps between requests.
+_cache = SequenceCache()
 
 
 def _sequence(key: str) -> Sequence:
@@ -48,15 +44,7 @@ def _sequence(key: str) -> Sequence:
     if len(key.encode("utf-8")) > sequence.MAX_KEY_BYTES:
         raise ApiError(413, "too_large", f"a sequence's key is at most "
                        f"{sequence.MAX_KEY_BYTES} bytes")
-    client = ring()
-    with _cache_lock:
-        held = _cache.pop((id(client), key), None)
-        if held is None or held[0] is not client:   # an id reused by another ring client
-            held = (client, Sequence(client.quorum, key))
-        _cache[(id(client), key)] = held
-        while len(_cache) > CACHED:
-            _cache.popitem(last=False)
-    return held[1]
+    return _cache.get(ring(), key)
 
 
 def _charge() -> None:

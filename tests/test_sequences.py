@@ -292,6 +292,16 @@ class TestTheAPI:
         finally:
             sdht.set_default_ring(None)
 
+    def test_the_cache_keeps_the_last_sequences(self, ring3):
+        from sdht.sequence_cache import SequenceCache
+        ring, _ = ring3
+        cache = SequenceCache(2)
+        first = cache.get(ring, "a")
+        assert cache.get(ring, "a") is first
+        cache.get(ring, "b")
+        cache.get(ring, "c")
+        assert len(cache) == 2 and cache.get(ring, "a") is not first
+
     def test_bad_items_and_keys_are_refused_before_any_write(self, ring3):
         ring, _ = ring3
         seq = ring.sequence(KEY)
