@@ -3,9 +3,9 @@
 ``GET /v1/sequence?key=K`` (``&after=HEX`` to resume, ``&limit=N``) answers the msgpack map
 ``{"ops": [op entry, ...], "next": cursor or nil}``; with ``&summary=1``, ``{"count": N,
 "summary": DIGEST}`` of the op ids held (:func:`sdht.kinds.sequence.summary`), a walk over LMDB
-keys alone, so a reader that knows the same ops reads nothing more. A sequence's ops share the LMDB key prefix
-``position || tag || key length || key`` (storage/layout.py) and differ only in the op id
-after it, so they are one cursor walk; the entries go out as stored, never decoded or
+keys alone, so a reader that knows the same ops reads nothing more. A sequence's ops share the
+LMDB key prefix ``position || tag || key length || key`` (storage/layout.py) and differ only in
+the op id after it, so they are one cursor walk; the entries go out as stored, never decoded or
 re-encoded. A page ends at ``limit`` ops (at most ``MAX_BATCH``) or ``MAX_ANSWER_BYTES``
 (but one op), and its cursor is the last op id sent. Data reads need no key, as ``/v1/record``.
 Ops are written through the ordinary ``/v1/records`` batch route, under the kind's admission.
