@@ -34,8 +34,8 @@ _data_option = click.option(
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True,
               help="gunicorn workers per node.")
 @click.option("--supervise", is_flag=True,
-              help="Also start a supervisor in the background that restarts crashed nodes "
-                   "(log: DIR/supervisor.log).")
+              help="Also start a supervisor in the background that restarts crashed or hung "
+                   "nodes (log: DIR/supervisor.log).")
 @_data_option
 @click.pass_context
 def cluster_start(ctx: click.Context, count: int, base_port: int, workers: int,
@@ -151,8 +151,9 @@ def cluster_remove(ctx: click.Context, node: str, data_dir: Path | None) -> None
 @cluster.command("supervise")
 @_data_option
 def cluster_supervise(data_dir: Path | None) -> None:
-    """Watch the demo cluster in the foreground and restart nodes that crash (at most 5
-    restarts of a node per minute, with a doubling delay); Ctrl-C ends it."""
+    """Watch the demo cluster in the foreground and restart nodes that crash or hang (no
+    heartbeat for 15 s), at most 5 restarts of a node per minute with a doubling delay;
+    Ctrl-C ends it."""
     supervisor.supervise(data_dir or localcluster.default_dir(), say=click.echo)
 
 
