@@ -17,10 +17,11 @@ CACHED = 64
 
 
 class SequenceCache:
-    """The last ``size`` sequences asked for, by ring client and key."""
+    """The last ``size`` sequences asked for, by ring client and key, made with ``options``
+    (``stale_after``: :class:`~sdht.sequences.Sequence`)."""
 
-    def __init__(self, size: int = CACHED) -> None:
-        self.size = size
+    def __init__(self, size: int = CACHED, **options: Any) -> None:
+        self.size, self.options = size, options
         self._held: collections.OrderedDict[tuple[int, str], tuple[Any, Sequence]] = \
             collections.OrderedDict()
         self._lock = threading.Lock()
@@ -33,7 +34,7 @@ class SequenceCache:
         with self._lock:
             held = self._held.pop((id(ring), key), None)
             if held is None or held[0] is not ring:   # an id reused by another ring
-                held = (ring, ring.sequence(key))
+                held = (ring, ring.sequence(key, **self.options))
             self._held[(id(ring), key)] = held
             while len(self._held) > self.size:
                 self._held.popitem(last=False)

@@ -12,8 +12,8 @@ The node runs the ring library (:mod:`storage.ringclient`) as any client does an
 ops' proof of work for the caller, under the gateway's limits (:mod:`storage.access`: writes
 take a token of the client's rate; a ring whose ``min_work`` is above what the node mints
 refuses them, 403). Each worker keeps the last sequences it served
-(:mod:`sdht.sequence_cache`), so an append reads the replicas only when its knowledge is stale
-(:data:`sdht.sequences.STALE_AFTER`). Errors are ``{"error", "message"}`` with a 4xx or 503.
+(:mod:`sdht.sequence_cache`): an append asks the replicas for the summaries of their ops first,
+and reads ops (checking only new ones) only when they changed. Errors are ``{"error", "message"}`` with a 4xx or 503.
 """
 from __future__ import annotations
 
@@ -32,8 +32,10 @@ from .http import ApiError, check_key, int_arg, params, ring_view
 from .ringclient import ring
 
 bp = Blueprint("kv_sequences", __name__, url_prefix="/kv-store/sequences")
-#: The sequences this worker keeps between requests.
-_cache = SequenceCache()
+#: The sequences this worker keeps between requests. An append reads the replicas' summaries
+#: first (``stale_after=0``): HTTP clients have no session, and an item appended through one
+#: node must come after those acknowledged before it through any other.
+_cache = SequenceCache(stale_after=0.0)
 
 
 def _sequence(key: str) -> Sequence:

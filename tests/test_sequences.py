@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import shutil
+import subprocess
 import threading
 
 import pytest
@@ -494,3 +496,32 @@ class TestTheGateway:
             stored = client.get("/kv-store/sequences/fuzz").get_json()["items"][-1]["value"]
             assert json.dumps(stored, sort_keys=True) == json.dumps(json.loads(body),
                                                                     sort_keys=True)
+
+
+def curl(*args: str) -> tuple[int, dict]:
+    """Run curl as a user would; return the status and the JSON answer."""
+    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
+                          text=True, timeout=30, check=True)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_a_timeline_over_curl_through_every_node(cluster):
+    ring, nodes = cluster(3)
+    url = "/kv-store/sequences/timeline:curl"
+    ids = []
+    for i, node in enumerate(nodes * 2):   # each node appends, in turn
+        status, out = curl("-X", "POST", "-d", json.dumps({"post": i}), node.url + url)
+        assert status == 201, out
+        ids.append(out["id"])
+    status, out = curl(nodes[2].url + url + "?limit=3")
+    assert status == 200 and out["count"] == 6
+    assert [it["value"]["post"] for it in out["items"]] == [3, 4, 5]
+    status, out = curl("-X", "DELETE", f"{nodes[1].url}{url}/{ids[0]}")
+    assert (status, out["value"]) == (200, {"post": 0})
+    status, out = curl("-X", "DELETE", f"{nodes[0].url}{url}/{ids[0]}")
+    assert status == 404 and {"error", "message"} <= set(out)
+    status, out = curl("-X", "POST", "-d", "{oops", nodes[0].url + url)
+    assert status == 400 and {"error", "message"} <= set(out)
+    assert [v["post"] for v in ring.sequence("timeline:curl").items()] == [1, 2, 3, 4, 5]
