@@ -30,7 +30,12 @@ log = logging.getLogger(__name__)
 #: after it resumes (a request sent while it hung is answered when it resumes).
 REPLAY_TIMEOUT = (1.0, 1.0)
 #: Seconds a target that failed is left alone before the next attempt.
-RETRY_AFTER = 0.5
+RETRY_AFTER = 0.25
+#: (connect, read) seconds of the health probe sent to a target that failed before its hints
+#: (long: one probe waits out a pause rather than many queue up behind it);
+#: probes queued while it hung cost it nothing to answer when it resumes, where queued batches
+#: of hints would each be merged first.
+PROBE_TIMEOUT = (0.5, 2.0)
 #: Hints per replay batch.
 BATCH = 500
 
@@ -50,6 +55,9 @@ class Replayer:
         self.address, self.interval, self.rate = address, interval, rate
         #: How it reaches its node and the targets (injected by in-process tests).
         self.transport = transport or Transport(REPLAY_TIMEOUT, keys, max_parallel=8)
+        self.probe = transport or Transport(PROBE_TIMEOUT, keys, max_parallel=8)
+        #: Targets whose last attempt failed: probed before hints are sent again.
+        self.behind: set[str] = set()
         #: Targets that failed lately (the client's failure memory, with a short cooldown).
         self.health = NodeHealth(cooldown=RETRY_AFTER)
         self.stopped = threading.Event()
@@ -89,6 +97,13 @@ class Replayer:
         return how many the target acknowledged."""
         budget = max(1, int(self.rate * max(self.interval, 0.05)))
         delivered = 0
+        if target in self.behind:
+            try:
+                self.probe.health(target)
+            except SDHTError:
+                self.health.failed(target)
+                return 0
+            self.behind.discard(target)
         while budget > 0 and not self.stopped.is_set():
             reply = self.transport.request(self.address, "POST", "/v1/hints/take",
                                            params={"target": target,
@@ -101,11 +116,13 @@ class Replayer:
                                        data=packed_array(entries))
             except TransportError as exc:
                 self.health.failed(target)
+                self.behind.add(target)
                 log.debug("hints for %s wait: %s", target, exc)
                 break
             except NodeError as exc:
                 if exc.status is None or exc.status >= 500 or exc.status in (401, 403, 429):
                     self.health.failed(target)   # busy, or not trusting us yet: later
+                    self.behind.add(target)
                     break
                 log.warning("hints for %s refused, left to anti-entropy: %s", target, exc)
             self.health.answered(target)
