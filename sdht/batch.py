@@ -53,6 +53,10 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
             raise QuorumError(f"batch write: {len(short)} keys got fewer than w "
                               f"acknowledgements (first: {short[0]!r})", short[0],
                               w, 0, errors)
+        for key, got in answers.items():   # hinted handoff for replicas skipped or failed
+            if key not in lost:
+                quorum.hinter.missing(records[key], plans[key][0] + plans[key][1],
+                                      list(got), {})
         return list(dict.fromkeys(lost))
     raise QuorumError("batch write: the ring kept changing")
 

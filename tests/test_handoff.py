@@ -196,6 +196,23 @@ class TestHintRoutes:
         wait_for(lambda: replayer.run_pass() == 1, timeout=5, what="the cooldown to end")
 
 
+    def test_a_batch_write_hints_the_replica_that_was_down(self, inprocess_cluster):
+        ring, apps = inprocess_cluster(3)
+        down = list(apps)[2]
+        ring.transport.mark_down(down)
+        items = {f"b{i}": i for i in range(50)}
+        ring.set_many(items)
+        assert ring.quorum.hinter.flush(timeout=10)
+        kept = sum(ring.transport.request(n, "GET", "/v1/hints").body.get(down, {})
+                   .get("count", 0) for n in list(apps)[:2])
+        assert kept == len(items)
+        ring.transport.mark_up(down)
+        replayer = Replayer(list(apps)[0], 0.25, 1000.0, transport=ring.transport)
+        other = Replayer(list(apps)[1], 0.25, 1000.0, transport=ring.transport)
+        assert replayer.run_pass() + other.run_pass() == len(items)
+        held, _ = ring.transport.get_many(down, list(items))
+        assert [r.value for r in held] == list(items.values())
+
 class TestHintCaps:
     def test_bytes_past_the_cap_are_dropped_and_old_hints_expire(self, tmp_path):
         store = Store(str(tmp_path / "s"))
@@ -226,3 +243,4 @@ class TestHintCaps:
                                                                                  "b:2": 2}
         finally:
             store.close()
+
