@@ -7,20 +7,23 @@ they share its health memory, its parallel fan-out and its re-routing on a newer
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from .errors import NodeError, QuorumError
 from .kinds import sequence
+from .hashseq_op import ID_BYTES
 from .kinds.sequence import OpEntry
-from .nodeapi import answer_of
+from .nodeapi import MSGPACK, answer_of
 from .pow import find_nonce
 from .quorum import MAX_REROUTES, Quorum, write_shortfall
-from .wire import BATCH, now_us
+from .wire import BATCH, now_us, packb
 
 #: The node's route that returns a page of a key's ops (storage/sequence_routes.py).
 ROUTE = "/v1/sequence"
 #: Pages of ops one read of one replica follows at most (a page is up to ``MAX_BATCH`` ops).
 MAX_PAGES = 1000
+#: Op ids asked for in one ``POST /v1/sequence/get``.
+ASK = 256
 
 
 def mint_op(key: str, op: Any, w: float, t: int | None = None) -> OpEntry:
@@ -91,6 +94,44 @@ def fetch(quorum: Quorum, node: str, key: str) -> tuple[list[dict], int]:
     raise NodeError(f"{node} answered more than {MAX_PAGES} pages of {key!r}", node)
 
 
+def fetch_new(quorum: Quorum, node: str, key: str,
+              known: Any) -> tuple[list[dict], set[bytes]]:
+    """The ops ``node`` holds for ``key`` that are not in ``known`` (ids), as decoded maps,
+    and the ids it holds: its ids first (32 bytes each), then only the ops missing.
+
+    :raises NodeError: for a malformed answer, or one of more than :data:`MAX_PAGES` pages.
+    """
+    ids: set[bytes] = set()
+    cursor = None
+    for _ in range(MAX_PAGES):
+        reply = quorum.handle.transport.request(node, "GET", ROUTE,
+                                                params={"key": key, "ids": "1", "after": cursor})
+        with answer_of(node, "GET " + ROUTE):
+            blob, cursor = reply.body["ids"], reply.body["next"]
+            if type(blob) is not bytes or len(blob) % ID_BYTES:
+                raise ValueError("malformed ids")
+            if cursor is not None and not (isinstance(cursor, str) and len(cursor) == 64):
+                raise ValueError("a malformed cursor")
+        ids.update(blob[i:i + ID_BYTES] for i in range(0, len(blob), ID_BYTES))
+        if cursor is None:
+            break
+    else:
+        raise NodeError(f"{node} answered more than {MAX_PAGES} pages of {key!r}", node)
+    missing = [i for i in ids if i not in known]
+    out: list[dict] = []
+    for i in range(0, len(missing), ASK):
+        part = missing[i:i + ASK]
+        reply = quorum.handle.transport.request(
+            node, "POST", ROUTE + "/get", data=packb({"k": key, "i": part}), headers=MSGPACK)
+        with answer_of(node, "POST " + ROUTE + "/get"):
+            if not isinstance(reply.body, list) or len(reply.body) != len(part):
+                raise ValueError("not one answer per op asked")
+            out += [obj for obj in reply.body if obj is not None]
+    if not all(isinstance(o, dict) for o in out):
+        raise NodeError(f"{node} answered ops that are not maps", node)
+    return out, ids
+
+
 def summarize(quorum: Quorum, node: str, key: str) -> tuple[bytes, int]:
     """The summary of the op ids ``node`` holds for ``key``
     (:func:`sdht.kinds.sequence.summary`), and the node's epoch.
@@ -106,8 +147,11 @@ def summarize(quorum: Quorum, node: str, key: str) -> tuple[bytes, int]:
     return digest, reply.epoch
 
 
-def repair(quorum: Quorum, node: str, missing: list[OpEntry]) -> None:
-    """Send ``node`` the ops it lacks, in the background (best effort: anti-entropy catches
-    what this misses)."""
-    for i in range(0, len(missing), BATCH):
-        quorum.handle.transport.submit(quorum.repair, node, missing[i:i + BATCH])
+def repair(quorum: Quorum, held: Mapping[str, set[bytes]],
+           entries: Mapping[bytes, OpEntry]) -> None:
+    """Send each replica in ``held`` (node -> the op ids it holds) the ``entries`` (op id ->
+    entry) it lacks, in the background (best effort: anti-entropy catches what this misses)."""
+    for node, ids in held.items():
+        missing = [e for i, e in entries.items() if i not in ids]
+        for i in range(0, len(missing), BATCH):
+            quorum.handle.transport.submit(quorum.repair, node, missing[i:i + BATCH])

@@ -27,7 +27,7 @@ from .errors import InvalidRecord, KeyNotFound, NodeError, QuorumError, Transpor
 from .kinds import common, sequence
 from .kinds.sequence import OpEntry
 from .quorum import MAX_REROUTES, Quorum
-from .sequence_replicas import fetch, mint_op, repair, summarize, write
+from .sequence_replicas import fetch, fetch_new, mint_op, repair, summarize, write
 from .wire import now_us
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ class Sequence:
             if len(held) < need:
                 raise QuorumError(f"read of sequence {self.key!r}: {len(held)} of {need} "
                                   "replicas answered", self.key, need, len(held), errors)
-            self._repair(held)
+            repair(self.quorum, held, self._entries)
             self._read_at = time.monotonic()
             return
         raise QuorumError(f"read of sequence {self.key!r}: the ring kept changing", self.key)
@@ -253,9 +253,13 @@ class Sequence:
         if digest == self._summary():
             held[node] = known
             return
-        try:
-            objs, _ = self.quorum.call(node, fetch, self.quorum, node, self.key)
-            held[node] = self._merge(objs, params)
+        try:   # knowing ops already, read its ids and then only the ops missing
+            if known:
+                objs, ids = self.quorum.call(node, fetch_new, self.quorum, node, self.key, known)
+                held[node] = ids | self._merge(objs, params)
+            else:
+                objs, _ = self.quorum.call(node, fetch, self.quorum, node, self.key)
+                held[node] = self._merge(objs, params)
         except (InvalidRecord, NodeError, TransportError) as exc:
             errors[node] = str(exc)
             log.warning("ignoring %s's ops of %r: %s", node, self.key[:100], exc)
@@ -292,9 +296,3 @@ class Sequence:
                 self._entries[entry.op.id] = entry
                 self._seq.apply(entry.op)
         return ids
-
-    def _repair(self, held: dict[str, set[bytes]]) -> None:
-        for node, ids in held.items():
-            missing = [e for i, e in self._entries.items() if i not in ids]
-            if missing:
-                repair(self.quorum, node, missing)

@@ -61,6 +61,13 @@ def ids_on(apps: dict, node: str, key: str = KEY) -> set[bytes]:
     return {obj["o"]["id"] for obj in held_ops(apps, node, key)}
 
 
+def settle(ring, apps: dict, count: int, key: str = KEY) -> None:
+    """Wait until every replica of ``key`` holds ``count`` ops (a write returns after ``w``
+    of them; the others may still be storing)."""
+    wait_for(lambda: all(len(ids_on(apps, n, key)) == count for n in ring.preference(key)),
+             10, what=f"{count} ops on every replica of {key!r}")
+
+
 # -- the kind -------------------------------------------------------------------------------------
 
 class TestTheKind:
@@ -181,6 +188,26 @@ class TestTheNode:
         assert got == {"count": 5, "summary": sequence.summary(e.op.id for e in ops)}
         empty = unpackb(client.get(ROUTE, query_string={"key": "none", "summary": "1"}).data)
         assert empty == {"count": 0, "summary": sequence.summary([])}
+
+    def test_ids_then_only_the_ops_missing(self, app):
+        client = app.test_client()
+        seq = HashSeq()
+        ops = [mint_op(KEY, seq.append(i), DEFAULTS["min_work"]) for i in range(5)]
+        client.post("/v1/records", data=packed_array([e.pack() for e in ops]),
+                    content_type=MSGPACK)
+        listed = unpackb(client.get(ROUTE, query_string={"key": KEY, "ids": "1"}).data)
+        assert listed["next"] is None
+        assert listed["ids"] == b"".join(sorted(e.op.id for e in ops))
+        page = unpackb(client.get(ROUTE, query_string={"key": KEY, "ids": "1", "limit": 2}).data)
+        assert len(page["ids"]) == 64 and page["next"] == page["ids"][32:].hex()
+        asked = {"k": KEY, "i": [ops[3].op.id, bytes(32)]}
+        got = unpackb(client.post(ROUTE + "/get", data=packb(asked),
+                                  content_type=MSGPACK).data)
+        assert got[0]["o"]["id"] == ops[3].op.id and got[1] is None
+        for bad in ({"k": KEY}, {"k": KEY, "i": [b"short"]}, {"k": "", "i": []}, [1],
+                    {"k": KEY, "i": "x"}):
+            answer = client.post(ROUTE + "/get", data=packb(bad), content_type=MSGPACK)
+            assert answer.status_code == 400, bad
 
     @pytest.mark.parametrize("query", [{}, {"key": ""}, {"key": KEY, "after": "zz"},
                                        {"key": KEY, "after": "ab"}, {"key": KEY, "limit": "0"},
@@ -328,6 +355,7 @@ class TestReplicas:
         seq = ring.sequence(KEY)
         for i in range(5):
             seq.append(i)
+        settle(ring, apps, 5)
         victim = ring.preference(KEY)[0]
         pos = position(KEY)
         assert ring.transport.delete_range(victim, pos, pos + 1) == 5
@@ -341,6 +369,7 @@ class TestReplicas:
         seq = ring.sequence(KEY)
         for i in range(6):
             seq.append(i)
+        settle(ring, apps, 6)
         victim = ring.preference(KEY)[2]
         pos = position(KEY)
         ring.transport.delete_range(victim, pos, pos + 1)
@@ -355,6 +384,7 @@ class TestReplicas:
             seq = ring.sequence(key)
             for i in range(3):
                 seq.append(i)
+            settle(ring, apps, 3, key)
         new = next(iter(node_apps(1, into=apps)))
         ring.join(new)
         gained = [k for k in keys if new in ring.preference(k)]
@@ -379,6 +409,19 @@ class TestReplicas:
             store().put_many([mint_op(KEY, forged, DEFAULTS["min_work"])], ring.params)
         assert forged.id in ids_on(apps, liar)
         assert ring.sequence(KEY).items() == ["true"]   # read from the two honest replicas
+
+    def test_a_reader_that_knows_ops_reads_only_the_new_ones(self, inprocess_cluster):
+        from sdht.sequence_replicas import fetch_new
+        ring, _ = inprocess_cluster(3)
+        writer = ring.sequence(KEY)
+        for i in range(5):
+            writer.append(i)
+        known = set(writer._entries)
+        writer.append(5)
+        node = ring.preference(KEY)[0]   # a write returns after w: this one may still store
+        objs, ids = wait_for(lambda: (lambda got: got if len(got[1]) == 6 else None)(
+            fetch_new(ring.quorum, node, KEY, known)), 10, what="the sixth op on the replica")
+        assert [o["o"]["item"] for o in objs] == [5] and known < ids
 
     def test_a_failed_write_stays_pending_and_goes_out_with_the_next(self, inprocess_cluster):
         ring, apps = inprocess_cluster(3)
