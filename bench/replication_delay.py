@@ -8,8 +8,8 @@ Starts its own 3 loopback nodes (n=3, r=w=2) twice, in the same run:
 
 In each, it writes at ``--rate`` writes per second for ``--healthy`` seconds with every node up
 (the delay is the client's: acknowledgement until the last replica acknowledged,
-``Ring.quorum.lag``), then pauses one node (SIGSTOP) for ``--outage`` seconds while writing on,
-resumes it and polls it until it holds every key written meanwhile: the delay after the outage
+``Ring.quorum.lag``), then pauses one node (SIGSTOP; with ``--kill``, kill -9 and a restart
+once it is over) for ``--outage`` seconds while writing on, resumes it and polls it until it holds every key written meanwhile: the delay after the outage
 is counted from the resume (when the replica could first take a copy) and, for reference, from
 each write's acknowledgement. Prints the machine, p50/p99/max of each, and the ratios.
 
@@ -51,18 +51,22 @@ class Cluster:
     """Three ``sdht-storage`` processes with the given environment, and a ring over them."""
 
     def __init__(self, base: Path, env: dict[str, str]) -> None:
-        self.base, self.procs, self.ids = base, [], []
+        self.base, self.env, self.procs, self.ids = base, env, [], []
         for _ in range(3):
-            port = free_port()
-            log = open(base / f"node-{port}.log", "ab")
-            proc = start_node(port, base / f"node-{port}", log, workers=2, cwd=ROOT,
-                              env={"PYTHONPATH": str(ROOT), **env})
-            self.procs.append(proc)
-            self.ids.append(f"127.0.0.1:{port}")
-            wait_healthy(proc, self.ids[-1], 60, log.name, interval=0.1)
+            self.procs.append(None)
+            self.ids.append(f"127.0.0.1:{free_port()}")
+            self.start(len(self.ids) - 1)
         self.ring = sdht.Ring([self.ids[0]], timeout=(1.0, 3.0))
         for node in self.ids:
             self.ring.join(node)
+
+    def start(self, i: int) -> None:
+        """Start node ``i`` (again) on its port and data, and wait until it answers."""
+        port = int(self.ids[i].rpartition(":")[2])
+        log = open(self.base / f"node-{port}.log", "ab")
+        self.procs[i] = start_node(port, self.base / f"node-{port}", log, workers=2, cwd=ROOT,
+                                   env={"PYTHONPATH": str(ROOT), **self.env})
+        wait_healthy(self.procs[i], self.ids[i], 60, log.name, interval=0.1)
 
     def stop(self) -> None:
         self.ring.close()
@@ -118,18 +122,24 @@ def run(name: str, env: dict[str, str], args: argparse.Namespace) -> dict[str, l
               f"{snap['p99_s'] * 1000:.1f} ms, max {snap['max_s'] * 1000:.1f} ms "
               f"({snap['writes']} writes, {snap['hinted']} hinted)", flush=True)
         out["healthy_p99"] = [snap["p99_s"]]
-        paused = cluster.procs[2]
-        os.killpg(paused.pid, signal.SIGSTOP)
-        try:
+        if args.kill:   # kill -9, and a restart once the outage is over
+            stop_group(cluster.procs[2], graceful=False)
             acked = write_for(ring, "outage-", args.outage, args.rate)
-        finally:
-            os.killpg(paused.pid, signal.SIGCONT)
+            cluster.start(2)
+        else:           # SIGSTOP, and SIGCONT once the outage is over
+            paused = cluster.procs[2]
+            os.killpg(paused.pid, signal.SIGSTOP)
+            try:
+                acked = write_for(ring, "outage-", args.outage, args.rate)
+            finally:
+                os.killpg(paused.pid, signal.SIGCONT)
         resumed = time.monotonic()
         seen = catch_up(ring, cluster.ids[2], acked, args.limit)
         missing = len(acked) - len(seen)
         out["from_resume"] = [max(0.0, t - max(resumed, acked[k])) for k, t in seen.items()]
         out["from_ack"] = [t - acked[k] for k, t in seen.items()]
-        print(f"[{name}] outage {args.outage:.0f} s, {len(acked)} writes meanwhile, "
+        print(f"[{name}] {'kill -9' if args.kill else 'SIGSTOP'} outage {args.outage:.0f} s, "
+              f"{len(acked)} writes meanwhile, "
               f"{missing} still missing after {args.limit:.0f} s", flush=True)
         print(f"[{name}]   from the resume: {figures(out['from_resume'])}", flush=True)
         print(f"[{name}]   from the ack:    {figures(out['from_ack'])}", flush=True)
@@ -148,6 +158,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=50.0, help="writes per second")
     parser.add_argument("--sync", type=float, default=10.0,
                         help="anti-entropy interval of the peer run, seconds")
+    parser.add_argument("--kill", action="store_true",
+                        help="kill -9 the node and restart it (default: SIGSTOP, SIGCONT)")
     parser.add_argument("--limit", type=float, default=120.0,
                         help="seconds to wait for the resumed node to catch up")
     args = parser.parse_args()
