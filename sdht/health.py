@@ -193,14 +193,19 @@ class NodeHealth:
 
     def learn(self, node: str, figures: Mapping[str, Any]) -> None:
         """Take what a node publishes about itself (its ``/v1/health``): its location."""
+        s = self._get(node)
+        s.looked = time.monotonic()
         loc = parse_location(figures.get("location"))
         if loc is not None:
-            self._get(node).location = loc
+            s.location = loc
 
     def figures_due(self, node: str) -> bool:
         """Whether to look at ``node``'s published figures now (at most every
-        :data:`FIGURES_EVERY` seconds); noted as looked at."""
+        :data:`FIGURES_EVERY` seconds, and not while it is suspect: a look must not wait on a
+        hung node); noted as looked at."""
         s, now = self._get(node), time.monotonic()
+        if self.is_suspect(node):
+            return False
         with self._lock:
             if now - s.looked < FIGURES_EVERY:
                 return False
