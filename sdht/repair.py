@@ -21,8 +21,8 @@ from .sync import LEAVES_PER_REQUEST, merge_ranges, start_nodes, sync_ranges
 from .transport import Transport
 from .wire import BATCH, MAX_TREE_RANGES, ref_position
 
-#: Hubs a whole-ring repair syncs at once: each keeps one request in flight to each side of
-#: its current sync, so this bounds the repair's requests in flight at twice as many.
+#: Hubs a whole-ring repair works on at once. Their requests share the transport's fan-out
+#: pool, whose size bounds the requests in flight (a hub asks all its peers at once first).
 REPAIR_PARALLEL = 8
 
 
@@ -32,7 +32,7 @@ class RepairReport:
 
     epoch: int = 0
     ranges: int = 0          # ring intervals covered
-    syncs: int = 0           # pairwise syncs run
+    syncs: int = 0           # hub-peer pairs compared (settled at once, or synced in full)
     hashes: int = 0
     differences: int = 0
     pushed: int = 0          # records some replica stored
@@ -125,10 +125,11 @@ def repair_view(transport: Transport, view: RingView, down: Iterable[str] = (),
     """Sync every interval of ``view`` between its live replicas, hub by hub (:func:`hub_plan`),
     ``parallel`` hubs at a time: one sync per hub and peer over all the ranges they share.
 
-    A hub syncs its peers one after another, gathering every replica's entries; the peers it
-    synced before the last one that brought it something new lack that, so it syncs them once
-    more. With no differences that is one sync per hub and peer, each one request to each side
-    when the trees agree: the cost grows with the differing ranges, not the replica sets.
+    A hub first asks itself once and each peer once whether they agree (:func:`_settled`);
+    it syncs the others one after another, gathering every replica's entries; the peers that
+    saw it before its last gain, and share a range where it gained, are synced once more. With
+    no differences that is about ``1 + peers`` requests per hub: the cost grows with the
+    ranges that differ, not with the replica sets.
     """
     began = time.monotonic()
     report = RepairReport(epoch=view.epoch)
