@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from sdht.errors import NodeError, SDHTError
+from sdht.errors import NodeError, SDHTError, WaitTimeout
 from sdht.inprocess import WSGITransport
 from sdht.kinds import name
 from sdht.nodeapi import MSGPACK
@@ -66,13 +66,26 @@ def write_all(ring, expected: dict) -> None:
     assert ring.quorum.hinter.flush(timeout=30), "hints still unsent after 30 s"
 
 
-def within(seconds: float, predicate, what: str) -> float:
-    """Poll ``predicate`` until true, and fail unless that took at most ``seconds``."""
+def within(seconds: float, predicate, what: str, state=lambda: "") -> float:
+    """Poll ``predicate`` until true, and fail unless that took at most ``seconds``; the
+    failure says what ``state()`` shows then (say, the hints still kept)."""
     began = time.monotonic()
-    wait_for(predicate, timeout=seconds + 10, what=what)
+    try:
+        wait_for(predicate, timeout=seconds + 10, what=what)
+    except WaitTimeout as exc:
+        raise AssertionError(f"{exc}; {state()}") from None
     took = time.monotonic() - began
-    assert took <= seconds, f"{what} took {took:.2f} s"
+    assert took <= seconds, f"{what} took {took:.2f} s; {state()}"
     return took
+
+
+def kept_for(ring, holders, target) -> str:
+    """What the holders keep for ``target``, and how much of :data:`KEYS` it holds."""
+    try:
+        held = sum(v is not None for v in values_on(ring, target.id, KEYS))
+    except SDHTError as exc:
+        held = f"unknown ({exc})"
+    return f"hints kept: {backlog(ring, holders, target.id)}, keys held: {held}"
 
 
 class TestHintedHandoff:
@@ -87,7 +100,7 @@ class TestHintedHandoff:
         finally:
             hung.signal(signal.SIGCONT)
         within(2.0, lambda: held_by_all(ring, [hung], expected), "the resumed replica to hold "
-               "every key")
+               "every key", lambda: kept_for(ring, live, hung))
         wait_for(lambda: backlog(ring, live, hung.id) == 0, what="hints deleted after delivery")
 
     def test_a_killed_replica_catches_up_after_its_restart(self, cluster, tmp_path):
@@ -107,7 +120,7 @@ class TestHintedHandoff:
             == len(KEYS)
         dead.restart()
         within(2.0, lambda: held_by_all(ring, [dead], expected), "the restarted replica to "
-               "hold every key")
+               "hold every key", lambda: kept_for(ring, live, dead))
 
     def test_hints_survive_their_holders_restart_and_never_regress(self, cluster):
         ring, nodes = cluster(3, timeout=(2.0, 5.0), env=NO_SYNC)
