@@ -12,13 +12,15 @@ its route and answer (:func:`classify`), and only the four kinds are kept; reads
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import time
 from typing import Any
 
 import msgpack
-from flask import Request, Response
+from flask import Request, Response, g
 
 FILE = "events.log"
 #: Size past which the log file is rotated (bytes): 256 KiB, ~1,500 events.
@@ -33,23 +35,41 @@ MAX_TEXT = 300
 KINDS = ("write", "sync", "membership", "error")
 
 
+#: Log files a process keeps open at once (one per data directory it serves; in-process
+#: clusters of tests hold several).
+MAX_OPEN = 8
+_open: dict[str, int] = {}      # path -> this process's O_APPEND descriptor of it
+_open_lock = threading.Lock()   # a thread must not write to a descriptor another one closes
+
+
 def append(data_dir: str, kind: str, text: str, max_bytes: int = MAX_BYTES) -> None:
     """Add one event (``kind`` is one of :data:`KINDS`) to the log in ``data_dir``."""
     line = json.dumps({"t": round(time.time(), 3), "kind": kind, "text": text[:MAX_TEXT],
                        "pid": os.getpid()}) + "\n"
     path = os.path.join(data_dir, FILE)
-    # O_APPEND: lines of several workers never overwrite each other.
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
+    with _open_lock:
+        fd = _open.get(path)
+        if fd is None:
+            fd = _open_fd(path)
+        # O_APPEND: lines of several workers never overwrite each other. The descriptor stays
+        # open (a write and an fstat an event, not four calls): it is closed once its file is
+        # full, or was rotated or removed under it, and the next event opens the file anew.
         os.write(fd, line.encode())
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    if size > max_bytes:
-        try:
+        st = os.fstat(fd)
+        if st.st_size <= max_bytes and st.st_nlink:
+            return
+        os.close(_open.pop(path))
+    with contextlib.suppress(FileNotFoundError):   # gone: another worker rotated it first
+        if st.st_nlink and os.stat(path).st_ino == st.st_ino:
             os.replace(path, path + ".1")
-        except FileNotFoundError:   # another worker rotated it first
-            pass
+
+
+def _open_fd(path: str) -> int:
+    if len(_open) >= MAX_OPEN:
+        os.close(_open.pop(next(iter(_open))))
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    _open[path] = fd
+    return fd
 
 
 def recent(data_dir: str, limit: int = 50) -> list[dict[str, Any]]:
@@ -92,22 +112,15 @@ def _tail(path: str, count: int) -> list[dict[str, Any]]:
     return out
 
 
-def record_key(data: bytes) -> str | None:
-    """The key of a packed record (its ``k`` field), read from the first bytes only; None
-    when it cannot be told cheaply."""
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=4096)
-    unpacker.feed(data[:4096])
-    try:
-        for _ in range(min(unpacker.read_map_header(), 8)):
-            field = unpacker.unpack()
-            if field == "k":
-                key = unpacker.unpack()
-                return key if isinstance(key, str) else None
-            unpacker.skip()
-    except (ValueError, msgpack.OutOfData, msgpack.ExtraData, TypeError,
-            msgpack.FormatError, msgpack.StackError):
-        return None
-    return None
+def note_key(key: str | None) -> None:
+    """Name the key the current request writes, for its event (the route that decoded the
+    entry knows it; a request refused before that is logged as an error, without its key)."""
+    g.sdht_written_key = key if isinstance(key, str) else None
+
+
+def noted_key() -> str | None:
+    """The key :func:`note_key` named in the current request, or None."""
+    return g.get("sdht_written_key")
 
 
 def _json(response: Response) -> dict[str, Any]:

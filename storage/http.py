@@ -103,14 +103,21 @@ def params(view: RingView | None = None) -> dict[str, Any]:
     return {**cluster_params.DEFAULTS, **current_app.config["PARAMS"]}
 
 
-def _stamp_epoch(response: Response) -> Response:
+def stamp_headers() -> list[tuple[str, str]]:
+    """The headers every answer of the node carries: the epoch of its ring, and its id."""
     try:
         view = ring_view()
     except Exception:  # a broken store must not turn every answer into a 500
         view = None
-    response.headers[EPOCH_HEADER] = str(view.epoch if view else 0)
+    out = [(EPOCH_HEADER, str(view.epoch if view else 0))]
     if current_app.config["NODE_ID"]:
-        response.headers[NODE_HEADER] = current_app.config["NODE_ID"]
+        out.append((NODE_HEADER, current_app.config["NODE_ID"]))
+    return out
+
+
+def _stamp_epoch(response: Response) -> Response:
+    for name, value in stamp_headers():
+        response.headers[name] = value
     return response
 
 
@@ -121,9 +128,9 @@ def msgpack_response(body: bytes, status: int = 200) -> Response:
     return Response(body, status=status, mimetype=MSGPACK)
 
 
-def body(items: bool = False) -> Any:
+def body(items: bool = False, with_bytes: bool = False) -> Any:
     """Decode the request body as strict msgpack (with ``items``: an array, each item with its
-    own bytes, see :func:`sdht.wire.unpack_items`).
+    own bytes, see :func:`sdht.wire.unpack_items`; with ``with_bytes``: ``(decoded, body)``).
 
     :raises ApiError: 400 for an empty or malformed body.
     """
@@ -131,9 +138,10 @@ def body(items: bool = False) -> Any:
     if not data:
         raise ApiError(400, "empty_body", "the request needs a msgpack body")
     try:
-        return unpack_items(data) if items else unpackb(data)
+        decoded = unpack_items(data) if items else unpackb(data)
     except InvalidRecord as exc:
         raise ApiError(400, "malformed_body", str(exc)) from None
+    return (decoded, data) if with_bytes else decoded
 
 
 def batch(obj: Any, what: str) -> list:

@@ -6,6 +6,7 @@ shape, sizes, work and clock), then the store applies the kind's accept rule.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Callable
@@ -19,7 +20,7 @@ from sdht.errors import ConfigError
 from sdht.ring import RingView
 from sdht.wire import SAME, SIGNER_HEADER, STORED, packb, packed_array
 
-from . import metrics
+from . import eventlog, metrics
 from .auth import check_ring, keys, mode, require_authority
 from .http import (ApiError, admit, batch, body, check_key, int_arg, msgpack_response, params,
                    range_args, ring_view, store)
@@ -119,20 +120,29 @@ def _may_write(entries: list[kinds.Entry], signer: str | None) -> None:
                        "migration or a member (docs/security.md)")
 
 
+#: The fixed answers of a single write, encoded once (jsonify costs more than the commit's
+#: bookkeeping): ``{"status": ...}`` and its HTTP status.
+_PUT_ANSWERS = {status: (json.dumps({"status": status}).encode() + b"\n", code)
+                for status, code in ((STORED, 201), (SAME, 200))}
+
+
 @bp.put("/record")
-def put_record() -> tuple[Response, int]:
+def put_record() -> Response | tuple[Response, int]:
     """Write one entry under its kind's accept rule: 201 stored, 200 same, 409 when the node
     holds an entry the order puts above it (with what the kind tells about it)."""
     p = params()
     signer = _signer()
-    entry = admit(body(), p)
+    obj, raw = body(with_bytes=True)
+    # raw: the entry is stored as the bytes it arrived in (they decode to it), not re-encoded,
+    # as a batch write's entries are.
+    entry = admit(obj, p, raw)
+    eventlog.note_key(getattr(entry, "key", None))
     _may_write([entry], signer)
     result = store().put_many([entry], p)[0]
     metrics.current().count_writes([result])
-    if result.status == STORED:
-        return jsonify({"status": STORED}), 201
-    if result.status == SAME:
-        return jsonify({"status": SAME}), 200
+    answer = _PUT_ANSWERS.get(result.status)
+    if answer is not None:
+        return Response(answer[0], status=answer[1], mimetype="application/json")
     told = kinds.kind_of(entry.TAG).describe(result.held, p)
     told["digest"] = told["digest"].hex()   # JSON: the digest as hex
     return jsonify({"error": "superseded", "message": "a version of higher priority is stored",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import (Blueprint, Flask, Response, current_app, g, jsonify, render_template,
+from flask import (Blueprint, Flask, Response, current_app, jsonify, render_template,
                    request)
 
 from sdht.client import Ring
@@ -60,20 +60,13 @@ def _answer(ring: Ring, key: str, **extra: Any) -> Response:
                     else 0, **extra})
 
 
-@ui.before_app_request
-def _peek_written_key() -> None:
-    """Note the key of a single-record write for the log (read from the body's first bytes;
-    the body is cached, so the route reads it again at no cost)."""
-    if request.method == "PUT" and request.path == "/v1/record":
-        g.written_key = eventlog.record_key(request.get_data(cache=True))
-
-
 @ui.after_app_request
 def _log_event(response: Response) -> Response:
     """Keep the request in the node's log when it is a write, sync, membership change or
     error (:func:`storage.eventlog.classify`)."""
     try:
-        event = eventlog.classify(request, response, g.get("written_key"))
+        # The key of a single-record write, as its route noted it (eventlog.note_key).
+        event = eventlog.classify(request, response, eventlog.noted_key())
         if event is not None:
             eventlog.append(current_app.config["DATA_DIR"], *event)
     except OSError:   # the log is for people; a full disk must not fail the request
