@@ -43,6 +43,8 @@ NOT_ERRORS = frozenset({404, 409})
 WRITE_ENDPOINTS = frozenset({"v1.put_record", "v1.put_records"})
 #: The record routes, where the test-only faults apply (joins and rings stay unaffected).
 DATA_ROUTES = frozenset({"/v1/record", "/v1/records", "/v1/records/get"})
+#: Label sets of the request metrics whose children a process keeps at hand.
+MAX_CACHED_LABELS = 1024
 #: Buckets of the replication delay histograms, in seconds (the target: p99 under 2 s).
 DELAY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0,
                  1800.0, float("inf"))
@@ -81,6 +83,20 @@ class Metrics:
                                        "arrival until its target acknowledged it (replication "
                                        "delay after an outage).", buckets=DELAY_BUCKETS,
                                        registry=reg)
+        # The request counter's and histogram's children by labels: labels() takes a lock
+        # and builds a key each call, which is most of counting a request.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+
+    def observe_request(self, rule: str, method: str, status: str, seconds: float) -> None:
+        """Count one answered request and its time under ``(rule, method, status)``."""
+        labels = (rule, method, status)
+        children = self._children.get(labels)
+        if children is None:
+            children = (self.requests.labels(*labels), self.latency.labels(*labels))
+            if len(self._children) < MAX_CACHED_LABELS:  # clients choose methods: bounded
+                self._children[labels] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -246,9 +262,8 @@ def _observe(response: Response) -> Response:
         return response
     metrics = current()
     rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    labels = (rule, request.method, str(response.status_code))
-    metrics.requests.labels(*labels).inc()
-    metrics.latency.labels(*labels).observe(time.perf_counter() - began)
+    metrics.observe_request(rule, request.method, str(response.status_code),
+                            time.perf_counter() - began)
     if (request.endpoint in WRITE_ENDPOINTS and 400 <= response.status_code < 500
             and response.status_code not in NOT_ERRORS):
         metrics.writes.labels("invalid").inc()
