@@ -23,6 +23,9 @@ from sdht.wire import EPOCH_HEADER, NODE_HEADER
 from storage.config import DEFAULT_CONFIG
 from storage.limits import BUFFER_BYTES, CLOSE, LINGER, RECV_BYTES, Incoming, Refused
 
+#: Seconds between a worker's heartbeats to the arbiter (far below the 60 s ``--timeout``).
+HEARTBEAT = 1.0
+
 # -- settings -------------------------------------------------------------------------------------
 
 #: The worker below: gunicorn's threads, handed whole requests only.
@@ -90,6 +93,15 @@ class Worker(ThreadWorker):
         self._held = 0                          # bytes in the buffers of self._arriving
         self._swept = 0.0
         self._limits: tuple[int, float] | None = None
+
+    def notify(self) -> None:
+        """Tell the arbiter this worker is alive, at most every :data:`HEARTBEAT` seconds:
+        gthread calls it at every turn of its event loop, a syscall on the heartbeat file for
+        every request, where the arbiter only needs one within ``--timeout`` (60 s)."""
+        now = time.monotonic()
+        if now - getattr(self, "_beat", -HEARTBEAT) >= HEARTBEAT:
+            self._beat = now
+            super().notify()
 
     def limits(self) -> tuple[int, float]:
         """``(MAX_BODY_BYTES, READ_TIMEOUT)`` of the app this worker serves."""
