@@ -8,17 +8,34 @@ page of :mod:`storage.web`. Nothing opens files or sockets at import.
 from __future__ import annotations
 
 import time
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from flask import Flask
 
 from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and tools)
 
-from . import (auth, gateway, hint_routes, http, limits, metrics, names_routes, routes,
-               sequence_gateway, sequence_routes, sync_routes, web)
+from . import (auth, fastpath, gateway, hint_routes, http, limits, metrics, names_routes,
+               routes, sequence_gateway, sequence_routes, sync_routes, web)
 from . import shards, viewchange
 from .config import load_config
 from .store import Store
+
+
+class NodeFlask(Flask):
+    """Flask, remembering which views and hooks need wrapping for WSGI: Flask inspects each of
+    them on every call (``ensure_sync``: is it a coroutine?), nine times a request here."""
+
+    #: Callables whose answer is remembered (views, hooks and handlers: a few dozen).
+    MAX_REMEMBERED = 256
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        remembered = self.__dict__.setdefault("_sdht_sync", {})
+        sync = remembered.get(func)
+        if sync is None:
+            sync = super().ensure_sync(func)
+            if len(remembered) < self.MAX_REMEMBERED:
+                remembered[func] = sync
+        return sync
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -28,7 +45,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     :raises ConfigError: when the settings are invalid or the data directory holds another
         sdht data layout.
     """
-    app = Flask(__name__)
+    app = NodeFlask(__name__)
     settings = load_config(config)
     app.config.update(settings)
     app.config["MAX_CONTENT_LENGTH"] = settings["MAX_BODY_BYTES"]
@@ -51,5 +68,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits
     shards.init_app(app)   # /kv-store/key-count and the seed's shards
     viewchange.init_app(app)  # PUT /kv-store/view-change
+    fastpath.init_app(app)  # GET /v1/record of a held key without Flask's dispatch
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced
     return app

@@ -58,8 +58,14 @@ def mode() -> str:
     return DEV_MODE if keys().development else "signed rings"
 
 
+def serves(remote_addr: str) -> bool:
+    """Whether this node serves a client at ``remote_addr`` at all (in development mode:
+    loopback clients only)."""
+    return not keys().development or is_loopback(remote_addr)
+
+
 def _loopback_only() -> None:
-    if not is_loopback(request.remote_addr or ""):
+    if not serves(request.remote_addr or ""):
         raise ApiError(403, "development_mode", f"this node is in {DEV_MODE}: it serves "
                        "loopback clients only (start it with SDHT_OPERATOR_PUBKEY and "
                        "SDHT_NODE_KEY to serve others)")
