@@ -208,6 +208,22 @@ class _StoreCollector:
                                                                  "started.")):
             yield GaugeMetricFamily(name, doc, value=float(self.stats.get(key) or 0))
         # Anti-entropy keeps its counts in the store (per node already): exported as counters.
+        # Replication backlog (issue 15): hints kept per target, and the oldest one's age.
+        pending = GaugeMetricFamily("sdht_hints_pending", "Hints this node keeps for another "
+                                    "replica, by target.", labels=["target"])
+        oldest = GaugeMetricFamily("sdht_hints_oldest_seconds", "Age of the oldest hint kept "
+                                   "for a target.", labels=["target"])
+        for target, backlog in sorted((self.stats.get("hints") or {}).items()):
+            pending.add_metric([target], backlog.count)
+            oldest.add_metric([target], backlog.oldest_age)
+        yield pending
+        yield oldest
+        if self.stats.get("location"):
+            info = GaugeMetricFamily("sdht_node_location", "The node's configured location "
+                                     "(SDHT_LOCATION), as a label; always 1.",
+                                     labels=["location"])
+            info.add_metric([str(self.stats["location"])], 1.0)
+            yield info
         for name, key, doc in (("sdht_sync_rounds", "sync_rounds", "Anti-entropy rounds "
                                 "reported to this node."),
                                ("sdht_sync_differences", "sync_differences", "Differing keys "
@@ -273,6 +289,7 @@ def _observe(response: Response) -> Response:
 def _metrics_route() -> Response:
     view = ring_view()
     stats = {**store().stats(), "epoch": view.epoch if view else 0, "names": names_held(),
-             "uptime": time.time() - current_app.config["STARTED"]}
+             "uptime": time.time() - current_app.config["STARTED"],
+             "hints": node_hints().backlog(), "location": current_app.config["LOCATION"]}
     return Response(current().exposition(stats), mimetype=None,
                     content_type=CONTENT_TYPE_LATEST)

@@ -111,6 +111,12 @@ class TestHintedHandoff:
         write_all(ring, expected)
         assert backlog(ring, live, dead.id) == len(KEYS)
         assert ring.quorum.lag.snapshot()["hinted"] == len(KEYS)   # the client's view
+        # The holders publish their backlog in health and /metrics (the heartbeat figures).
+        health = [ring.transport.health(n.id) for n in live]
+        assert sum(h["hints"][dead.id]["count"] for h in health) == len(KEYS)
+        assert all(h["hints"][dead.id]["oldest_age"] > 0 for h in health)
+        scraped = ring.transport.request(live[0].id, "GET", "/metrics").body
+        assert f'sdht_hints_pending{{target="{dead.id}"}}' in scraped
         took, proc = sdht_cli(tmp_path, "--seeds", ",".join(n.id for n in nodes), "status",
                               "--lag")
         assert proc.returncode == 0, proc.stderr
@@ -121,6 +127,10 @@ class TestHintedHandoff:
         dead.restart()
         within(2.0, lambda: held_by_all(ring, [dead], expected), "the restarted replica to "
                "hold every key", lambda: kept_for(ring, live, dead))
+        wait_for(lambda: sum(ring.transport.health(n.id)["hints_delivered"] for n in live)
+                 == len(KEYS), what="the holders to count every hint delivered")
+        health = [ring.transport.health(n.id) for n in live]
+        assert all(h["replication_delay_p99_s"] > 0 for h in health if h["hints_delivered"])
 
     def test_hints_survive_their_holders_restart_and_never_regress(self, cluster):
         ring, nodes = cluster(3, timeout=(2.0, 5.0), env=NO_SYNC)
