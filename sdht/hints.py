@@ -14,9 +14,11 @@ asynchronous and batched per holder and target in one background thread; the que
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
+import weakref
 from concurrent.futures import Future
 from typing import Callable, Mapping
 
@@ -35,6 +37,19 @@ MAX_QUEUED = 100_000
 IDLE_EXIT = 2.0
 #: Seconds between looks at writes still outstanding.
 TICK = 0.05
+#: Seconds a process exiting waits for its clients' hints to be sent (a short script's writes
+#: are hinted too); what is left is repaired by anti-entropy.
+EXIT_FLUSH = 2.0
+
+#: Every client's hinter with hints still to send, flushed at exit (weakly held).
+_LIVE: "weakref.WeakSet[Hinter]" = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_FLUSH
+    for hinter in list(_LIVE):
+        hinter.flush(max(0.0, deadline - time.monotonic()))
 
 
 class Hinter:
@@ -114,6 +129,7 @@ class Hinter:
 
     def _wake(self) -> None:
         """Start the thread if it ended (the caller holds the lock)."""
+        _LIVE.add(self)
         self._cond.notify_all()
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="sdht-hints", daemon=True)
@@ -146,8 +162,8 @@ class Hinter:
         for item in self._watched:
             due, fut, target, rec, holders = item
             if fut.done():
-                if fut.exception() is None:
-                    continue
+                if not fut.cancelled() and fut.exception() is None:
+                    continue   # the replica took it
             elif now < due:
                 keep.append(item)
                 continue

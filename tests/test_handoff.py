@@ -3,7 +3,10 @@ leave hints on the replicas that took them, and reach the missing one within 2 s
 with background anti-entropy off so that only the hints can explain it."""
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -20,7 +23,7 @@ from storage.handoff import Replayer
 from storage.hints import Hints
 from storage.store import Store
 
-from conftest import wait_for
+from conftest import ROOT, wait_for
 from test_health import sdht_cli
 
 #: Anti-entropy off: only hints can bring a replica back in step.
@@ -117,18 +120,23 @@ class TestHintedHandoff:
         assert all(h["hints"][dead.id]["oldest_age"] > 0 for h in health)
         scraped = ring.transport.request(live[0].id, "GET", "/metrics").body
         assert f'sdht_hints_pending{{target="{dead.id}"}}' in scraped
+        # A short script that writes and exits at once still leaves its hint (flushed at exit).
+        script = f"import sdht; sdht.Ring([{live[0].id!r}]).set('script', 1)"
+        subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert backlog(ring, live, dead.id) == len(KEYS) + 1
         took, proc = sdht_cli(tmp_path, "--seeds", ",".join(n.id for n in nodes), "status",
                               "--lag")
         assert proc.returncode == 0, proc.stderr
         lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:]}
         assert lines[dead.id].split()[1] == "down"
         assert sum(int(lines[n.id].split(f"{dead.id}: ")[1].split(",")[0]) for n in live) \
-            == len(KEYS)
+            == len(KEYS) + 1
         dead.restart()
         within(2.0, lambda: held_by_all(ring, [dead], expected), "the restarted replica to "
                "hold every key", lambda: kept_for(ring, live, dead))
         wait_for(lambda: sum(ring.transport.health(n.id)["hints_delivered"] for n in live)
-                 == len(KEYS), what="the holders to count every hint delivered")
+                 == len(KEYS) + 1, what="the holders to count every hint delivered")
         health = [ring.transport.health(n.id) for n in live]
         assert all(h["replication_delay_p99_s"] > 0 for h in health if h["hints_delivered"])
 
