@@ -12,7 +12,9 @@ Everything else goes to Flask unchanged, which answers it as before (its error b
 event log): another route or method, a request the limits refused, a query it does not read
 as a plain ``key=``, a key that fails its check or is not held, a client the node does not
 serve (:func:`storage.auth.serves`), a node with the test-only faults on. A read changes
-nothing, so handing it over after a look costs only the look.
+nothing, so handing it over after a look costs only the look. A hook that Flask runs on every
+answer must be mirrored here: tests/test_fastpath.py compares both answers byte for byte, so
+such a hook shows there first.
 """
 from __future__ import annotations
 
