@@ -76,7 +76,11 @@ class Hints:
     def __init__(self, env: lmdb.Environment, max_bytes: int = DEFAULT_MAX_BYTES,
                  max_age: float = DEFAULT_MAX_AGE) -> None:
         self.env = env
-        self.db = env.open_db(b"hints")
+        # In a write transaction begun first: open_db() alone waits for LMDB's write lock
+        # holding the GIL, and a thread holding that lock (a write in progress) needs the GIL
+        # to finish it: the worker would hang. begin() waits without the GIL.
+        with env.begin(write=True) as txn:
+            self.db = env.open_db(b"hints", txn=txn)
         self.max_bytes, self.max_age = max_bytes, max_age
 
     # -- keeping ----------------------------------------------------------------------------
