@@ -63,12 +63,13 @@ def cluster_status(handle: RingHandle) -> dict[str, Any]:
     if view is None:
         return {"epoch": 0, "agree": True, "nodes": []}
     share = shares(view)
-    probe = Transport(PROBE_TIMEOUT, handle.transport.keys, max_parallel=16)
+    probe = _prober(handle)
     try:
         futures = {m.id: probe.submit(probe.health, m.id) for m in view.members}
         nodes = _entries(view, share, futures)
     finally:
-        probe.close()
+        if probe is not handle.transport:
+            probe.close()
     newest = max([view.epoch, *(n["epoch"] or 0 for n in nodes)])
     for entry in nodes:
         entry["agrees"] = entry["up"] and entry["epoch"] == newest
@@ -103,7 +104,7 @@ def screen(handle: RingHandle, health: NodeHealth, nodes: Iterable[str] = ()) ->
     """
     known = [m.id for m in handle.view.members] if handle.view else []
     asked = list(dict.fromkeys(nodes or [*handle.seeds, *known]))
-    probe = Transport(PROBE_TIMEOUT, handle.transport.keys, max_parallel=16)
+    probe = _prober(handle)
     silent = []
     try:
         futures = {n: probe.submit(probe.health, n) for n in asked}
@@ -115,8 +116,17 @@ def screen(handle: RingHandle, health: NodeHealth, nodes: Iterable[str] = ()) ->
                 health.failed(node)
                 silent.append(node)
     finally:
-        probe.close()
+        if probe is not handle.transport:
+            probe.close()
     return silent
+
+
+def _prober(handle: RingHandle) -> Transport:
+    """The transport health probes go through: HTTP with :data:`PROBE_TIMEOUT` when the
+    handle's is plain HTTP; an injected one (in-process nodes, a custom pool) as it is."""
+    if type(handle.transport) is Transport:
+        return Transport(PROBE_TIMEOUT, handle.transport.keys, max_parallel=16)
+    return handle.transport
 
 
 def screen_ring(handle: RingHandle, health: NodeHealth) -> list[str]:
