@@ -181,7 +181,6 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
-import sdht  # noqa: E402
 from conftest import wait_for  # noqa: E402
 from sdht.errors import QuorumError, SDHTError  # noqa: E402
 

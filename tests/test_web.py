@@ -24,7 +24,7 @@ import pytest
 import requests
 
 import sdht
-from sdht.cli.localcluster import stop_group
+from sdht.cli.processes import stop_group
 
 from conftest import free_port, wait_for
 

@@ -25,9 +25,8 @@ from .. import trust
 from ..errors import ClusterError, ConfigError
 from . import demonode
 from .demonode import NodeRecord, write_secret
-# stop_group lives in .processes; it stays importable from here (tests/test_web.py uses it).
-from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health,  # noqa: F401
-                        free_port, port_free, stop_group, wait_for)
+from .processes import (STOP_DEADLINE, ProcessExited, WaitTimeout, answers_health, free_port,
+                        port_free, wait_for)
 
 STATE_FILE = "cluster.json"
 LOCK_FILE = "cluster.lock"
