@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import machine, percentile  # noqa: E402  bench/bench.py, beside this
 from sdht.cli import processes  # noqa: E402
-from sdht.cli.processes import free_port, stop_group  # noqa: E402
+from sdht.cli.processes import free_port, group_stats, stop_group  # noqa: E402
 from sdht.pow import mint  # noqa: E402
 from sdht.ring import Member, RingView  # noqa: E402
 from sdht.transport import Transport  # noqa: E402
@@ -79,16 +79,7 @@ class Node:
 
 def _group_cpu(pgid: int) -> float:
     """utime + stime of every live process in group ``pgid``, from /proc (seconds)."""
-    ticks = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid:   # fields after the name: state, ppid, pgrp, ...
-            ticks += int(fields[11]) + int(fields[12])
+    ticks = sum(int(fields[11]) + int(fields[12]) for fields in group_stats(pgid))
     return ticks / os.sysconf("SC_CLK_TCK")
 
 

@@ -261,6 +261,18 @@ def keyed_cluster(node_apps, operator) -> Iterator[Callable[..., tuple]]:
     yield from joined_rings(node_apps, operator)
 
 
+# -- curl, as a user types it ------------------------------------------------------------------
+
+def curl(*args: str, timeout: float = 120) -> tuple[int, dict]:
+    """Run curl as a user would (``curl -s ARGS``); return the status and the JSON answer."""
+    import json
+    import subprocess
+    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
+                          text=True, timeout=timeout, check=True)
+    body, _, status = done.stdout.rpartition("\n")
+    return int(status), json.loads(body)
+
+
 # -- the run's summary: skipped tests are named, with what installs what they need -------------
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:

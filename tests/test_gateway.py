@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import time
 import urllib.parse
 
@@ -17,7 +16,7 @@ import sdht
 from sdht import session as cs
 from sdht.pow import mint
 
-from conftest import NodeProcess, wait_for
+from conftest import NodeProcess, curl, wait_for
 
 CTX = "causal-context"
 
@@ -330,13 +329,6 @@ class TestCausal:
         one = call(b, "PUT", "i2", one, value=3)[1][CTX]   # writes follow reads
         assert call(c, "GET", "i2", two, r=1)[1]["value"] == 3
 
-
-def curl(*args: str) -> tuple[int, dict]:
-    """Run curl as a user would; return the status and the JSON answer."""
-    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
-                          text=True, timeout=20, check=True)
-    body, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(body)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import ROOT, NodeProcess, free_port, wait_for
+from conftest import ROOT, NodeProcess, curl, free_port, wait_for
 from sdht.cli import processes
 
 CTX = "causal-context"
@@ -294,13 +294,6 @@ class TestViewChange:
                 status, out = call(node, "GET", f"keys/{key}", {}, )
                 assert (status, out.get("value")) == (200, value), (node.id, key, out)
 
-
-def curl(*args: str) -> tuple[int, dict]:
-    """Run curl as a user would; return the status and the JSON answer."""
-    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
-                          text=True, timeout=120, check=True)
-    body, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(body)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import json
 import shutil
-import subprocess
 import threading
 
 import pytest
@@ -25,7 +24,7 @@ from sdht.ring import position
 from sdht.sequence_replicas import ROUTE, mint_op
 from sdht.wire import MSGPACK, now_us, packb, packed_array, unpackb
 
-from conftest import wait_for
+from conftest import curl, wait_for
 
 KEY = "timeline:test"
 
@@ -540,13 +539,6 @@ class TestTheGateway:
             assert json.dumps(stored, sort_keys=True) == json.dumps(json.loads(body),
                                                                     sort_keys=True)
 
-
-def curl(*args: str) -> tuple[int, dict]:
-    """Run curl as a user would; return the status and the JSON answer."""
-    done = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
-                          text=True, timeout=30, check=True)
-    body, _, status = done.stdout.rpartition("\n")
-    return int(status), json.loads(body)
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Callable, Mapping, Sequence, TypeVar
+from typing import IO, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import requests
 
@@ -187,15 +187,12 @@ def wait_healthy(proc: subprocess.Popen, node: str, timeout: float = 30.0,
     wait_ready(proc, lambda: answers_health(node), timeout, f"node {node}", log, interval)
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any non-zombie process remains in process group ``pgid``."""
+def group_stats(pgid: int) -> Iterator[list[str]]:
+    """The ``/proc/PID/stat`` fields after the command name (state, ppid, pgrp, ...) of each
+    process in group ``pgid`` (none where there is no ``/proc``)."""
     proc = Path("/proc")
     if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+        return
     for entry in proc.iterdir():
         if not entry.name.isdigit():
             continue
@@ -203,9 +200,19 @@ def group_alive(pgid: int) -> bool:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
+        if int(fields[2]) == pgid:
+            yield fields
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process remains in process group ``pgid``."""
+    if not Path("/proc").is_dir():
+        try:
+            os.killpg(pgid, 0)
             return True
-    return False
+        except ProcessLookupError:
+            return False
+    return any(fields[0] != "Z" for fields in group_stats(pgid))
 
 
 def signal_group(pgid: int, sig: int) -> None:
