@@ -141,6 +141,17 @@ class TestTheKind:
 
 # -- the node -------------------------------------------------------------------------------------
 
+
+def store_appends(client, count: int) -> list:
+    """Append ``count`` items to a fresh sequence under KEY and write its ops to the node of
+    ``client`` (a test client) in one batch; return the ops."""
+    seq = HashSeq()
+    ops = [mint_op(KEY, seq.append(i), DEFAULTS["min_work"]) for i in range(count)]
+    client.post("/v1/records", data=packed_array([e.pack() for e in ops]),
+                content_type=MSGPACK)
+    return ops
+
+
 class TestTheNode:
     def test_hostile_ops_are_answered_4xx_and_nothing_is_stored(self, app):
         client = app.test_client()
@@ -179,10 +190,7 @@ class TestTheNode:
 
     def test_the_summary_is_the_digest_of_the_ids_held(self, app):
         client = app.test_client()
-        seq = HashSeq()
-        ops = [mint_op(KEY, seq.append(i), DEFAULTS["min_work"]) for i in range(5)]
-        client.post("/v1/records", data=packed_array([e.pack() for e in ops]),
-                    content_type=MSGPACK)
+        ops = store_appends(client, 5)
         got = unpackb(client.get(ROUTE, query_string={"key": KEY, "summary": "1"}).data)
         assert got == {"count": 5, "summary": sequence.summary(e.op.id for e in ops)}
         empty = unpackb(client.get(ROUTE, query_string={"key": "none", "summary": "1"}).data)
@@ -190,10 +198,7 @@ class TestTheNode:
 
     def test_ids_then_only_the_ops_missing(self, app):
         client = app.test_client()
-        seq = HashSeq()
-        ops = [mint_op(KEY, seq.append(i), DEFAULTS["min_work"]) for i in range(5)]
-        client.post("/v1/records", data=packed_array([e.pack() for e in ops]),
-                    content_type=MSGPACK)
+        ops = store_appends(client, 5)
         listed = unpackb(client.get(ROUTE, query_string={"key": KEY, "ids": "1"}).data)
         assert listed["next"] is None
         assert listed["ids"] == b"".join(sorted(e.op.id for e in ops))
