@@ -16,7 +16,10 @@ It prints one table per point:
    (sdht/ring.py, sdht/trust.py, sdht/repair.py's spread);
 5. failures: keys with 0, 1, 2 live copies after f simultaneous losses, against the
    hypergeometric expectation;
-6. whole-ring repair of a simulated ring (sdht/repair.py) with k differing keys.
+6. whole-ring repair of a simulated ring (sdht/repair.py) with k differing keys;
+7. routing by score and hints at scale: the failures a client pays and the share a slow node
+   keeps (sdht/health.py), the hints f dead nodes leave and their spread over holders, kept in
+   a real hints store (storage/hints.py) (``bench/simroute.py``).
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from sdht.migration import plan_transfers  # noqa: E402
 from sdht.ring import JOINING, LEAVING, NORMAL, Member, Placement, RingView, intervals  # noqa: E402
 from sdht.trust import Keys, new_private_key, node_private_key, public_of  # noqa: E402
 from simnet import Keyset  # noqa: E402
+from simroute import hints, routing  # noqa: E402
 from simsync import anti_entropy, node_id, repair  # noqa: E402
 
 SIZES = {  # what --quick shrinks, and the full run
@@ -46,14 +50,16 @@ SIZES = {  # what --quick shrinks, and the full run
               "tokens": [16, 128, 512], "churn_nodes": 100, "churn": 5,
               "ae_sizes": [10_000, 100_000], "ae_k": [1, 10, 100, 1000], "depths": [3, 5],
               "ring_nodes": 1000, "fail_nodes": 200, "fail_trials": 3,
-              "repair": [(24, 30_000)], "repair_k": [0, 100]},
+              "repair": [(24, 30_000)], "repair_k": [0, 100],
+              "route_nodes": 200, "reads": 20_000, "writes": 20_000},
     "full": {"keys": 10_000_000, "balance_nodes": [100, 1000, 5000], "token_nodes": 1000,
              "tokens": [16, 32, 64, 128, 256, 512], "churn_nodes": 1000, "churn": 100,
              "ae_sizes": [10_000, 100_000, 1_000_000, 10_000_000],
              "ae_k": [1, 10, 100, 1000, 10_000], "depths": [3, 5],
              "ring_nodes": 1000, "fail_nodes": 1000, "fail_trials": 20,
              "repair": [(24, 300_000), (100, 1_000_000), (1000, 1_000_000)],
-             "repair_k": [0, 100, 10_000]},
+             "repair_k": [0, 100, 10_000],
+             "route_nodes": 1000, "reads": 200_000, "writes": 1_000_000},
 }
 
 
@@ -279,6 +285,15 @@ def run(size: dict[str, Any], sections: set[int], rtt: float, parallel: int) -> 
         out["repair"] = rows
         table(f"6. whole-ring repair (sdht.repair.repair_view, {parallel} hubs at once; "
               f"modeled with {rtt * 1e3:g} ms per request round trip)", rows)
+    if 7 in sections:
+        pl = Placement(members(size["route_nodes"], tokens), n)
+        out["routing"] = [routing(pl, params, size["reads"], d, s)
+                          for d, s in ((0, 0), (1, 0), (10, 0), (0, 10))]
+        table(f"7. reads routed by score at {size['route_nodes']} nodes, r=1 (dead nodes "
+              "fail at once, slow ones take 20 ms)", out["routing"])
+        out["hints"] = [hints(pl, params, size["writes"], d) for d in (1, 2, 10)]
+        table(f"   hints left by {size['writes']:,} writes with f dead nodes, n={n} "
+              f"w={params['w']}", out["hints"])
     out["seconds"] = round(time.monotonic() - began, 1)
     return out
 
@@ -294,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     ap.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
     ap.add_argument("--keys", type=int, help="keys for points 1, 2 and 5")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="points to run, e.g. 1,3")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7", help="points to run, e.g. 1,3")
     ap.add_argument("--rtt", type=float, default=0.001,
                     help="seconds per request round trip in point 6's model")
     ap.add_argument("--parallel", type=int, default=8, help="hubs a repair syncs at once")

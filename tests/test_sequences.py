@@ -141,7 +141,6 @@ class TestTheKind:
 
 # -- the node -------------------------------------------------------------------------------------
 
-
 def store_appends(client, count: int) -> list:
     """Append ``count`` items to a fresh sequence under KEY and write its ops to the node of
     ``client`` (a test client) in one batch; return the ops."""

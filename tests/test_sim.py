@@ -39,7 +39,7 @@ def finite(*values: float) -> bool:
 def test_prints_every_table(quick):
     _, text = quick
     for title in ("1. balance", "2. membership changes", "3. anti-entropy", "4. ring metadata",
-                  "5. failures", "6. whole-ring repair"):
+                  "5. failures", "6. whole-ring repair", "7. reads routed by score"):
         assert title in text
     assert "machine:" in text
 
@@ -101,3 +101,23 @@ def test_repair_runs_one_sync_per_hub_and_peer(quick):
     # agreeing replicas: one request to each peer, a few to each hub for all its peers
     assert quiet["syncs"] < quiet["messages"] < 1.5 * quiet["syncs"]
     assert busy["pushed"] >= 100 and busy["syncs"] <= 2 * busy["hub_peer_pairs"]
+
+
+def test_the_score_routes_around_dead_and_slow_nodes(quick):
+    rows = {(r["dead"], r["slow"]): r for r in quick[0]["routing"]}
+    for dead in (0, 1, 10):
+        # Each dead node costs the client one failure, then its cooldown keeps reads away
+        # (the run is shorter than a cooldown); a key whose replicas are all dead is no order's.
+        assert rows[(dead, 0)]["failures"] == dead
+    slow = rows[(0, 10)]
+    assert slow["failures"] == 0 and slow["slow_share"] < slow["slow_fair_share"] / 2
+    assert all(finite(r["order_us"], r["health_bytes"]) for r in rows.values())
+
+
+def test_hints_cover_every_missed_replica_within_the_cap(quick):
+    for r in quick[0]["hints"]:
+        assert r["hints"] >= r["dead"] and r["holders"] <= r["nodes"] - r["dead"]
+        assert r["hints_per_holder_max"] >= r["hints_per_holder_mean"] > 0
+        # The busiest holder's hints all fit a real hints store, far below its byte cap.
+        assert r["busiest_kept"] == r["hints_per_holder_max"]
+        assert 0 < r["busiest_bytes"] < r["cap_bytes"]
