@@ -60,8 +60,7 @@ class Ring:
         #: The replica requests, with their failure memory (:attr:`health`).
         self.quorum = Quorum(self.handle)
         #: Unique names (:meth:`register`, :meth:`lookup`): proposed here, or by a member.
-        self.names = (names.Proposer if registry.proposes_itself(transport.keys) else
-                      registry.Relay)(self.quorum)
+        self.names = registry.Names(names.Proposer(self.quorum), self.quorum)
 
     def close(self) -> None:
         """Release connections and threads."""

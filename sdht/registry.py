@@ -6,8 +6,9 @@ A name's acceptors take phase messages only from the operator or a member of the
 registered name. So:
 
 * a client that holds the operator's key (or a node's), or any client of a development ring
-  (loopback only, no keys), runs the proposer itself (:class:`sdht.names.Proposer`);
-* any other client mints its claim itself, paying its proof of work as for a write, and asks a
+  (unsigned; its nodes serve loopback only), runs the proposer itself
+  (:class:`sdht.names.Proposer`);
+* any other client (one with no key at all too, on a keyed cluster) mints its claim itself, paying its proof of work as for a write, and asks a
   member to propose it (:class:`Relay`): ``POST /v1/names/register`` ``{a: claim, d: seconds}``
   answers ``{a: the chosen claim}``, ``POST /v1/names/lookup`` ``{k, d}`` answers ``{a: claim or
   nil}``. The member runs the same rounds as any proposer, within ``d`` seconds.
@@ -30,6 +31,7 @@ from .kinds.common import MAX_WORK
 from .kinds.name import OWNER_BYTES, Claim, canonical, claim_from_wire
 from .pow import find_nonce
 from .quorum import Quorum
+from .ring import RingView
 from .trust import Keys
 from .wire import MSGPACK, now_us, packb
 
@@ -42,10 +44,39 @@ RELAY_MARGIN = 1.0
 _HEADERS = {"Content-Type": MSGPACK}
 
 
-def proposes_itself(keys: Keys) -> bool:
-    """Whether a client holding ``keys`` runs the proposer itself: in development mode, or
-    holding a key the acceptors take phase messages from (the operator's or a node's)."""
-    return keys.development or keys.private is not None
+def proposes_itself(keys: Keys, view: RingView | None) -> bool:
+    """Whether a client holding ``keys`` runs the proposer itself on the ring ``view``: when it
+    holds a key the acceptors take phase messages from (the operator's or a node's), or the
+    ring is a development ring (unsigned: its nodes take anyone's, on loopback)."""
+    return keys.private is not None or view is None or view.signature is None
+
+
+class Names:
+    """A client's unique names: proposed by ``proposer`` (this client) where the acceptors
+    take its phase messages (:func:`proposes_itself`, asked of the ring in force at each
+    call), else relayed by a member (:class:`Relay`)."""
+
+    def __init__(self, proposer: Any, quorum: Quorum) -> None:
+        self.proposer, self.relay, self.quorum = proposer, Relay(quorum), quorum
+
+    def via(self) -> Any:
+        """The proposer of the next call: :attr:`proposer` or :attr:`relay`."""
+        handle = self.quorum.handle
+        return (self.proposer if proposes_itself(handle.transport.keys, handle.current())
+                else self.relay)
+
+    def claim(self, key: str, value: Any = None, owner: bytes | None = None,
+              work: float | None = None, deadline: float = DEADLINE) -> tuple[bool, Claim]:
+        """Register ``key`` for ``value`` if it is free (:meth:`sdht.names.Proposer.claim`)."""
+        return self.via().claim(key, value, owner, work, deadline)
+
+    def lookup(self, key: str, deadline: float = DEADLINE) -> Claim | None:
+        """The claim chosen for ``key``, or None (:meth:`sdht.names.Proposer.lookup`)."""
+        return self.via().lookup(key, deadline)
+
+    def propose(self, mine: Claim, deadline: float = DEADLINE) -> tuple[bool, Claim]:
+        """Propose a claim already minted as this client (a member, for a relayed call)."""
+        return self.proposer.propose(mine, deadline)
 
 
 def new_claim(key: str, value: Any, owner: bytes | None, work: float | None,

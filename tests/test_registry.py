@@ -9,7 +9,6 @@ import sdht
 from sdht import registry
 from sdht.errors import InvalidRecord, NodeError
 from sdht.kinds import name
-from sdht.names import Proposer
 from sdht.params import DEFAULTS
 from sdht.trust import Keys, new_private_key, public_of
 from sdht.wire import MSGPACK, now_us, packb, packed_array, unpackb
@@ -27,19 +26,27 @@ def phase_messages(key: str, epoch: int, hostile: name.Claim) -> list[tuple[str,
 
 
 class TestWhoProposes:
-    def test_the_operator_a_node_and_development_clients_propose_themselves(self):
+    def test_signers_and_development_rings_propose_themselves(self):
+        from sdht.ring import RingView
         operator = new_private_key()
-        assert registry.proposes_itself(Keys())                       # development
-        assert registry.proposes_itself(Keys.of(operator, None))      # the operator
+        signed, unsigned = RingView(1, signature="00"), RingView(1)
+        assert registry.proposes_itself(Keys(), unsigned)                  # a development ring
+        assert registry.proposes_itself(Keys.of(operator, None), signed)   # the operator
         assert registry.proposes_itself(Keys((public_of(operator),), new_private_key(),
-                                              "127.0.0.1:1"))         # a member
-        assert not registry.proposes_itself(Keys((public_of(operator),)))   # anyone else
+                                              "127.0.0.1:1"), signed)     # a member
+        assert not registry.proposes_itself(Keys((public_of(operator),)), signed)   # others
+        assert not registry.proposes_itself(Keys(), signed)   # no key at all, on a keyed ring
 
-    def test_a_ring_picks_its_proposer_by_its_keys(self, operator):
-        with sdht.Ring(keys=operator.keys()) as ring:
-            assert isinstance(ring.names, Proposer)
-        with sdht.Ring(keys=Keys((operator.public,))) as ring:
-            assert isinstance(ring.names, registry.Relay)
+    def test_a_ring_picks_its_proposer_by_its_keys_and_the_ring(self, keyed_cluster,
+                                                                 inprocess_cluster, operator):
+        from sdht.inprocess import WSGITransport
+        ring, apps = keyed_cluster(3)
+        assert ring.names.via() is ring.names.proposer                     # the operator
+        for keys in (Keys((operator.public,)), Keys()):
+            with sdht.Ring(ring.nodes[:1], transport=WSGITransport(apps, keys=keys)) as other:
+                assert other.names.via() is other.names.relay
+        dev, _ = inprocess_cluster(1)
+        assert dev.names.via() is dev.names.proposer                       # unsigned ring
 
 
 class TestAcceptorsTakeOnlyMembers:
@@ -105,7 +112,7 @@ class TestThroughAMember:
     def test_register_lookup_and_retry_through_a_member(self, cluster, operator):
         ring, nodes = cluster(3, operator=operator)
         with sdht.Ring([nodes[0].id], keys=Keys((operator.public,))) as client:
-            assert isinstance(client.names, registry.Relay)
+            assert client.names.via() is client.names.relay
             assert client.lookup("user:erin") is None
             assert client.register("user:erin", {"bio": "first"}) is True
             assert client.register("user:erin", {"bio": "second"}) is False
@@ -116,6 +123,13 @@ class TestThroughAMember:
             # A retry of that call (its owner) finds its own claim: True, nothing new chosen.
             again, same = client.names.claim("user:frank", "f2", owner=chosen.owner)
             assert again is True and same == chosen
+
+    def test_a_client_with_no_key_registers_through_a_member(self, cluster, operator):
+        ring, nodes = cluster(3, operator=operator)
+        with sdht.Ring([nodes[0].id], keys=Keys()) as client:      # as the README's example
+            assert client.register("user:ivan", "ivan") is True
+            assert client.register("user:ivan", "other") is False
+            assert ring.lookup("user:ivan") == "ivan"
 
     def test_a_hostile_client_cannot_overwrite_a_registered_name(self, cluster, operator):
         ring, nodes = cluster(3, operator=operator)
