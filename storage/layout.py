@@ -18,7 +18,7 @@ import lmdb
 
 from sdht.kinds import Entry, kind_of, register
 from sdht.ring import position
-from sdht.wire import unpackb
+from sdht.wire import ref_position, unpackb
 
 _U64 = struct.Struct(">Q")
 _KEY_HEAD = struct.Struct(">QBH")   # position, kind tag, key length
@@ -46,8 +46,9 @@ def seek_key(pos: int) -> bytes:
 
 
 def key_position(lmdb_key: bytes) -> int:
-    """Return the ring position an LMDB data key starts with."""
-    return _U64.unpack_from(lmdb_key)[0]
+    """Return the ring position an LMDB data key starts with (the rule the library reads
+    references by: :func:`sdht.wire.ref_position`)."""
+    return ref_position(lmdb_key)
 
 
 def is_data_key(ref: Any) -> bool:
