@@ -577,6 +577,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--join-keys", type=int, default=100_000, help="keys in the joined ring")
     parser.add_argument("--pow-tries", type=int, default=200_000, help="hashes per PoW run")
     parser.add_argument("--json", type=Path, help="also write the rows and ratios here")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=None,
+                        help="run only these steps, by name, comma-separated (for example "
+                             "'sdht,etcd'; the ratios of the others are left out)")
     args = parser.parse_args(argv)
     if args.quick:
         args.keys, args.single_keys = min(args.keys, 5_000), min(args.single_keys, 500)
@@ -614,6 +617,8 @@ def main(argv: list[str] | None = None) -> int:
                       ("redis", lambda: bench_redis(table, procs, args)),
                       ("kademlia", lambda: bench_kademlia(table, procs, args))]
         for name, step in steps:
+            if args.only is not None and name not in args.only:
+                continue
             print(f"[{name}]", flush=True)
             step()
     finally:
