@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import lmdb
 
 from sdht.errors import ConfigError
-from sdht.kinds import Entry, kind_of, register
+from sdht.kinds import KINDS, Entry, kind_of, register
 from sdht.ring import RingView
 from sdht.wire import RING_SIZE, SAME, STORED, SUPERSEDED, node_range
 
@@ -123,29 +123,39 @@ class Store:
         """Merge each entry into what the node holds, in one transaction: the second half of
         its kind's accept rule (``supersedes``). The caller has admitted every entry first
         (:func:`sdht.kinds.admit`, the first half), so a bad batch changes nothing.
+
+        Returns one result per entry, in the order given. Entries of the same key meet the
+        rule in the order given too (a later one is compared with what an earlier one left),
+        so the outcome is that of merging them one by one, in order.
         """
-        results = []
+        lkeys = [entry_key(entry) for entry in entries]
+        # Merged in LMDB key order (a stable sort: the same key keeps the batch's order): the
+        # B-tree walks of neighbouring keys share their pages, and the hash tree's updates
+        # arrive leaf by leaf. Every result is the same as in batch order: keys are independent.
+        order = sorted(range(len(entries)), key=lkeys.__getitem__)
+        results: list[WriteResult] = [None] * len(entries)  # type: ignore[list-item]
         tree_changes = []
-        with self.env.begin(write=True) as txn:
-            added_bytes, accepted = 0, 0
-            for entry in entries:
-                kind = kind_of(entry.TAG)
-                lkey = entry_key(entry)
-                old_raw = txn.get(lkey, db=self.data)
+        added_bytes, accepted = 0, 0
+        with self.env.begin(write=True, db=self.data) as txn:
+            get, put = txn.get, txn.put
+            for i in order:
+                entry, lkey = entries[i], lkeys[i]
+                kind = KINDS[entry.TAG]   # admitted: its tag names a kind
+                old_raw = get(lkey)
                 old = held_of(lkey, old_raw) if old_raw is not None else None
                 if old is not None and old.digest == entry.digest:
-                    results.append(WriteResult(SAME, old))
+                    results[i] = WriteResult(SAME, old)
                 elif kind.supersedes(entry, old, params):
                     value = stored(entry)
-                    txn.put(lkey, value, db=self.data)
+                    put(lkey, value)
                     if kind.SYNCED:
                         tree_changes.append((lkey, old.digest if old else None, entry.digest))
                     added_bytes += (len(value) - len(old_raw) if old_raw is not None
                                     else len(lkey) + len(value))
                     accepted += 1
-                    results.append(WriteResult(STORED, held_of(lkey, value)))
+                    results[i] = WriteResult(STORED, held_of(lkey, value))
                 else:
-                    results.append(WriteResult(SUPERSEDED, old))
+                    results[i] = WriteResult(SUPERSEDED, old)
             if accepted:
                 self.tree.update_many(txn, tree_changes)
                 self._add(txn, _REVISION, accepted)

@@ -24,15 +24,17 @@ from typing import Iterable
 import lmdb
 
 # The tree's shape is shared with the client's sync walk, which must agree with it exactly.
-from sdht.wire import DEPTH
+from sdht.wire import DEPTH, FANOUT
 
-LEAF_BITS = 4 * DEPTH          # a leaf is the top 16 bits of a position
+FANOUT_BITS = FANOUT.bit_length() - 1   # a tree node's index is its parent's and these bits
+LEAF_BITS = FANOUT_BITS * DEPTH  # a leaf is the top 16 bits of a position
 HASH_BYTES = 16
 ZERO = bytes(HASH_BYTES)
 TREE_PERSON = b"sdht-tree-v1"
 
 _NODE = struct.Struct(">BH")
 _U64 = struct.Struct(">Q")
+_LEAF_SHIFT = 64 - LEAF_BITS
 
 
 def contribution(lmdb_key: bytes, digest: bytes | None) -> bytes:
@@ -42,6 +44,13 @@ def contribution(lmdb_key: bytes, digest: bytes | None) -> bytes:
     return hashlib.blake2b(lmdb_key + digest, digest_size=HASH_BYTES, person=TREE_PERSON).digest()
 
 
+def _share(lmdb_key: bytes, digest: bytes | None) -> int:
+    """:func:`contribution` as an integer (0 for no record, without hashing)."""
+    if digest is None:
+        return 0
+    return int.from_bytes(contribution(lmdb_key, digest), "big")
+
+
 def xor(a: bytes, b: bytes) -> bytes:
     """XOR two equal-length byte strings."""
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
@@ -49,9 +58,9 @@ def xor(a: bytes, b: bytes) -> bytes:
 
 def path(lmdb_key: bytes) -> Iterable[bytes]:
     """Yield the tree-db keys of the leaf holding ``lmdb_key`` and of all its ancestors."""
-    top = _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
+    top = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
     for level in range(DEPTH, -1, -1):
-        yield _NODE.pack(level, top >> (4 * (DEPTH - level)))
+        yield _NODE.pack(level, top >> (FANOUT_BITS * (DEPTH - level)))
 
 
 class Tree:
@@ -71,26 +80,35 @@ class Tree:
 
     def update_many(self, txn: lmdb.Transaction,
                     changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> None:
-        """Apply many ``(lmdb_key, old digest, new digest)`` changes at once.
+        """Apply many ``(lmdb_key, old digest, new digest)`` changes at once: afterwards every
+        tree node holds what applying them one by one with :meth:`update` would leave.
 
-        The XOR deltas are gathered per tree node first, so a batch touches each node once:
-        a batch of 1,000 writes shares its few upper nodes instead of rewriting them 1,000
-        times each.
+        The XOR deltas are gathered per leaf first, then folded up a level at a time (a
+        parent's delta is the XOR of its children's), so a batch touches each tree node
+        once: a batch of 1,000 writes shares its few upper nodes instead of rewriting them
+        1,000 times each. The nodes are then read and written in key order.
         """
-        deltas: dict[bytes, int] = {}
+        level: dict[int, int] = {}   # tree-node index -> XOR delta, at the current level
         for lmdb_key, old, new in changes:
-            delta = (int.from_bytes(contribution(lmdb_key, old), "big")
-                     ^ int.from_bytes(contribution(lmdb_key, new), "big"))
+            delta = _share(lmdb_key, old) ^ _share(lmdb_key, new)
             if delta:
-                for tkey in path(lmdb_key):
-                    deltas[tkey] = deltas.get(tkey, 0) ^ delta
-        for tkey, delta in deltas.items():
-            if not delta:
-                continue
-            current = txn.get(tkey, db=self.db)
+                leaf = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
+                level[leaf] = level.get(leaf, 0) ^ delta
+        pending: list[tuple[bytes, int]] = []
+        for depth in range(DEPTH, -1, -1):
+            parents: dict[int, int] = {}
+            for index, delta in level.items():
+                if delta:   # changes that cancel out leave the node (and their share above) be
+                    pending.append((_NODE.pack(depth, index), delta))
+                    parents[index >> FANOUT_BITS] = parents.get(index >> FANOUT_BITS, 0) ^ delta
+            level = parents
+        pending.sort()
+        get, put = txn.get, txn.put
+        for tkey, delta in pending:
+            current = get(tkey, db=self.db)
             value = delta ^ int.from_bytes(current, "big") if current is not None else delta
             if value:
-                txn.put(tkey, value.to_bytes(HASH_BYTES, "big"), db=self.db)
+                put(tkey, value.to_bytes(HASH_BYTES, "big"), db=self.db)
             else:
                 txn.delete(tkey, db=self.db)
 

@@ -339,6 +339,28 @@ class TestWire:
             with pytest.raises(InvalidRecord, match="map"):
                 from_wire(obj)
 
+    @settings(max_examples=300)
+    @given(value=st.one_of(st.binary(max_size=40), st.text(max_size=40),
+                           st.lists(st.integers(-2**63, 2**64 - 1), max_size=12),
+                           st.integers(-2**63, 2**64 - 1), st.none()),
+           key=st.text(min_size=1, max_size=20), t=st.integers(0, MAX_TIME_US),
+           limit=st.integers(0, 48))
+    def test_value_limit_is_the_values_own_encoding(self, value, key, t, limit):
+        """Admission checks the value's size from the canonical bytes it encodes anyway (the
+        exact size only when they are long): it refuses exactly the values whose own
+        encoding passes ``max_value_bytes``, whatever the key and time around them, and the
+        digest is that of the canonical bytes."""
+        assume(key.encode("utf-8", "surrogatepass") == key.encode("utf-8", "ignore"))
+        params = {**DEFAULT_PARAMS, "max_value_bytes": limit}
+        obj = wire(k=key, v=value, t=t)
+        if len(msgpack.packb(value, use_bin_type=True)) > limit:
+            with pytest.raises(ValueTooLarge):
+                from_wire(obj, params)
+        else:
+            rec = from_wire(obj, params)
+            assert rec.digest == register.digest_of(
+                register.canonical(key, value, t, 3.0, False), b"nonce")
+
     def test_size_limits(self):
         params = {**DEFAULT_PARAMS, "max_key_bytes": 8, "max_value_bytes": 16}
         from_wire(wire(k="é" * 4, v="x" * 15), params)  # 8 UTF-8 bytes; 16 packed bytes
