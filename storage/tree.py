@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Iterable
+from typing import Callable, Iterable
 
 import lmdb
 
@@ -63,6 +63,23 @@ def path(lmdb_key: bytes) -> Iterable[bytes]:
         yield _NODE.pack(level, top >> (FANOUT_BITS * (DEPTH - level)))
 
 
+def _access(txn: lmdb.Transaction, db: lmdb._Database) -> tuple[Callable[[bytes], bytes | None],
+                                                              Callable[[bytes, bytes], object],
+                                                              Callable[[bytes], object]]:
+    """``get(key)``, ``put(key, value)`` and ``delete(key)`` of the tree nodes in ``txn``.
+
+    Through one cursor of the tree db when ``txn`` is LMDB's: py-lmdb parses a ``db=``
+    keyword on every call, a third of the cost of a small get and put. ``delete`` removes the
+    node the last ``get`` found, which is how :meth:`Tree.update_many` calls it. Any other
+    ``txn`` (bench/simnet.py keeps trees in a dict) is called as it is, by key.
+    """
+    if isinstance(txn, lmdb.Transaction):
+        cursor = txn.cursor(db=db)
+        return cursor.get, cursor.put, lambda key: cursor.delete()
+    return (lambda key: txn.get(key, db=db), lambda key, value: txn.put(key, value, db=db),
+            lambda key: txn.delete(key, db=db))
+
+
 class Tree:
     """The hash tree of one LMDB environment, read and updated inside the caller's transactions.
 
@@ -103,14 +120,14 @@ class Tree:
                     parents[index >> FANOUT_BITS] = parents.get(index >> FANOUT_BITS, 0) ^ delta
             level = parents
         pending.sort()
-        get, put = txn.get, txn.put
+        get, put, delete = _access(txn, self.db)
         for tkey, delta in pending:
-            current = get(tkey, db=self.db)
+            current = get(tkey)
             value = delta ^ int.from_bytes(current, "big") if current is not None else delta
             if value:
-                put(tkey, value.to_bytes(HASH_BYTES, "big"), db=self.db)
-            else:
-                txn.delete(tkey, db=self.db)
+                put(tkey, value.to_bytes(HASH_BYTES, "big"))
+            else:   # the whole subtree emptied: an empty subtree is a missing node
+                delete(tkey)
 
     def hashes(self, txn: lmdb.Transaction, nodes: Iterable[tuple[int, int]]) -> list[bytes]:
         """Return the hash of each tree node (zero for an empty subtree)."""
