@@ -68,6 +68,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits
     shards.init_app(app)   # /kv-store/key-count and the seed's shards
     viewchange.init_app(app)  # PUT /kv-store/view-change
-    fastpath.init_app(app)  # GET /v1/record of a held key without Flask's dispatch
+    fastpath.init_app(app)  # GET/PUT /v1/record's common case without Flask's dispatch
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced
     return app

@@ -135,13 +135,11 @@ def classify(request: Request, response: Response, key: str | None) -> tuple[str
     """The event a request makes, as ``(kind, text)``, or None when it is not one worth
     keeping. ``key`` is the written key when the hook could tell it."""
     method, path, status = request.method, request.path, response.status_code
-    named = f"{key!r} " if key is not None else "a record "
     if status >= 500 or (400 <= status < 500 and status not in (404, 409)):
         message = _json(response).get("message") or response.status
         return "error", f"{method} {path} answered {status}: {message}"
     if path == "/v1/record" and method == "PUT":
-        outcome = {201: "stored", 200: "already held", 409: "refused: a higher version is held"}
-        return "write", f"{named}{outcome.get(status, status)}"
+        return single_write(key, status)
     if path == "/v1/records" and method == "POST":
         moved = request.headers.get("X-SDHT-Migration") == "1"
         count = _array_length(response.get_data()) if not response.direct_passthrough else None
@@ -161,6 +159,24 @@ def classify(request: Request, response: Response, key: str | None) -> tuple[str
         return "sync", (f"anti-entropy pass: {sent.get('rounds', 0)} rounds, "
                         f"{sent.get('differences', 0)} differences")
     return None
+
+
+def single_write(key: Any, status: int) -> tuple[str, str]:
+    """The event of a ``PUT /v1/record`` of ``key`` (not a str: not known) answered
+    ``status`` (not an error), whether Flask or :mod:`storage.fastpath` answered it."""
+    named = f"{key!r} " if isinstance(key, str) else "a record "
+    outcome = {201: "stored", 200: "already held", 409: "refused: a higher version is held"}
+    return "write", f"{named}{outcome.get(status, status)}"
+
+
+def keep(data_dir: str, event: tuple[str, str] | None) -> None:
+    """Append ``event`` (from :func:`classify`), if any, to the log in ``data_dir``."""
+    if event is None:
+        return
+    try:
+        append(data_dir, *event)
+    except OSError:   # the log is for people; a full disk must not fail the request
+        pass
 
 
 def _array_length(data: bytes) -> int | None:

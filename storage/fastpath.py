@@ -1,23 +1,40 @@
-"""A lighter dispatch for the node's hottest read, ``GET /v1/record`` (issue 16).
+"""A lighter dispatch for the node's hottest routes, ``GET`` and ``PUT /v1/record`` (issue 16).
 
-A read of one record costs the node about a millisecond of CPU, and Flask's request context,
-routing and nine hooks were about 40% of it (py-spy of a worker; docs/benchmarks.md, "The
-node's hot path"). This WSGI middleware sits in front of Flask (behind :mod:`storage.limits`,
-which has read the body and slices the answer) and answers the common case itself, with the
-same code and rules as the route: the key's check (:func:`storage.http.check_key`), the store,
-the epoch and node headers (:func:`storage.http.stamp_headers`) and the request metrics
-(:meth:`storage.metrics.Metrics.observe_request`) under the route's own labels.
+A read of one record costs the node about a millisecond of CPU, a write about two, and Flask's
+request context, routing and nine hooks were about 40% of a read and a third of a write's
+Python time (py-spy of a worker; docs/benchmarks.md, "The node's hot path"). This WSGI
+middleware sits in front of Flask (behind :mod:`storage.limits`, which has read the body and
+slices the answer) and answers the common case itself, with the same code and rules as the
+routes of :mod:`storage.routes`:
+
+* a **read**: the key's check (:func:`storage.http.check_key`) and the store;
+* a **write**: who wrote it (:func:`storage.routes.write_signer`), the body decoded strictly
+  (:func:`sdht.wire.unpackb`), the entry's admission (:func:`storage.http.admit`), who may
+  write its kind (:func:`storage.routes.may_write`), the store's merge, the write counts
+  (:meth:`storage.metrics.Metrics.count_writes`), the route's prebuilt answer
+  (:func:`storage.routes.put_answer`) and the event (:func:`storage.eventlog.single_write`);
+
+and for both the epoch and node headers (:func:`storage.http.stamp_headers`) and the request
+metrics (:meth:`storage.metrics.Metrics.observe_request`) under the route's own labels.
 
 Everything else goes to Flask unchanged, which answers it as before (its error bodies, its
-event log): another route or method, a request the limits refused, a query it does not read
-as a plain ``key=``, a key that fails its check or is not held, a client the node does not
-serve (:func:`storage.auth.serves`), a node with the test-only faults on. A read changes
-nothing, so handing it over after a look costs only the look. A hook that Flask runs on every
-answer must be mirrored here: tests/test_fastpath.py compares both answers byte for byte, so
-such a hook shows there first.
+event log): another route or method, a request the limits refused, a client the node does not
+serve (:func:`storage.auth.serves`), a node with the test-only faults on; a read whose query is
+not a plain ``key=`` or whose key fails its check or is not held; a write that is signed (its
+signature is checked by Flask's route), has no body or one that is not a msgpack entry, that
+admission or the kind's access refuses, or that the store found superseded (409, with what it
+holds). A read changes nothing, so handing it over after a look costs only the look. A write is
+handed over only when the store has not changed: before the merge, or when the merge applied
+nothing (superseded: Flask merges it again and answers what it then holds; or the merge's
+transaction failed and was rolled back). A merge that stored it is answered here, once.
+
+A hook that Flask runs on every answer must be mirrored here: tests/test_fastpath.py compares
+both answers byte for byte, and the event log and metrics they leave, so such a hook shows
+there first.
 """
 from __future__ import annotations
 
+import io
 import re
 import time
 from typing import Any, Iterable
@@ -25,43 +42,69 @@ from urllib.parse import unquote
 
 from flask import Flask
 
-from sdht.wire import MSGPACK
+from sdht.wire import MIGRATION_HEADER, MSGPACK, SAME, SIGNER_HEADER, STORED, unpackb
 
-from . import auth, metrics
-from .http import ApiError, check_key, params, stamp_headers, store
+from . import auth, eventlog, metrics, routes
+from .http import ApiError, admit, check_key, params, stamp_headers, store
 
 #: The route answered here, and its rule as the metrics label it.
 PATH = "/v1/record"
 #: A query of one ``key=`` of unreserved or %-escaped characters (what
 #: :class:`sdht.transport.Transport` sends for most keys); any other goes to Flask.
 _QUERY = re.compile(r"key=([A-Za-z0-9._~%-]+)")
+#: The outcomes of a write answered here. Only STORED changes the store: every other outcome
+#: may go to Flask to be merged again, and so must STORED never.
+_ANSWERED = (STORED, SAME)
+
+#: ``(status line, headers, body)``: the answer, before the epoch stamp.
+Answer = tuple[str, list[tuple[str, str]], bytes]
+
+
+def _environ_name(header: str) -> str:
+    """The WSGI environ key of request header ``header`` (as werkzeug reads headers)."""
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+_SIGNED, _MIGRATION = _environ_name(SIGNER_HEADER), _environ_name(MIGRATION_HEADER)
 
 
 def init_app(app: Flask) -> None:
     """Put the fast path in front of ``app``'s WSGI callable."""
-    app.wsgi_app = HotReads(app, app.wsgi_app)  # type: ignore[method-assign]
+    app.wsgi_app = HotPath(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
-class HotReads:
-    """Answers ``GET /v1/record`` of a held key; hands every other request to ``wsgi``."""
+class HotPath:
+    """Answers ``GET /v1/record`` of a held key and ``PUT /v1/record`` of an entry stored or
+    already held; hands every other request to ``wsgi``."""
 
     def __init__(self, app: Flask, wsgi: Any) -> None:
         self.app, self.wsgi = app, wsgi
+        # The route's own answers, taken apart once: a status line and headers per outcome
+        # (an outcome the route stops answering so fails here, when the app is made).
+        self.written: dict[str, Answer] = {}
+        for status in _ANSWERED:
+            made: Any = routes.put_answer(status)
+            self.written[status] = (made.status, made.headers.to_wsgi_list(), made.get_data())
 
     def __call__(self, environ: dict, start_response: Any) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO") == PATH \
-                and "sdht.refused" not in environ:
-            answer = self._answer(environ)
+        if environ.get("PATH_INFO") == PATH and "sdht.refused" not in environ:
+            method = environ.get("REQUEST_METHOD")
+            answer = self._read(environ) if method == "GET" \
+                else self._write(environ) if method == "PUT" else None
             if answer is not None:
-                start_response("200 OK", answer[0])
-                return [answer[1]]
+                start_response(answer[0], answer[1])
+                return [answer[2]]
         return self.wsgi(environ, start_response)
 
-    def _answer(self, environ: dict) -> tuple[list[tuple[str, str]], bytes] | None:
-        """The headers and body of the answer, or None when Flask must answer."""
-        began = time.perf_counter()
+    def _faults(self) -> bool:
+        """Whether the test-only faults are on: Flask's hook makes them (storage.metrics)."""
         cfg = self.app.config
-        if cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"]:
+        return bool(cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"])
+
+    def _read(self, environ: dict) -> Answer | None:
+        """The answer of a read, or None when Flask must answer."""
+        began = time.perf_counter()
+        if self._faults():
             return None
         found = _QUERY.fullmatch(environ.get("QUERY_STRING", ""))
         if found is None:
@@ -82,4 +125,55 @@ class HotReads:
             headers = [("Content-Type", MSGPACK), ("Content-Length", str(len(raw))),
                        *stamp_headers()]
             metrics.current().observe_request(PATH, "GET", "200", time.perf_counter() - began)
-        return headers, raw
+        return "200 OK", headers, raw
+
+    def _write(self, environ: dict) -> Answer | None:
+        """The answer of a write the store took or already held, or None when Flask must
+        answer (and nothing has changed)."""
+        began = time.perf_counter()
+        if self._faults() or _SIGNED in environ:
+            return None
+        data = _body(environ)
+        if data is None:
+            return None
+        with self.app.app_context():
+            if not auth.serves(environ.get("REMOTE_ADDR") or ""):
+                return None
+            # Nothing changes before the merge, so Flask may do any of it again: whatever
+            # fails here (a 4xx of the route, input nested too deep, a bug), Flask answers its
+            # way, with its JSON body, event and metrics.
+            try:
+                # In the route's order: who writes, the body, admission, access.
+                p = params()
+                signer = routes.write_signer(signed=False)
+                entry = admit(unpackb(data), p, data)
+                routes.may_write([entry], signer)
+            except Exception:  # noqa: BLE001
+                return None
+            try:
+                result = store().put_many([entry], p)[0]
+            except Exception:  # noqa: BLE001  its transaction was rolled back: nothing applied
+                return None
+            answer = self.written.get(result.status)
+            if answer is None:
+                return None     # superseded: nothing applied (_ANSWERED); Flask answers 409
+            # The store has it: from here this is the only answer.
+            mets = metrics.current()
+            mets.count_writes([result], migrated=environ.get(_MIGRATION) == "1")
+            status, headers, body = answer
+            headers = [*headers, *stamp_headers()]
+            code = status[:3]
+            eventlog.keep(self.app.config["DATA_DIR"],
+                          eventlog.single_write(getattr(entry, "key", None), int(code)))
+            mets.observe_request(PATH, "PUT", code, time.perf_counter() - began)
+        return status, headers, body
+
+
+def _body(environ: dict) -> bytes | None:
+    """The request body as :mod:`storage.limits` left it in memory, without consuming it (Flask
+    may still read it); None when there is none, or it is not held as that middleware holds it."""
+    stream, length = environ.get("wsgi.input"), environ.get("CONTENT_LENGTH") or ""
+    if not isinstance(stream, io.BytesIO) or not length.isdigit() or stream.tell():
+        return None
+    data = stream.getvalue()
+    return data if data and len(data) == int(length) else None

@@ -163,14 +163,17 @@ class Metrics:
 
     # -- counting -------------------------------------------------------------------------------
 
-    def count_writes(self, results: Iterable[Any]) -> None:
-        """Count the outcomes of the records of one write request (``WriteResult`` objects)."""
+    def count_writes(self, results: Iterable[Any], migrated: bool | None = None) -> None:
+        """Count the outcomes of the records of one write request (``WriteResult`` objects);
+        ``migrated``: whether it moves data for a join or remove (None: ask its header)."""
         # One inc per outcome, not per record: a batch holds up to thousands of records.
         outcomes = collections.Counter(result.status for result in results)
         for status, count in outcomes.items():
             self.writes.labels(status).inc(count)
         total = sum(outcomes.values())
-        if total and request.headers.get(MIGRATION_HEADER) == "1":
+        if migrated is None:
+            migrated = request.headers.get(MIGRATION_HEADER) == "1"
+        if total and migrated:
             self.migrated.inc(total)
 
 

@@ -104,15 +104,19 @@ def get_record() -> Response:
     return msgpack_response(raw)
 
 
-def _signer() -> str | None:
+def write_signer(signed: bool | None = None) -> str | None:
     """Who signed this write, checked before its body is read (the signature covers it); None
-    for an unsigned one. In development mode, ``"development"``: anyone on loopback."""
-    if keys().development or SIGNER_HEADER in request.headers:
+    for an unsigned one. In development mode, ``"development"``: anyone on loopback.
+    ``signed``: whether the request carries a signature (None: look at its headers; False
+    needs no request, for :mod:`storage.fastpath`)."""
+    if signed is None:
+        signed = SIGNER_HEADER in request.headers
+    if keys().development or signed:
         return require_authority()
     return None
 
 
-def _may_write(entries: list[kinds.Entry], signer: str | None) -> None:
+def may_write(entries: list[kinds.Entry], signer: str | None) -> None:
     """Answer 403 unless ``signer`` may write ``entries``: entries of a kind that is not
     ``PUBLIC`` (a name's acceptor state) only from the operator or a member."""
     if signer is None and not all(kinds.kind_of(e.TAG).PUBLIC for e in entries):
@@ -126,23 +130,32 @@ _PUT_ANSWERS = {status: (json.dumps({"status": status}).encode() + b"\n", code)
                 for status, code in ((STORED, 201), (SAME, 200))}
 
 
+def put_answer(status: str) -> Response | None:
+    """The answer of a single write whose outcome is ``status`` (201 stored, 200 same), before
+    the epoch stamp; None for one that needs its own answer (superseded)."""
+    answer = _PUT_ANSWERS.get(status)
+    if answer is None:
+        return None
+    return Response(answer[0], status=answer[1], mimetype="application/json")
+
+
 @bp.put("/record")
 def put_record() -> Response | tuple[Response, int]:
     """Write one entry under its kind's accept rule: 201 stored, 200 same, 409 when the node
     holds an entry the order puts above it (with what the kind tells about it)."""
     p = params()
-    signer = _signer()
+    signer = write_signer()
     obj, raw = body(with_bytes=True)
     # raw: the entry is stored as the bytes it arrived in (they decode to it), not re-encoded,
     # as a batch write's entries are.
     entry = admit(obj, p, raw)
     eventlog.note_key(getattr(entry, "key", None))
-    _may_write([entry], signer)
+    may_write([entry], signer)
     result = store().put_many([entry], p)[0]
     metrics.current().count_writes([result])
-    answer = _PUT_ANSWERS.get(result.status)
+    answer = put_answer(result.status)
     if answer is not None:
-        return Response(answer[0], status=answer[1], mimetype="application/json")
+        return answer
     told = kinds.kind_of(entry.TAG).describe(result.held, p)
     told["digest"] = told["digest"].hex()   # JSON: the digest as hex
     return jsonify({"error": "superseded", "message": "a version of higher priority is stored",
@@ -177,9 +190,9 @@ def put_records() -> Response:
     the whole batch), then all are merged in one transaction. Answers one ``{s, ...}`` per
     entry: its outcome and what its kind tells about the version held afterwards."""
     p = params()
-    signer = _signer()
+    signer = write_signer()
     entries = [admit(obj, p, raw) for obj, raw in batch(body(items=True), "records")]
-    _may_write(entries, signer)
+    may_write(entries, signer)
     results = store().put_many(entries, p)
     metrics.current().count_writes(results)
     out = [{"s": r.status, **kinds.kind_of(e.TAG).describe(r.held, p)}

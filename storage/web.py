@@ -64,13 +64,9 @@ def _answer(ring: Ring, key: str, **extra: Any) -> Response:
 def _log_event(response: Response) -> Response:
     """Keep the request in the node's log when it is a write, sync, membership change or
     error (:func:`storage.eventlog.classify`)."""
-    try:
-        # The key of a single-record write, as its route noted it (eventlog.note_key).
-        event = eventlog.classify(request, response, eventlog.noted_key())
-        if event is not None:
-            eventlog.append(current_app.config["DATA_DIR"], *event)
-    except OSError:   # the log is for people; a full disk must not fail the request
-        pass
+    # The key of a single-record write, as its route noted it (eventlog.note_key).
+    eventlog.keep(current_app.config["DATA_DIR"],
+                  eventlog.classify(request, response, eventlog.noted_key()))
     return response
 
 
