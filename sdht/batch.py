@@ -73,13 +73,23 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
     handle = quorum.handle
     p = handle.current().params
     faulty: dict[str, str] = {}
+    # Replicas mostly answer the same bytes for a key: each distinct answer is decoded once
+    # (by its bytes), and checked against its key once (by the record decoded and the key).
+    decoded: dict[bytes, Record] = {}
+    passed: set[tuple[int, str]] = set()
 
     def fetch(node: str, part: list[str]) -> tuple[list[Any], int]:
         """One batch from ``node``, each answer checked against its key before any use."""
-        recs, epoch = handle.transport.get_many(node, part, p)
+        recs, epoch = handle.transport.get_many(node, part, p, decoded)
         now = now_us()
-        checked = [rec if valid(rec, key, p, now, node) else FAULTY
-                   for key, rec in zip(part, recs)]
+        checked = []
+        for key, rec in zip(part, recs):
+            if rec is not None and (id(rec), key) not in passed:
+                if not valid(rec, key, p, now, node):
+                    rec = FAULTY
+                else:
+                    passed.add((id(rec), key))   # decoded keeps rec alive: its id stays its own
+            checked.append(rec)
         if any(rec is FAULTY for rec in checked):
             faulty[node] = f"{node} answered records that fail their checks"
         return checked, epoch
@@ -89,7 +99,8 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
 
     for _ in range(MAX_REROUTES):
         view = handle.current()
-        placed = {k: quorum.health.order(view.readers.for_key(k)) for k in keys}
+        order = quorum.health.orders()
+        placed = {k: order(view.readers.for_key(k)) for k in keys}
         need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
         # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
         # answered records that fail their checks, are asked of their others in a second round.

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
 from . import kinds, wire
-from .errors import NodeError, SDHTError
+from .errors import InvalidRecord, NodeError, SDHTError
 from .kinds.register import Record
 from .ring import RingView
 from .wire import (BATCH, MIGRATION_HEADER, OUTCOMES, SUPERSEDED, encode_ranges, packb,
-                   packed_array)
+                   packed_array, unpack_items)
 
 MSGPACK = {"Content-Type": wire.MSGPACK}
 JSON_BODY = {"Content-Type": wire.JSON}
@@ -75,8 +75,10 @@ class NodeAPI:
 
     def request(self, node: str, method: str, path: str, *, params: dict | None = None,
                 data: bytes | None = None, admin: bool = False,
-                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
-        """Send one request to ``node`` and decode its answer (provided by a transport)."""
+                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
+                undecoded: bool = False) -> Reply:
+        """Send one request to ``node`` and decode its answer (provided by a transport); with
+        ``undecoded`` a successful answer's body stays bytes."""
         raise NotImplementedError
 
     # -- entries --------------------------------------------------------------------------------
@@ -101,18 +103,36 @@ class NodeAPI:
             return PutOutcome(_outcome(reply.body["status"])), reply.epoch
 
     def get_many(self, node: str, keys: list[str],
-                 params: Mapping[str, Any] | None = None) -> tuple[list[Record | None], int]:
+                 params: Mapping[str, Any] | None = None,
+                 decoded: dict[bytes, Record] | None = None) -> tuple[list[Record | None], int]:
         """Batch read: the registers ``node`` holds for ``keys`` (None where missing). A batch
-        whose answer would pass the node's answer limit is asked again in halves."""
+        whose answer would pass the node's answer limit is asked again in halves.
+
+        :param decoded: records already decoded, by the exact bytes they came in, shared by
+            the replicas of one batch read: a record two replicas answer byte for byte the
+            same is decoded and checked once (it was half a batch read's client time). Only
+            byte-identical answers are shared, so no replica's answer is taken for another's.
+        """
         p = params or self.params
+        memo = {} if decoded is None else decoded
 
         def read(part: list[str]) -> tuple[list, int]:
             reply = self.request(node, "POST", "/v1/records/get", data=packb(part),
-                                 headers=MSGPACK)
+                                 headers=MSGPACK, undecoded=True)
+            try:
+                items = unpack_items(reply.body)
+            except InvalidRecord as exc:
+                raise NodeError(f"{node} answered POST /v1/records/get with a body that does "
+                                f"not decode: {str(exc)[:200]}", node) from None
             with answer_of(node, "POST /v1/records/get"):
-                items = _count(node, reply.body, len(part), "POST /v1/records/get")
-                return ([None if obj is None else kinds.register.from_wire(obj, p)
-                         for obj in items], reply.epoch)
+                _count(node, items, len(part), "POST /v1/records/get")
+                out: list[Record | None] = []
+                for obj, raw in items:
+                    rec = None if obj is None else memo.get(raw)
+                    if rec is None and obj is not None:
+                        rec = memo[raw] = kinds.register.from_wire(obj, p)
+                    out.append(rec)
+                return out, reply.epoch
         return _in_halves(read, keys)
 
     def get_entries(self, node: str, refs: list[bytes],

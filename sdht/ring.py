@@ -214,6 +214,9 @@ class Placement:
         self.owners = [owner for _, owner in tokens]
         self.node_ids = sorted({m.id for m in members})
         self.n = min(n, len(self.node_ids))
+        # The walk from each token, once it was taken: batches place thousands of keys on the
+        # same few hundred tokens (at most one list per token, so memory stays the ring's).
+        self._walks: dict[int, tuple[str, ...]] = {}
 
     def preference(self, pos: int) -> list[str]:
         """Return the first ``n`` distinct nodes clockwise from ring position ``pos``.
@@ -221,11 +224,19 @@ class Placement:
         Walk successors until n distinct nodes (docs/design.md, "The ring"); a token at exactly ``pos``
         owns it.
         """
-        found: list[str] = []
         count = len(self.positions)
         if not count:
-            return found
-        start = bisect.bisect_left(self.positions, pos)
+            return []
+        start = bisect.bisect_left(self.positions, pos) % count
+        walk = self._walks.get(start)
+        if walk is None:
+            walk = self._walks[start] = tuple(self._walk(start))
+        return list(walk)
+
+    def _walk(self, start: int) -> list[str]:
+        """The first ``n`` distinct owners of the tokens from index ``start`` on, clockwise."""
+        found: list[str] = []
+        count = len(self.positions)
         for i in range(count):
             owner = self.owners[(start + i) % count]
             if owner not in found:

@@ -89,9 +89,11 @@ class Transport(NodeAPI):
 
     def request(self, node: str, method: str, path: str, *, params: dict | None = None,
                 data: bytes | None = None, admin: bool = False,
-                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,)) -> Reply:
+                headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
+                undecoded: bool = False) -> Reply:
         """Send one request and decode the answer (msgpack or JSON); with ``admin`` the
-        request is signed with :attr:`keys`.
+        request is signed with :attr:`keys`. With ``undecoded``, an answer whose status is in
+        ``ok`` keeps its body as the bytes it came in (the caller decodes them).
 
         :raises NodeUnavailable: when the node cannot be reached.
         :raises Timeout: when it does not answer within the timeout.
@@ -103,13 +105,14 @@ class Transport(NodeAPI):
         if admin:
             hdrs.update(self.keys.sign_request(method, target, data))
         status, answer_headers, raw = self._exchange(node, method, target, data, hdrs)
-        return self._reply(node, f"{method} {path}", status, answer_headers, raw, ok)
+        return self._reply(node, f"{method} {path}", status, answer_headers, raw, ok, undecoded)
 
     def _reply(self, node: str, route: str, status: int, headers: Mapping[str, str],
-               raw: bytes, ok: Iterable[int]) -> Reply:
-        """Decode an answer by its content type and check its status (one rule for every
-        transport)."""
-        body = _decode(node, route, headers.get("Content-Type", ""), raw)
+               raw: bytes, ok: Iterable[int], undecoded: bool = False) -> Reply:
+        """Decode an answer by its content type (unless ``undecoded`` and its status is in
+        ``ok``) and check its status (one rule for every transport)."""
+        body = raw if undecoded and status in ok else \
+            _decode(node, route, headers.get("Content-Type", ""), raw)
         epoch_text = headers.get(EPOCH_HEADER, "0")
         epoch = int(epoch_text) if epoch_text.isascii() and epoch_text.isdigit() \
             and len(epoch_text) < 20 else 0

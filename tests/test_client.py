@@ -304,3 +304,19 @@ class TestRentAndLastWriterWins:
         for key in keys:
             held = {ring.transport.get_record(n, key)[0].digest for n in ring.preference(key)}
             assert len(held) == 1 and ring.get(key) in written[key]
+
+
+def test_a_batch_read_decodes_each_distinct_answer_once(inprocess_cluster):
+    """Replicas answering a record byte for byte the same share one decoded record (checked
+    once); a replica answering other bytes gets its own, so no answer stands for another's."""
+    ring, _ = inprocess_cluster(3)
+    ring.set("k", "old")
+    replicas = ring.view.readers.for_key("k")
+    decoded: dict = {}
+    first = [ring.transport.get_many(node, ["k"], ring.params, decoded)[0][0]
+             for node in replicas]
+    assert all(rec is first[0] for rec in first) and len(decoded) == 1
+    newer = mint("k", "new", ring.params["min_work"], t=first[0].t + 1)
+    ring.transport.put_record(replicas[0], newer)
+    again = ring.transport.get_many(replicas[0], ["k"], ring.params, decoded)[0][0]
+    assert again.value == "new" and again is not first[0] and len(decoded) == 2

@@ -98,3 +98,18 @@ class TestCliWithAHungNode:
             assert down == [hung.id]
         finally:
             hung.signal(signal.SIGCONT)
+
+
+def test_a_batch_orders_each_replica_list_as_order_does():
+    """``orders()`` gives every preference list the order :meth:`order` gives it, computing
+    each distinct list once, and hands out copies."""
+    health = NodeHealth()
+    nodes = [f"n{i}:1" for i in range(5)]
+    health.failed(nodes[1])
+    health.answered(nodes[2], seconds=0.5)
+    order = health.orders()
+    for replicas in (nodes[:3], nodes[1:4], nodes[:3], nodes[2:], nodes[::-1]):
+        assert order(replicas) == health.order(replicas)
+    mine = order(nodes[:3])
+    mine.clear()
+    assert order(nodes[:3]) == health.order(nodes[:3])

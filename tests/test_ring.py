@@ -178,3 +178,24 @@ def test_public_names_match_all():
     exported = {name for name in dir(sdht) if not name.startswith("_")
                 and not inspect.ismodule(getattr(sdht, name)) and name != "annotations"}
     assert set(sdht.__all__) == exported
+
+
+@given(st.lists(st.sampled_from([f"10.0.0.{i}:7000" for i in range(8)]), min_size=1,
+                max_size=8, unique=True),
+       st.integers(1, 16), st.integers(1, 5),
+       st.lists(st.integers(0, RING_SIZE - 1), min_size=1, max_size=40))
+@settings(max_examples=60, deadline=None)
+def test_preference_walks_are_remembered_exactly(ids, tokens, n, positions):
+    """A placement remembers each token's walk: every answer, asked first or again, is the
+    walk computed afresh (n distinct owners clockwise, a token at exactly pos owning it)."""
+    placement = Placement([Member(i, NORMAL, tokens) for i in ids], n)
+
+    def fresh(pos: int) -> list[str]:
+        tokens_ = sorted((p, o) for p, o in zip(placement.positions, placement.owners))
+        after = [o for p, o in tokens_ if p >= pos] + [o for p, o in tokens_ if p < pos]
+        return list(dict.fromkeys(after))[:min(n, len(ids))]
+
+    for pos in positions + positions:
+        assert placement.preference(pos) == fresh(pos)
+    placement.preference(positions[0]).append("mutated")   # a copy: the memory is untouched
+    assert placement.preference(positions[0]) == fresh(positions[0])
