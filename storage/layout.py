@@ -7,7 +7,8 @@ flag) lets its accept rule, the hash tree and anti-entropy work without decoding
 
 :data:`FORMAT` names this layout in the store's meta. A store of layout 2 (sdht 0.1: registers
 only, ``position || key`` -> ``t, w, digest, deleted || record``) is upgraded in place when a
-node opens it; any other layout is refused.
+node opens it, one of layout 3 (this one without the tree's log) is marked 4; any other layout
+is refused.
 """
 from __future__ import annotations
 
@@ -25,8 +26,10 @@ _KEY_HEAD = struct.Struct(">QBH")   # position, kind tag, key length
 DIGEST_BYTES = 32
 #: The longest key LMDB stores (its default build).
 MAX_KEY_BYTES = 511
-#: The layout's version, kept in meta under ``format``.
-FORMAT = b"3"
+#: The layout's version, kept in meta under ``format``. 4: the tree sub-database may hold a log
+#: of changes not yet folded into its nodes (storage/tree.py), which layout 3's code would not
+#: read; a layout-3 store has none, so it is taken as it is.
+FORMAT = b"4"
 
 
 def data_key(tag: int, key: str, sub: bytes = b"") -> bytes:
@@ -89,6 +92,9 @@ def upgrade(store: Any, txn: lmdb.Transaction, found: bytes | None) -> bool:
     record given the kind tag, and the hash tree is rebuilt (its leaves hash the LMDB keys).
     Digests do not change, so the records stay valid and replicas agree afterwards.
     """
+    if found == b"3":   # the same layout, without a tree log yet
+        txn.put(b"format", FORMAT, db=store.meta)
+        return True
     if found != b"2":
         return False
     old = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=store.data)]

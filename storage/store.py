@@ -9,7 +9,8 @@ Sub-databases:
 * ``meta``: the node's ring view (JSON), counters (accepted writes, stored bytes, sync) and the
   layout's version;
 * ``tree``: the hash tree over positions (:mod:`storage.tree`) of the kinds that anti-entropy
-  carries, updated in the same write transaction as the entries.
+  carries: its changes are logged in the same write transaction as the entries, and folded
+  into its nodes before it is read.
 
 Every read-compare-write of an accept rule runs inside one LMDB write transaction, which LMDB
 serialises across threads and processes, so concurrent writers cannot lose the higher entry.
@@ -157,7 +158,7 @@ class Store:
                 else:
                     results[i] = WriteResult(SUPERSEDED, old)
             if accepted:
-                self.tree.update_many(txn, tree_changes)
+                self.tree.log(txn, tree_changes)
                 self._add(txn, _REVISION, accepted)
                 self._add(txn, _BYTES, added_bytes)
         return results
@@ -221,7 +222,7 @@ class Store:
                 deleted += 1
                 more = cursor.delete() and bool(cursor.key())  # now on the next entry, if any
             if deleted:
-                self.tree.update_many(txn, tree_changes)
+                self.tree.log(txn, tree_changes)
                 self._add(txn, _BYTES, -freed)
                 if counter:
                     self._add(txn, counter, deleted)
@@ -230,8 +231,13 @@ class Store:
     # -- anti-entropy -------------------------------------------------------------------------
 
     def tree_hashes(self, nodes: Iterable[tuple[int, int]]) -> list[bytes]:
-        """Return the hash-tree hash of each ``(level, index)`` node."""
+        """Return the hash-tree hash of each ``(level, index)`` node: that of the entries
+        held now (the tree's log is folded first, in a write transaction, when it holds any)."""
         with self.env.begin() as txn:
+            if not self.tree.pending(txn):
+                return self.tree.hashes(txn, nodes)
+        with self.env.begin(write=True) as txn:
+            self.tree.fold(txn)
             return self.tree.hashes(txn, nodes)
 
     def entries(self, level: int, index: int, ranges: Iterable[tuple[int, int]],

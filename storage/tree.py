@@ -7,13 +7,21 @@ A fixed-depth tree over the 64-bit position space with fan-out 16: level 0 is th
 A record contributes ``blake2b-128(lmdb_key || record digest)`` to its leaf; a leaf's hash is the
 XOR of its records' contributions and an interior node's the XOR of its children, which is also
 the XOR of every record below it. So a write updates the leaf and its ancestors by XOR-ing out the
-old contribution and in the new one, inside the same LMDB write transaction as the record: the
-tree is never rebuilt by a scan. XOR is not collision resistant against an adversary who picks
-records, but replicas are honest here and each contribution is a keyed, digest-bound hash.
+old contribution and in the new one: the tree is never rebuilt by a scan. XOR is not collision
+resistant against an adversary who picks records, but replicas are honest here and each
+contribution is a keyed, digest-bound hash.
 
 Hashes live in the ``tree`` sub-database under ``level (1 byte) || index (2 bytes)``; a missing
 entry is the all-zero hash (an empty subtree). The exact key listing of a leaf is the data
 sub-database's cursor scan of the leaf's range, since data keys start with the position.
+
+A write does not touch the nodes: in the same LMDB write transaction as its records it appends
+their XOR deltas per leaf to a log in the same sub-database (:meth:`Tree.log`: one put, after
+every node's key). The log is folded into the nodes (:meth:`Tree.fold`) before the tree is read
+and once it holds :data:`MAX_PENDING` changes. XOR commutes, so the nodes read after a fold are
+exactly those updating them write by write gives; and the 65,536 leaves are spread over hundreds
+of LMDB pages, so a batch of 100 random writes used to rewrite ~100 of them, where a fold of
+thousands of changes rewrites each page once (issue 16: write amplification).
 """
 from __future__ import annotations
 
@@ -32,9 +40,17 @@ HASH_BYTES = 16
 ZERO = bytes(HASH_BYTES)
 TREE_PERSON = b"sdht-tree-v1"
 
+#: Changes (leaf deltas) the log holds before a write folds it: a fold of this many costs tens
+#: of milliseconds, once per this many writes.
+MAX_PENDING = 8192
+
 _NODE = struct.Struct(">BH")
 _U64 = struct.Struct(">Q")
 _LEAF_SHIFT = 64 - LEAF_BITS
+# Log keys sort after every node's (levels are 0..DEPTH): the count of changes held, and the
+# entries, 0xff || sequence, each the ``(leaf, delta)`` pairs of one write.
+_COUNT, _LOG = b"\xfe", b"\xff"
+_LOGGED = struct.Struct(">I16s")
 
 
 def contribution(lmdb_key: bytes, digest: bytes | None) -> bytes:
@@ -80,6 +96,17 @@ def _access(txn: lmdb.Transaction, db: lmdb._Database) -> tuple[Callable[[bytes]
             lambda key: txn.delete(key, db=db))
 
 
+def _leaf_deltas(changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> dict[int, int]:
+    """The XOR delta ``(lmdb_key, old digest, new digest)`` changes make to each leaf."""
+    leaves: dict[int, int] = {}
+    for lmdb_key, old, new in changes:
+        delta = _share(lmdb_key, old) ^ _share(lmdb_key, new)
+        if delta:
+            leaf = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
+            leaves[leaf] = leaves.get(leaf, 0) ^ delta
+    return leaves
+
+
 class Tree:
     """The hash tree of one LMDB environment, read and updated inside the caller's transactions.
 
@@ -97,21 +124,57 @@ class Tree:
 
     def update_many(self, txn: lmdb.Transaction,
                     changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> None:
-        """Apply many ``(lmdb_key, old digest, new digest)`` changes at once: afterwards every
-        tree node holds what applying them one by one with :meth:`update` would leave.
+        """Apply many ``(lmdb_key, old digest, new digest)`` changes to the nodes now:
+        afterwards every tree node holds what applying them one by one with :meth:`update`
+        would leave (a pending log aside: XOR commutes, so it may be folded before or after)."""
+        self._apply(txn, _leaf_deltas(changes))
 
-        The XOR deltas are gathered per leaf first, then folded up a level at a time (a
-        parent's delta is the XOR of its children's), so a batch touches each tree node
-        once: a batch of 1,000 writes shares its few upper nodes instead of rewriting them
-        1,000 times each. The nodes are then read and written in key order.
+    def log(self, txn: lmdb.Transaction,
+            changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) -> None:
+        """Record ``(lmdb_key, old digest, new digest)`` changes in the log, in ``txn``: the
+        nodes read after :meth:`fold` are as if :meth:`update_many` had applied them. Folds
+        the log once it holds :data:`MAX_PENDING` changes."""
+        leaves = _leaf_deltas(changes)
+        if not leaves:
+            return
+        cursor = txn.cursor(db=self.db)
+        held = cursor.get(_COUNT)
+        count = (_U64.unpack(held)[0] if held is not None else 0) + len(leaves)
+        seq = (_U64.unpack_from(cursor.key(), 1)[0] + 1
+               if cursor.last() and cursor.key()[:1] == _LOG else 0)
+        cursor.put(_LOG + _U64.pack(seq), b"".join(
+            _LOGGED.pack(leaf, delta.to_bytes(HASH_BYTES, "big"))
+            for leaf, delta in leaves.items()), append=True)
+        cursor.put(_COUNT, _U64.pack(count))
+        if count >= MAX_PENDING:
+            self.fold(txn)
+
+    def pending(self, txn: lmdb.Transaction) -> bool:
+        """Whether the log holds changes not yet folded into the nodes."""
+        return txn.get(_COUNT, db=self.db) is not None
+
+    def fold(self, txn: lmdb.Transaction) -> None:
+        """Apply the logged changes to the nodes and empty the log (a write transaction)."""
+        cursor = txn.cursor(db=self.db)
+        leaves: dict[int, int] = {}
+        more = cursor.set_range(_LOG)
+        while more:
+            for leaf, delta in _LOGGED.iter_unpack(cursor.value()):
+                leaves[leaf] = leaves.get(leaf, 0) ^ int.from_bytes(delta, "big")
+            more = cursor.delete() and bool(cursor.key())   # now on the next entry, if any
+        if cursor.set_key(_COUNT):
+            cursor.delete()
+        self._apply(txn, leaves)
+
+    def _apply(self, txn: lmdb.Transaction, leaves: dict[int, int]) -> None:
+        """XOR ``leaves`` (leaf index -> delta) into the leaves and their ancestors.
+
+        The deltas are folded up a level at a time (a parent's delta is the XOR of its
+        children's), so a batch touches each tree node once: a batch of 1,000 writes shares
+        its few upper nodes instead of rewriting them 1,000 times each. The nodes are then
+        read and written in key order.
         """
-        level: dict[int, int] = {}   # tree-node index -> XOR delta, at the current level
-        for lmdb_key, old, new in changes:
-            delta = _share(lmdb_key, old) ^ _share(lmdb_key, new)
-            if delta:
-                leaf = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
-                level[leaf] = level.get(leaf, 0) ^ delta
-        pending: list[tuple[bytes, int]] = []
+        level, pending = leaves, []
         for depth in range(DEPTH, -1, -1):
             parents: dict[int, int] = {}
             for index, delta in level.items():
@@ -130,5 +193,6 @@ class Tree:
                 delete(tkey)
 
     def hashes(self, txn: lmdb.Transaction, nodes: Iterable[tuple[int, int]]) -> list[bytes]:
-        """Return the hash of each tree node (zero for an empty subtree)."""
+        """Return the hash of each tree node (zero for an empty subtree) as the nodes hold it:
+        with the log folded first (:meth:`fold`), the hash of what the store holds."""
         return [txn.get(_NODE.pack(level, index), db=self.db) or ZERO for level, index in nodes]

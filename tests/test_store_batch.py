@@ -15,6 +15,7 @@ from sdht.params import DEFAULTS as PARAMS
 from sdht.wire import SAME, STORED, SUPERSEDED
 from storage.layout import entry_key, held_of, stored
 from storage.store import Store
+from storage import tree as tree_module
 from storage.tree import HASH_BYTES, Tree, contribution, path
 
 T0 = 1_700_000_000_000_000  # microseconds
@@ -67,6 +68,14 @@ def dump(store: Store, db) -> dict[bytes, bytes]:
         return {bytes(k): bytes(v) for k, v in txn.cursor()}
 
 
+def nodes(store: Store) -> dict[bytes, bytes]:
+    """The tree's nodes as a read finds them: a read folds the log first, and leaves none."""
+    store.tree_hashes([(0, 0)])
+    found = dump(store, store.tree.db)
+    assert all(len(key) == 3 for key in found), "the log was not folded"
+    return found
+
+
 @pytest.fixture(scope="module")
 def stores():
     """A fresh store per example would cost a directory each: one store, emptied between."""
@@ -98,7 +107,7 @@ class TestPutMany:
             assert got == expected
             accepted += sum(status == STORED for status, _ in expected)
         assert dump(store, store.data) == {k: stored(r) for k, r in held.items()}
-        assert dump(store, store.tree.db) == reference_tree(held)
+        assert nodes(store) == reference_tree(held)
         stats = store.stats()
         assert stats["bytes"] == sum(len(k) + len(stored(r)) for k, r in held.items())
         assert stats["revision"] == accepted
@@ -164,3 +173,71 @@ def test_tree_runs_over_any_transaction_with_get_put_delete():
     assert len(table) == 5
     Tree(None).update_many(DictTxn(), [(lkey, b"\x05" * 32, None)])
     assert table == {}
+
+
+class TestTreeLog:
+    @settings(max_examples=100, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(batches=st.lists(st.lists(st.tuples(st.integers(0, 40), st.integers(0, 3),
+                                               st.integers(0, 3)), max_size=12), max_size=8),
+           limit=st.integers(1, 20), now=st.sets(st.integers(0, 7)))
+    def test_logged_then_folded_equals_applied(self, stores, batches, limit, now):
+        """Writes log their changes (folded whenever the log passes ``MAX_PENDING``), some
+        are applied at once (as an upgrade does): after a fold the nodes are those of every
+        change applied one by one."""
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tree_module, "MAX_PENDING", limit)
+            self.write(emptied(stores), batches, now)
+
+    @staticmethod
+    def write(store, batches, now):
+        keys = [entry_key(Record(f"key{i}", 0, T0, 1.0, b"n")) for i in range(41)]
+        digests = [None, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
+        expected: dict[bytes, int] = {}
+        for number, batch in enumerate(batches):
+            changes = [(keys[k], digests[a], digests[b]) for k, a, b in batch]
+            with store.env.begin(write=True) as txn:
+                if number in now:
+                    store.tree.update_many(txn, changes)
+                else:
+                    store.tree.log(txn, changes)
+            for lkey, old, new in changes:
+                share = (int.from_bytes(contribution(lkey, old), "big")
+                         ^ int.from_bytes(contribution(lkey, new), "big"))
+                for tkey in path(lkey):
+                    expected[tkey] = expected.get(tkey, 0) ^ share
+        assert nodes(store) == {k: v.to_bytes(HASH_BYTES, "big")
+                                for k, v in expected.items() if v}
+
+    def test_a_full_log_is_folded_by_the_write_that_fills_it(self, stores, monkeypatch):
+        monkeypatch.setattr(tree_module, "MAX_PENDING", 5)
+        store = emptied(stores)
+        batch = [Record(f"k{i}", i, T0, PARAMS["min_work"], b"\x01") for i in range(6)]
+        store.put_many(batch[:4], PARAMS)
+        with store.env.begin() as txn:
+            assert store.tree.pending(txn)
+        store.put_many(batch[4:], PARAMS)
+        with store.env.begin() as txn:
+            assert not store.tree.pending(txn)
+        assert nodes(store) == reference_tree({entry_key(r): r for r in batch})
+
+
+
+def test_a_layout_3_store_opens_as_4_and_keeps_its_tree(tmp_path):
+    """Layout 4 is layout 3 plus the tree's log: a layout-3 store is taken as it is (and an
+    older node, which would not read the log, refuses the store afterwards)."""
+    recs = [Record(f"k{i}", i, T0, PARAMS["min_work"], b"\x01") for i in range(20)]
+    store = Store(str(tmp_path), sync=False)
+    store.put_many(recs, PARAMS)
+    root = store.tree_hashes([(0, 0)])
+    with store.env.begin(write=True) as txn:
+        txn.put(b"format", b"3", db=store.meta)
+    store.close()
+    store = Store(str(tmp_path), sync=False)
+    try:
+        with store.env.begin(db=store.meta) as txn:
+            assert txn.get(b"format") == b"4"
+        assert store.tree_hashes([(0, 0)]) == root
+        assert nodes(store) == reference_tree({entry_key(r): r for r in recs})
+    finally:
+        store.close()
