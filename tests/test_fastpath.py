@@ -320,3 +320,28 @@ def test_any_run_of_writes_is_answered_and_logged_alike(tmp_path_factory, writes
             assert got[0] == got[1]
     finally:
         twins.close()
+
+
+def test_a_real_node_answers_writes_logs_and_counts_them(start_node):
+    """Under gunicorn (its worker, the limits, two workers): stored, same and superseded, each
+    answered, logged and counted once."""
+    import requests
+    node = start_node()
+    high, low = mint("e2e", "high", 6.0), mint("e2e", "low", 3.0)
+    answers = [requests.put(f"{node.url}/v1/record", data=rec.pack(), headers=MSGPACK,
+                            timeout=10) for rec in (high, high, low)]
+    assert [a.status_code for a in answers] == [201, 200, 409]
+    assert [a.json().get("status") for a in answers[:2]] == ["stored", "same"]
+    assert answers[2].json()["error"] == "superseded"
+    assert all(a.headers["X-SDHT-Node"] == node.id and a.headers["X-SDHT-Epoch"] == "0"
+               for a in answers)
+    log = requests.get(f"{node.url}/v1/ui/log", timeout=10).json()["events"]
+    assert [e["text"] for e in log[:3]] == ["'e2e' refused: a higher version is held",
+                                           "'e2e' already held", "'e2e' stored"]
+    text = requests.get(f"{node.url}/metrics", timeout=10).text
+    for outcome in ("stored", "same", "superseded"):
+        assert f'sdht_writes_total{{outcome="{outcome}"}} 1.0' in text, outcome
+    for status in ("201", "200", "409"):
+        assert (f'sdht_requests_total{{method="PUT",route="/v1/record",status="{status}"}} 1.0'
+                in text), status
+    assert requests.get(f"{node.url}/v1/record?key=e2e", timeout=10).content == high.pack()
