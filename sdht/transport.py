@@ -91,9 +91,8 @@ class Transport(NodeAPI):
                 data: bytes | None = None, admin: bool = False,
                 headers: dict[str, str] | None = None, ok: Iterable[int] = (200,),
                 undecoded: bool = False) -> Reply:
-        """Send one request and decode the answer (msgpack or JSON); with ``admin`` the
-        request is signed with :attr:`keys`. With ``undecoded``, an answer whose status is in
-        ``ok`` keeps its body as the bytes it came in (the caller decodes them).
+        """Send one request and decode the answer (msgpack or JSON; with ``undecoded``, one
+        with a status in ``ok`` stays bytes); with ``admin`` it is signed with :attr:`keys`.
 
         :raises NodeUnavailable: when the node cannot be reached.
         :raises Timeout: when it does not answer within the timeout.
@@ -109,13 +108,12 @@ class Transport(NodeAPI):
 
     def _reply(self, node: str, route: str, status: int, headers: Mapping[str, str],
                raw: bytes, ok: Iterable[int], undecoded: bool = False) -> Reply:
-        """Decode an answer by its content type (unless ``undecoded`` and its status is in
-        ``ok``) and check its status (one rule for every transport)."""
-        body = raw if undecoded and status in ok else \
-            _decode(node, route, headers.get("Content-Type", ""), raw)
-        epoch_text = headers.get(EPOCH_HEADER, "0")
-        epoch = int(epoch_text) if epoch_text.isascii() and epoch_text.isdigit() \
-            and len(epoch_text) < 20 else 0
+        """Decode an answer by its content type (not an ``undecoded`` one in ``ok``) and check
+        its status (one rule for every transport)."""
+        kind = headers.get("Content-Type", "")
+        body = raw if undecoded and status in ok else _decode(node, route, kind, raw)
+        text = headers.get(EPOCH_HEADER, "0")
+        epoch = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else 0
         if status not in ok:
             message = body.get("message") if isinstance(body, dict) else None
             text = message if isinstance(message, str) and message else body

@@ -190,6 +190,12 @@ def wait_healthy(proc: subprocess.Popen, node: str, timeout: float = 30.0,
 def group_stats(pgid: int) -> Iterator[list[str]]:
     """The ``/proc/PID/stat`` fields after the command name (state, ppid, pgrp, ...) of each
     process in group ``pgid`` (none where there is no ``/proc``)."""
+    for _, fields in group_members(pgid):
+        yield fields
+
+
+def group_members(pgid: int) -> Iterator[tuple[int, list[str]]]:
+    """``(PID, stat fields)`` of each process in group ``pgid``, as :func:`group_stats`."""
     proc = Path("/proc")
     if not proc.is_dir():
         return
@@ -201,7 +207,7 @@ def group_stats(pgid: int) -> Iterator[list[str]]:
         except OSError:
             continue
         if int(fields[2]) == pgid:
-            yield fields
+            yield int(entry.name), fields
 
 
 def group_alive(pgid: int) -> bool:
