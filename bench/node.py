@@ -52,7 +52,9 @@ BATCH = 100
 #: since ``--base``, such as storage/fastpath.py, is unused there: its app.py does not wire it).
 HOT_FILES = ["storage/routes.py", "storage/store.py", "storage/http.py", "storage/app.py",
              "storage/metrics.py", "storage/web.py", "storage/eventlog.py",
-             "storage/gunicorn_conf.py", "storage/auth.py"]
+             "storage/gunicorn_conf.py", "storage/auth.py",
+             # the batch write's merge, hash tree (and its layout version) and admission
+             "storage/tree.py", "storage/layout.py", "sdht/kinds/register.py"]
 START_DEADLINE = 30.0      # seconds for a node to answer its health route
 STOP_DEADLINE = 10.0       # seconds between SIGTERM and SIGKILL
 
