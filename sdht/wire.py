@@ -145,7 +145,7 @@ def unpackb(data: bytes) -> Any:
     :raises InvalidRecord: on malformed, truncated or trailing data, or extension types.
     """
     try:
-        with _collector_paused():
+        with collector_paused():
             return msgpack.unpackb(data, **_STRICT)
     except InvalidRecord:
         raise
@@ -168,7 +168,7 @@ def unpack_items(data: bytes) -> list[tuple[Any, bytes]]:
     except (ValueError, msgpack.OutOfData):
         raise InvalidRecord("the body must be a msgpack array") from None
     try:
-        with _collector_paused():
+        with collector_paused():
             items = _unpack_each(unpacker, data, count)
     except InvalidRecord:
         raise
@@ -195,10 +195,11 @@ _GC_WAS_ON = True
 
 
 @contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause Python's cycle collector while decoding: a body of many small containers makes
-    it rescan every object again and again (a 5.5 MB one: 4.2 s with it, 1.1 s without).
-    Decoded data holds no cycles. Counted, so threads decoding at once share one pause."""
+def collector_paused() -> Iterator[None]:
+    """Pause Python's cycle collector while decoding (or reading a batch, :mod:`sdht.batch`):
+    a body of many small containers makes it rescan every object again and again (a 5.5 MB
+    one: 4.2 s with it, 1.1 s without). Decoded data holds no cycles. Counted, so threads
+    decoding at once share one pause; it lasts as long as the call (a request's deadline)."""
     global _GC_PAUSES, _GC_WAS_ON
     with _GC_LOCK:
         _GC_PAUSES += 1
