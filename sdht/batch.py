@@ -11,7 +11,7 @@ from .errors import QuorumError
 from .kinds.register import Record, winner
 from .quorum import MAX_REROUTES, Quorum, valid, write_shortfall
 from .transport import PutOutcome
-from .wire import SUPERSEDED, collector_paused, now_us
+from .wire import SUPERSEDED, now_us
 
 #: A replica's answer for one key that failed its checks (:func:`sdht.quorum.check_answer`):
 #: counted as that replica's error for that key, never as an answer.
@@ -69,14 +69,6 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
 
     :raises QuorumError: when fewer than ``r`` replicas answered for some key.
     """
-    # Thousands of records and answers are made and dropped, none in a cycle: the cycle
-    # collector rescanning them all costs more than it finds (6-10% of a batch of 1,000).
-    with collector_paused():
-        return _read_many(quorum, keys)
-
-
-def _read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
-    """:func:`read_many`, the collector paused."""
     keys = list(dict.fromkeys(keys))
     handle = quorum.handle
     p = handle.current().params
