@@ -75,16 +75,27 @@ def require_authority(members: bool = True) -> str:
     """Answer 401/403 unless the request is signed by the operator (or, with ``members``, by
     a member of the ring this node holds). Returns who signed; in development mode, where
     only loopback is served, returns ``"development"``."""
+    if keys().development:
+        return "development"
+    target = request.path + (f"?{request.query_string.decode('latin-1')}"
+                             if request.query_string else "")
+    return authority(request.method, target, request.get_data(cache=True), request.headers,
+                     members)
+
+
+def authority(method: str, target: str, body: bytes, headers: Mapping[str, str],
+              members: bool = True) -> str:
+    """:func:`require_authority` of a request given by its parts (``target``: its path and
+    query), for a caller without Flask's request (:mod:`storage.fastphases`).
+
+    :raises ApiError: 401 when it is not signed so."""
     node_keys = keys()
     if node_keys.development:
         return "development"
     view = ring_view()
     member_keys = {m.id: m.key for m in view.members if m.key} if view else {}
-    target = request.path + (f"?{request.query_string.decode('latin-1')}"
-                             if request.query_string else "")
     try:
-        return node_keys.check_request(request.method, target, request.get_data(cache=True),
-                                       request.headers, member_keys, members)
+        return node_keys.check_request(method, target, body, headers, member_keys, members)
     except Unauthorized as exc:
         raise ApiError(401, "unauthorized", str(exc)) from None
 

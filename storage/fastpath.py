@@ -69,8 +69,11 @@ _SIGNED, _MIGRATION = _environ_name(SIGNER_HEADER), _environ_name(MIGRATION_HEAD
 
 
 def init_app(app: Flask) -> None:
-    """Put the fast path in front of ``app``'s WSGI callable."""
-    app.wsgi_app = HotPath(app, app.wsgi_app)  # type: ignore[method-assign]
+    """Put the fast paths in front of ``app``'s WSGI callable: this one, then the acceptor's
+    phases (:mod:`storage.fastphases`), then Flask."""
+    # Imported here: that module builds on this one's helpers (held_body, faulty).
+    from .fastphases import Phases
+    app.wsgi_app = HotPath(app, Phases(app, app.wsgi_app))  # type: ignore[method-assign]
 
 
 class HotPath:
@@ -96,15 +99,10 @@ class HotPath:
                 return [answer[2]]
         return self.wsgi(environ, start_response)
 
-    def _faults(self) -> bool:
-        """Whether the test-only faults are on: Flask's hook makes them (storage.metrics)."""
-        cfg = self.app.config
-        return bool(cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"])
-
     def _read(self, environ: dict) -> Answer | None:
         """The answer of a read, or None when Flask must answer."""
         began = time.perf_counter()
-        if self._faults():
+        if faulty(self.app):
             return None
         found = _QUERY.fullmatch(environ.get("QUERY_STRING", ""))
         if found is None:
@@ -131,9 +129,9 @@ class HotPath:
         """The answer of a write the store took or already held, or None when Flask must
         answer (and nothing has changed)."""
         began = time.perf_counter()
-        if self._faults() or _SIGNED in environ:
+        if faulty(self.app) or _SIGNED in environ:
             return None
-        data = _body(environ)
+        data = held_body(environ)
         if data is None:
             return None
         with self.app.app_context():
@@ -169,7 +167,14 @@ class HotPath:
         return status, headers, body
 
 
-def _body(environ: dict) -> bytes | None:
+def faulty(app: Flask) -> bool:
+    """Whether ``app``'s test-only faults are on: Flask's hook makes them (storage.metrics),
+    so a fast path hands every request to Flask then."""
+    cfg = app.config
+    return bool(cfg["TEST_DELAY_MS"] or cfg["TEST_ERROR_RATE"])
+
+
+def held_body(environ: dict) -> bytes | None:
     """The request body as :mod:`storage.limits` left it in memory, without consuming it (Flask
     may still read it); None when there is none, or it is not held as that middleware holds it."""
     stream, length = environ.get("wsgi.input"), environ.get("CONTENT_LENGTH") or ""

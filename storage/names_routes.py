@@ -19,7 +19,7 @@ the gateway's registry under ``/kv-store/names``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Mapping
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
@@ -41,14 +41,22 @@ MAX_REGISTER_BODY = 1 << 20
 
 # -- the acceptor ---------------------------------------------------------------------------------
 
-def _message(with_claim: bool) -> tuple[str, name.Ballot, int, name.Claim | None]:
-    """The phase message of this request: key, ballot, epoch and (for accept) the claim,
-    checked: the ballot is not from the future, the claim pays the proof-of-work gate. Only
-    the operator or a member proposes (docs/security.md): a client goes through
-    ``/v1/names/register`` (below)."""
-    require_authority()
-    p = params()
-    obj = body()
+#: The WSGI environ key under which :mod:`storage.fastphases` hands Flask the error of a phase
+#: it ran (the store may have applied it): the route answers that error instead of running the
+#: phase a second time.
+FAILED = "sdht.phase_failed"
+#: Each phase route's phase, as the metrics label it.
+PHASES = {name.PREPARE_ROUTE: "prepare", name.ACCEPT_ROUTE: "accept"}
+
+#: A checked phase message: key, ballot, epoch and (accept) the claim.
+Message = tuple[str, name.Ballot, int, name.Claim | None]
+
+
+def parse_message(obj: Any, p: Mapping[str, Any], with_claim: bool) -> Message:
+    """The phase message ``obj`` (decoded), checked: key, ballot, epoch and (for accept) the
+    claim; the ballot is not from the future, the claim pays the proof-of-work gate.
+
+    :raises ApiError: 400 (413 for a key or value too long) when it is not such a message."""
     if not isinstance(obj, dict) or set(obj) != ({"k", "b", "e", "a"} if with_claim
                                                  else {"k", "b", "e"}):
         raise ApiError(400, "bad_message", "a phase message is {k, b, e} (prepare) or "
@@ -72,24 +80,44 @@ def _message(with_claim: bool) -> tuple[str, name.Ballot, int, name.Claim | None
     return key, ballot, obj["e"], claim
 
 
-def _reply(phase: str, answer: name.Answer) -> Response:
+def apply(phase: str, message: Message, p: Mapping[str, Any]) -> name.Answer:
+    """Run ``phase`` (``prepare`` or ``accept``) of ``message`` in this node's acceptor: one
+    write transaction, committed before this returns (:mod:`storage.acceptor`)."""
+    key, ballot, epoch, claim = message
+    if phase == "prepare":
+        return acceptor.prepare(store(), key, ballot, epoch, p)
+    assert claim is not None
+    return acceptor.accept(store(), key, ballot, claim, epoch, p)
+
+
+def answered(phase: str, answer: name.Answer) -> bytes:
+    """Count ``answer`` to ``phase`` in the node's metrics; return the answer's body."""
     metrics.current().names.labels(phase, answer.status).inc()
-    return msgpack_response(packb(name.answer_to_wire(answer)))
+    return packb(name.answer_to_wire(answer))
+
+
+def _phase(phase: str) -> Response:
+    failed = request.environ.get(FAILED)
+    if failed is not None:   # the fast path ran this phase already: answer how it failed
+        raise failed
+    # Only the operator or a member proposes (docs/security.md): a client goes through
+    # ``/v1/names/register`` (below).
+    require_authority()
+    p = params()
+    message = parse_message(body(), p, phase == "accept")
+    return msgpack_response(answered(phase, apply(phase, message, p)))
 
 
 @bp.post(name.PREPARE_ROUTE)
 def prepare() -> Response:
     """Phase 1: promise the ballot, or answer the higher one held (or ``stale``)."""
-    key, ballot, epoch, _ = _message(False)
-    return _reply("prepare", acceptor.prepare(store(), key, ballot, epoch, params()))
+    return _phase("prepare")
 
 
 @bp.post(name.ACCEPT_ROUTE)
 def accept() -> Response:
     """Phase 2: accept the claim at the ballot, or answer the higher one held."""
-    key, ballot, epoch, claim = _message(True)
-    assert claim is not None
-    return _reply("accept", acceptor.accept(store(), key, ballot, claim, epoch, params()))
+    return _phase("accept")
 
 
 # -- proposing for a client (sdht.registry.Relay) -------------------------------------------------
