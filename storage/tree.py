@@ -35,7 +35,8 @@ import lmdb
 from sdht.wire import DEPTH, FANOUT
 
 FANOUT_BITS = FANOUT.bit_length() - 1   # a tree node's index is its parent's and these bits
-LEAF_BITS = FANOUT_BITS * DEPTH  # a leaf is the top 16 bits of a position
+# A leaf is the top 16 bits of a position (read where used: bench/simsync.py tries other depths).
+LEAF_BITS = FANOUT_BITS * DEPTH
 HASH_BYTES = 16
 ZERO = bytes(HASH_BYTES)
 TREE_PERSON = b"sdht-tree-v1"
@@ -46,7 +47,6 @@ MAX_PENDING = 8192
 
 _NODE = struct.Struct(">BH")
 _U64 = struct.Struct(">Q")
-_LEAF_SHIFT = 64 - LEAF_BITS
 # Log keys sort after every node's (levels are 0..DEPTH): the count of changes held, and the
 # entries, 0xff || sequence, each the ``(leaf, delta)`` pairs of one write.
 _COUNT, _LOG = b"\xfe", b"\xff"
@@ -74,7 +74,7 @@ def xor(a: bytes, b: bytes) -> bytes:
 
 def path(lmdb_key: bytes) -> Iterable[bytes]:
     """Yield the tree-db keys of the leaf holding ``lmdb_key`` and of all its ancestors."""
-    top = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
+    top = _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
     for level in range(DEPTH, -1, -1):
         yield _NODE.pack(level, top >> (FANOUT_BITS * (DEPTH - level)))
 
@@ -102,7 +102,7 @@ def _leaf_deltas(changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) ->
     for lmdb_key, old, new in changes:
         delta = _share(lmdb_key, old) ^ _share(lmdb_key, new)
         if delta:
-            leaf = _U64.unpack_from(lmdb_key)[0] >> _LEAF_SHIFT
+            leaf = _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
             leaves[leaf] = leaves.get(leaf, 0) ^ delta
     return leaves
 
