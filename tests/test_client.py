@@ -312,6 +312,8 @@ def test_a_batch_read_decodes_each_distinct_answer_once(inprocess_cluster):
     ring, _ = inprocess_cluster(3)
     ring.set("k", "old")
     replicas = ring.view.readers.for_key("k")
+    # set returns at w acknowledgements: wait for the last replica's copy too.
+    wait_for(lambda: all(ring.transport.get_record(n, "k")[0] for n in replicas), timeout=10)
     decoded: dict = {}
     first = [ring.transport.get_many(node, ["k"], ring.params, decoded)[0][0]
              for node in replicas]
