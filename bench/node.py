@@ -20,6 +20,11 @@ same-run ratios mean anything on a shared machine; ``--repeats`` repeats the who
 fresh nodes and the spread of the ratios is printed.
 
     python bench/node.py --base 9ec5200 --repeats 3
+
+``--baseline-env NAME=VALUE`` instead runs both nodes from the working tree, the baseline with
+that variable set: a switch's A/B, such as the lean lane's (``SDHT_LEAN=0``, storage/lean.py).
+
+    python bench/node.py --baseline-env SDHT_LEAN=0 --repeats 3
 """
 from __future__ import annotations
 
@@ -62,12 +67,13 @@ STOP_DEADLINE = 10.0       # seconds between SIGTERM and SIGKILL
 class Node:
     """A node started from source tree ``tree`` (its own PYTHONPATH and cwd)."""
 
-    def __init__(self, name: str, tree: Path, tmp: Path, workers: int) -> None:
+    def __init__(self, name: str, tree: Path, tmp: Path, workers: int,
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.id = f"127.0.0.1:{self.port}"
         self.log = open(tmp / f"{name}.log", "ab")
         self.proc = processes.start_node(self.port, tmp / name, self.log, workers,
-                                         env={"PYTHONPATH": str(tree)}, cwd=tree)
+                                         env={"PYTHONPATH": str(tree), **(env or {})}, cwd=tree)
         processes.wait_healthy(self.proc, self.id, START_DEADLINE, self.log.name)
 
     def cpu_seconds(self) -> float:
@@ -95,13 +101,13 @@ def _time(op: Callable[[], Any]) -> float:
     return (time.perf_counter() - began) * 1000.0
 
 
-def run_once(base_tree: Path, workers: int, ops: int, batches: int
-             ) -> tuple[dict[str, dict], dict[str, dict]]:
+def run_once(base_tree: Path, workers: int, ops: int, batches: int,
+             base_env: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
     """Start both nodes, measure every route interleaved, stop them; return latencies (ms)
     and the nodes' CPU per request (ms), per route and system."""
     with tempfile.TemporaryDirectory(prefix="sdht-node-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        nodes = {"baseline": Node("baseline", base_tree, tmp, workers),
+        nodes = {"baseline": Node("baseline", base_tree, tmp, workers, base_env),
                  "candidate": Node("candidate", ROOT, tmp, workers)}
         tr = Transport()
         try:
@@ -154,9 +160,18 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100, help="batches per node")
     ap.add_argument("--workers", type=int, default=2, help="gunicorn workers per node")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--baseline-env", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="run both nodes from the working tree, the baseline with these "
+                    "variables set (a switch's A/B); --base and --files are then unused")
     args = ap.parse_args()
     for k, v in machine().items():
         print(f"{k}: {v}")
+    if args.baseline_env:
+        base_env = dict(item.split("=", 1) for item in args.baseline_env)
+        print(f"baseline: the working tree with {' '.join(args.baseline_env)}; candidate: "
+              "the working tree", flush=True)
+        report(args, lambda: run_once(ROOT, args.workers, args.ops, args.batches, base_env))
+        return
     base = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base],
                           capture_output=True, text=True, check=True).stdout.strip()
     print(f"baseline: a git worktree of HEAD with {' '.join(args.files)} from {base}; "
@@ -171,22 +186,28 @@ def main() -> None:
                                check=True, capture_output=True)
             for name in args.with_working:   # one change alone: the others on both sides
                 shutil.copyfile(ROOT / name, tree / name)
-            ratios: dict[str, list[tuple[float, float]]] = {}
-            for rep in range(args.repeats):
-                lat, cpu = run_once(tree, args.workers, args.ops, args.batches)
-                print(f"\nrun {rep + 1}: p50 / p99 / node CPU per request, in ms")
-                for route, by in lat.items():
-                    row = {s: sorted(v) for s, v in by.items()}
-                    p = {s: (percentile(v, 0.5), percentile(v, 0.99), cpu[route][s])
-                         for s, v in row.items()}
-                    r = tuple(p["candidate"][i] / p["baseline"][i] for i in range(3))
-                    ratios.setdefault(route, []).append(r)
-                    print(f"  {route:<28} baseline {'/'.join(f'{x:.3f}' for x in p['baseline'])}"
-                          f"  candidate {'/'.join(f'{x:.3f}' for x in p['candidate'])}"
-                          f"  new/old {r[0]:.2f}× {r[1]:.2f}× cpu {r[2]:.2f}×", flush=True)
+            report(args, lambda: run_once(tree, args.workers, args.ops, args.batches))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            capture_output=True)
+
+
+def report(args: argparse.Namespace, measure: Callable[[], tuple[dict, dict]]) -> None:
+    """Run ``measure`` (fresh nodes each time) ``args.repeats`` times; print each run and the
+    spread of the new/old ratios."""
+    ratios: dict[str, list[tuple[float, float]]] = {}
+    for rep in range(args.repeats):
+        lat, cpu = measure()
+        print(f"\nrun {rep + 1}: p50 / p99 / node CPU per request, in ms")
+        for route, by in lat.items():
+            row = {s: sorted(v) for s, v in by.items()}
+            p = {s: (percentile(v, 0.5), percentile(v, 0.99), cpu[route][s])
+                 for s, v in row.items()}
+            r = tuple(p["candidate"][i] / p["baseline"][i] for i in range(3))
+            ratios.setdefault(route, []).append(r)
+            print(f"  {route:<28} baseline {'/'.join(f'{x:.3f}' for x in p['baseline'])}"
+                  f"  candidate {'/'.join(f'{x:.3f}' for x in p['candidate'])}"
+                  f"  new/old {r[0]:.2f}× {r[1]:.2f}× cpu {r[2]:.2f}×", flush=True)
     print("\nnew/old over the runs (median, min–max); below 1 is faster")
     print("| route | p50 ratio | p99 ratio | node CPU ratio |\n|---|---:|---:|---:|")
     for route, rs in ratios.items():

@@ -9,6 +9,7 @@ control socket), so one module serves every gunicorn from 20.1 on.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import os
 import selectors
@@ -17,14 +18,19 @@ import time
 from functools import partial
 from typing import Any
 
+from gunicorn.http import wsgi as gwsgi
 from gunicorn.workers.gthread import ThreadWorker
 
 from sdht.wire import EPOCH_HEADER, NODE_HEADER
+from storage import lean
 from storage.config import DEFAULT_CONFIG
 from storage.limits import BUFFER_BYTES, CLOSE, LINGER, RECV_BYTES, Incoming, Refused
 
 #: Seconds between a worker's heartbeats to the arbiter (far below the 60 s ``--timeout``).
 HEARTBEAT = 1.0
+# gthread's ``handle`` returns ``(keepalive, conn)`` up to gunicorn 23 (its ``finish_request``
+# takes the future alone), the keepalive flag from 24 on.
+_HANDLE_PAIRS = list(inspect.signature(ThreadWorker.finish_request).parameters) == ["self", "fs"]
 
 # -- settings -------------------------------------------------------------------------------------
 
@@ -76,8 +82,10 @@ class Worker(ThreadWorker):
 
     It overrides what gthread of every gunicorn from 20.1 to 27 has: ``enqueue_req``, where a
     connection goes to the thread pool (new, kept alive or with a pipelined request);
-    ``murder_keepalived``, called at every turn of the event loop; and ``handle_request``, to
-    close a connection whose body the app refused unread. TLS connections go the usual way.
+    ``murder_keepalived``, called at every turn of the event loop; ``handle_request``, to
+    close a connection whose body the app refused unread; and ``handle``, where a thread serves
+    a plain request in the lean lane (:mod:`storage.lean`) instead of gunicorn's parser. TLS
+    connections go the usual way.
 
     A connection it closes, the loop drains for :data:`storage.limits.LINGER` seconds first,
     without blocking: closing with unread bytes would reset it before the client read the
@@ -93,6 +101,8 @@ class Worker(ThreadWorker):
         self._held = 0                          # bytes in the buffers of self._arriving
         self._swept = 0.0
         self._limits: tuple[int, float] | None = None
+        self._lean: lean.Limits | None | bool = False  # False: not decided yet
+        self._base: dict = {}
 
     def notify(self) -> None:
         """Tell the arbiter this worker is alive, at most every :data:`HEARTBEAT` seconds:
@@ -177,9 +187,32 @@ class Worker(ThreadWorker):
     def _hand_over(self, conn: Any, incoming: Incoming) -> None:
         self._forget(conn)
         conn.init()  # blocking again; makes a new connection's parser
-        conn.parser.unreader.unread(incoming.data())
+        data = incoming.data()
+        plain = self._plain(conn, data)
+        conn.sdht_lean = plain and plain[0]  # for handle, in the thread
+        conn.parser.unreader.unread(plain[1] if plain else data)  # pipelined ones stay
         conn.close = partial(self._linger, conn, False)  # however gunicorn closes it
         super().enqueue_req(conn)
+
+    def _plain(self, conn: Any, data: bytes) -> tuple[lean.Request, bytes] | None:
+        """The request in ``data`` if the lean lane serves it, and what follows it."""
+        if self._lean is False:
+            self._lean = lean.limits_of(self.cfg)
+            self._base = gwsgi.base_environ(self.cfg)
+        if self._lean is None or not isinstance(conn.server, tuple) \
+                or conn.parser.unreader.buf.getvalue():
+            return None
+        return lean.parse(data, data.find(b"\r\n\r\n"), self._lean)
+
+    def handle(self, conn: Any) -> Any:
+        """Serve the connection's request: in the lean lane when :meth:`_hand_over` found it
+        plain, else gunicorn's way."""
+        request = getattr(conn, "sdht_lean", None)
+        if request is None:
+            return super().handle(conn)
+        conn.sdht_lean = None
+        keepalive = lean.serve(self, conn, request, self._base)
+        return (keepalive, conn) if _HANDLE_PAIRS else keepalive
 
     def _linger(self, conn: Any, counted: bool, graceful: bool = False) -> None:
         """Close ``conn`` after a moment of draining (the class docstring); gunicorn has
