@@ -131,8 +131,8 @@ class Store:
         """
         lkeys = [entry_key(entry) for entry in entries]
         # Merged in LMDB key order (a stable sort: the same key keeps the batch's order): the
-        # B-tree walks of neighbouring keys share their pages, and the hash tree's updates
-        # arrive leaf by leaf. Every result is the same as in batch order: keys are independent.
+        # B-tree walks of neighbouring keys share their pages. Every result is the same as in
+        # batch order, since different keys do not meet.
         order = sorted(range(len(entries)), key=lkeys.__getitem__)
         results: list[WriteResult] = [None] * len(entries)  # type: ignore[list-item]
         tree_changes = []
