@@ -16,7 +16,7 @@ from sdht.wire import EPOCH_HEADER  # noqa: F401  (re-exported for tests and too
 
 from . import (auth, fastpath, gateway, hint_routes, http, limits, metrics, names_routes,
                routes, sequence_gateway, sequence_routes, sync_routes, web)
-from . import shards, viewchange
+from . import fastphases, shards, viewchange
 from .config import load_config
 from .store import Store
 
@@ -68,6 +68,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     gateway.init_app(app)  # the /kv-store JSON API (docs/http-api.md) and its access limits
     shards.init_app(app)   # /kv-store/key-count and the seed's shards
     viewchange.init_app(app)  # PUT /kv-store/view-change
+    fastphases.init_app(app)  # the acceptor's phases' common case without Flask's dispatch
     fastpath.init_app(app)  # GET/PUT /v1/record's common case without Flask's dispatch
     limits.init_app(app)   # bodies read whole under deadlines and the size cap, answers sliced
     return app

@@ -69,11 +69,9 @@ _SIGNED, _MIGRATION = _environ_name(SIGNER_HEADER), _environ_name(MIGRATION_HEAD
 
 
 def init_app(app: Flask) -> None:
-    """Put the fast paths in front of ``app``'s WSGI callable: this one, then the acceptor's
-    phases (:mod:`storage.fastphases`), then Flask."""
-    # Imported here: that module builds on this one's helpers (held_body, faulty).
-    from .fastphases import Phases
-    app.wsgi_app = HotPath(app, Phases(app, app.wsgi_app))  # type: ignore[method-assign]
+    """Put the fast path in front of ``app``'s WSGI callable (after the acceptor's phases',
+    :mod:`storage.fastphases`: the record routes are asked first)."""
+    app.wsgi_app = HotPath(app, app.wsgi_app)  # type: ignore[method-assign]
 
 
 class HotPath:
