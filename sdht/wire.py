@@ -134,9 +134,17 @@ def tombstone_cutoff(params: Mapping[str, Any], now: int | None = None) -> int:
 
 # -- msgpack --------------------------------------------------------------------------------------
 
+#: One msgpack packer per thread: ``msgpack.packb`` builds a new one every call, which is more
+#: than half of what encoding a small record costs (1.16 vs 0.50 us).
+_PACKERS = threading.local()
+
+
 def packb(obj: Any) -> bytes:
     """Encode ``obj`` as msgpack the one way sdht does (bin type for bytes, float64)."""
-    return msgpack.packb(obj, use_bin_type=True)
+    packer = getattr(_PACKERS, "packer", None)
+    if packer is None:
+        packer = _PACKERS.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)   # a failed pack leaves the packer empty (msgpack resets it)
 
 
 def unpackb(data: bytes) -> Any:

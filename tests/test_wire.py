@@ -1,6 +1,7 @@
 """What the library and the nodes agree on (sdht/wire.py)."""
 from __future__ import annotations
 
+import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
@@ -70,3 +71,15 @@ def test_decoding_pauses_the_collector_and_restores_it():
         assert not gc.isenabled()   # a program that turned it off keeps it off
     finally:
         gc.enable()
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats()
+                    | st.text(max_size=20) | st.binary(max_size=20),
+                    lambda kids: st.lists(kids, max_size=4)
+                    | st.dictionaries(st.text(max_size=5), kids, max_size=4), max_leaves=20))
+def test_packb_is_msgpacks_encoding_even_after_a_failed_pack(obj):
+    """The per-thread packer encodes as ``msgpack.packb(use_bin_type=True)`` does, also right
+    after an object it cannot encode: a failed pack leaves nothing behind in its buffer."""
+    with pytest.raises((TypeError, ValueError)):
+        packb([obj, object()])
+    assert packb(obj) == msgpack.packb(obj, use_bin_type=True)
