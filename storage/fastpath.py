@@ -17,8 +17,8 @@ routes of :mod:`storage.routes`:
 and for both the epoch and node headers (:func:`storage.http.stamp_headers`) and the request
 metrics (:meth:`storage.metrics.Metrics.observe_request`) under the route's own labels.
 
-Everything else goes to Flask unchanged, which answers it as before (its error bodies, its
-event log): another route or method, a request the limits refused, a client the node does not
+Everything else goes on unchanged (to the acceptor's phases' path, :mod:`storage.fastphases`,
+then Flask), and Flask answers it as before (its error bodies, its event log): another route or method, a request the limits refused, a client the node does not
 serve (:func:`storage.auth.serves`), a node with the test-only faults on; a read whose query is
 not a plain ``key=`` or whose key fails its check or is not held; a write that is signed (its
 signature is checked by Flask's route), has no body or one that is not a msgpack entry, that

@@ -3,7 +3,7 @@ Flask's dispatch (issue 13).
 
 An uncontended ``register`` is one accept to each of the name's three replicas, so a
 registration costs three node requests, and Flask's request context, routing and hooks were
-about half of a phase request's Python time (docs/benchmarks.md, "Unique names"). This WSGI
+about a third of a phase request's Python time (docs/benchmarks.md, "Unique names"). This WSGI
 middleware sits behind :class:`storage.fastpath.HotPath` (and so behind :mod:`storage.limits`,
 which has read the body) and answers the plain case itself with the route's own functions
 (:mod:`storage.names_routes`): the same authority rule (:func:`storage.auth.authority`: signed
