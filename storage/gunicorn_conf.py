@@ -15,6 +15,7 @@ import os
 import selectors
 import socket
 import time
+from concurrent import futures
 from functools import partial
 from typing import Any
 
@@ -28,8 +29,7 @@ from storage.limits import BUFFER_BYTES, CLOSE, LINGER, RECV_BYTES, Incoming, Re
 
 #: Seconds between a worker's heartbeats to the arbiter (far below the 60 s ``--timeout``).
 HEARTBEAT = 1.0
-# gthread's ``handle`` returns ``(keepalive, conn)`` up to gunicorn 23 (its ``finish_request``
-# takes the future alone), the keepalive flag from 24 on.
+# gthread's handle returns (keepalive, conn) up to gunicorn 23, where finish_request takes fs alone
 _HANDLE_PAIRS = list(inspect.signature(ThreadWorker.finish_request).parameters) == ["self", "fs"]
 
 # -- settings -------------------------------------------------------------------------------------
@@ -192,6 +192,8 @@ class Worker(ThreadWorker):
         conn.sdht_lean = plain and plain[0]  # for handle, in the thread
         conn.parser.unreader.unread(plain[1] if plain else data)  # pipelined ones stay
         conn.close = partial(self._linger, conn, False)  # however gunicorn closes it
+        if plain and not plain[1] and lean.inline(plain[0]):
+            return self._serve_inline(conn, plain[0])
         super().enqueue_req(conn)
 
     def _plain(self, conn: Any, data: bytes) -> tuple[lean.Request, bytes] | None:
@@ -204,14 +206,34 @@ class Worker(ThreadWorker):
             return None
         return lean.parse(data, data.find(b"\r\n\r\n"), self._lean)
 
+    def _serve_inline(self, conn: Any, request: lean.Request) -> None:
+        """Serve ``request`` in the event loop's thread (:func:`storage.lean.inline`), then
+        keep or close the connection as gthread does after a thread served it; an answer the
+        client does not take at once is sent on from a thread."""
+        conn.sdht_lean = None
+        keepalive, unsent = lean.serve(self, conn, request, self._base, inline=True)
+        if unsent:
+            conn.sdht_unsent = (unsent, keepalive)
+            return super().enqueue_req(conn)
+        done: Any = futures.Future()
+        done.set_result((keepalive, conn) if _HANDLE_PAIRS else keepalive)
+        if _HANDLE_PAIRS:
+            done.conn = conn  # gunicorn < 24
+        return self.finish_request(done) if _HANDLE_PAIRS else self.finish_request(conn, done)
+
     def handle(self, conn: Any) -> Any:
         """Serve the connection's request: in the lean lane when :meth:`_hand_over` found it
-        plain, else gunicorn's way."""
+        plain, else gunicorn's way; or send the rest of an answer served inline."""
         request = getattr(conn, "sdht_lean", None)
-        if request is None:
+        unsent = getattr(conn, "sdht_unsent", None)
+        if unsent is not None:
+            conn.sdht_unsent = None
+            keepalive = lean.send_rest(conn.sock, *unsent, self.limits()[1])
+        elif request is not None:
+            conn.sdht_lean = None
+            keepalive = lean.serve(self, conn, request, self._base)[0]
+        else:
             return super().handle(conn)
-        conn.sdht_lean = None
-        keepalive = lean.serve(self, conn, request, self._base)
         return (keepalive, conn) if _HANDLE_PAIRS else keepalive
 
     def _linger(self, conn: Any, counted: bool, graceful: bool = False) -> None:

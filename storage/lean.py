@@ -1,24 +1,23 @@
 """The lean lane of a node's gunicorn worker: a whole, plain request served without gunicorn's
 request parser (issue 16).
 
-The worker (:class:`storage.gunicorn_conf.Worker`) holds every request whole in memory before a
-thread serves it. For a plain one, :func:`parse` reads the head with a parser stricter than
-gunicorn's, and :func:`environ` builds exactly the WSGI environ gunicorn's ``wsgi.create`` would
-give the app (tests/test_lean.py checks both against gunicorn's, request by request). The answer
-is written by gunicorn's own ``Response``, so its framing, ``Server``, ``Date`` and
-``Connection`` rules are those of the installed gunicorn. Anything :func:`parse` does not fully
-understand returns None and goes gunicorn's usual way, which then accepts it or answers 400 as
-before: the lane never accepts what gunicorn would refuse, and never reads a request otherwise.
+The worker (:class:`storage.gunicorn_conf.Worker`) holds every request whole in memory before
+serving it. For a plain one, :func:`parse` reads the head more strictly than gunicorn does and
+:func:`environ` builds exactly the environ gunicorn's ``wsgi.create`` would (tests/test_lean.py
+checks both against gunicorn's); gunicorn's own ``Response`` writes the answer (its framing,
+``Server``, ``Date``, ``Connection`` rules). What :func:`parse` does not fully understand goes
+gunicorn's way, which accepts it or answers 400 as before: the lane never accepts what gunicorn
+refuses. A read of one record (:func:`inline`) is served in the event loop's thread, the rest
+by the pool's threads.
 
-Plain means: ``GET HEAD PUT POST DELETE PATCH OPTIONS``, an origin-form target (``/``, not
-``//``, printable ASCII without ``#``), ``HTTP/1.1`` or ``HTTP/1.0``, CRLF line ends and no
-empty line before the request line; header names RFC 9110 tokens without ``_``, each name once,
-no space before the colon, values of printable ASCII, space and tab; lines and header count
-below gunicorn's limits; no ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``HTTP2-Settings``,
-none of gunicorn's scheme headers (``X-Forwarded-Proto`` ...); ``Connection`` only ``close`` or
-``keep-alive``; at most one ``Content-Length``, digits only.
-
-``SDHT_LEAN=0`` in the node's environment turns the lane off (for A/B runs and diagnosis).
+Plain: ``GET HEAD PUT POST DELETE PATCH OPTIONS``; an origin-form target (``/``, not ``//``,
+printable ASCII, no ``#``); ``HTTP/1.1`` or ``HTTP/1.0``; CRLF line ends, no empty line first;
+header names RFC 9110 tokens without ``_`` (it would map onto another's environ key), each once,
+no space before the colon; values of printable ASCII, space, tab; lines and count below
+gunicorn's limits; no ``Transfer-Encoding``, ``Expect``, ``Upgrade``, ``HTTP2-Settings``, none
+of gunicorn's scheme headers (``X-Forwarded-Proto`` ...); ``Connection`` only ``close`` or
+``keep-alive``; at most one ``Content-Length``, digits only. ``SDHT_LEAN=0`` in the node's
+environment turns the lane off (A/B runs, diagnosis).
 """
 from __future__ import annotations
 
@@ -33,7 +32,8 @@ from gunicorn.http import wsgi as gwsgi
 from gunicorn.http.message import Message
 from gunicorn.util import unquote_to_wsgi_str
 
-from storage.limits import CLOSE
+from storage.fastpath import PATH as INLINE_PATH
+from storage.limits import CLOSE, SLICE_BYTES
 
 #: Environment variable that turns the lane off when "0".
 SWITCH = "SDHT_LEAN"
@@ -46,7 +46,6 @@ METHODS = frozenset((b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"PATCH", b"OP
 DIVERTED = frozenset(("TRANSFER-ENCODING", "EXPECT", "UPGRADE", "HTTP2-SETTINGS", "TE",
                       "TRAILER"))
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
-# RFC 9110 5.6.2 token, less "_": a name with "_" would map onto another's environ key.
 _NAME = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
 _TARGET = re.compile(rb"/[\x21\x22\x24-\x7e]*")   # origin-form, printable, no "#"
@@ -88,21 +87,32 @@ class Gathered:
     ``sendall`` (a status line, headers and a small body are one syscall, not two), the same
     bytes in the same order. Past :data:`GATHER_BYTES` each write goes at once, as gunicorn's."""
 
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock, self.parts, self.size = sock, [], 0
+    def __init__(self, sock: socket.socket, limit: float = GATHER_BYTES) -> None:
+        self.sock, self.parts, self.size, self.limit = sock, [], 0, limit
 
     def sendall(self, data: bytes) -> None:
         """Gather ``data``, or send what is gathered and ``data`` when over the limit."""
         self.parts.append(data)
         self.size += len(data)
-        if self.size > GATHER_BYTES:
+        if self.size > self.limit:
             self.flush()
+
+    def send_now(self) -> bytes:
+        """Send what is gathered without blocking; return what the socket did not take."""
+        data = memoryview(b"".join(self.parts))
+        self.parts, self.size = [], 0
+        self.sock.setblocking(False)
+        try:
+            while data:
+                data = data[self.sock.send(data):]
+        except (BlockingIOError, InterruptedError):
+            pass
+        return bytes(data)
 
     def flush(self) -> None:
         """Send what is gathered."""
         if self.parts:
-            data = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
-            self.parts, self.size = [], 0
+            data, self.parts, self.size = b"".join(self.parts), [], 0
             self.sock.sendall(data)
 
     def sendfile(self, *args: Any, **kwargs: Any) -> Any:
@@ -115,8 +125,7 @@ class Gathered:
 
 
 class Input(io.BytesIO):
-    """``wsgi.input``: the body in memory (an attribute can be set on it, as on gunicorn's
-    ``Body``: storage.limits marks a refused one to close the connection)."""
+    """``wsgi.input``: the body in memory, marked as gunicorn's ``Body`` is (storage.limits)."""
 
 
 def limits_of(cfg: Any) -> Limits | None:
@@ -127,10 +136,8 @@ def limits_of(cfg: Any) -> Limits | None:
     defaults = Config()
     if os.environ.get(SWITCH, "1") == "0" or os.environ.get("SCRIPT_NAME"):
         return None
-    if cfg.is_ssl or getattr(cfg, "proxy_protocol", "off") not in ("off", False):
-        return None
-    if "h2" in (getattr(cfg, "http_protocols", None) or ()) or \
-            getattr(cfg, "protocol", "http") != "http":
+    if cfg.is_ssl or getattr(cfg, "proxy_protocol", "off") not in ("off", False) or "h2" in (
+            getattr(cfg, "http_protocols", None) or ()) or getattr(cfg, "protocol", "http") != "http":
         return None
     if (cfg.accesslog or cfg.logconfig or getattr(cfg, "logconfig_dict", None)
             or getattr(cfg, "logconfig_json", None) or cfg.syslog):
@@ -157,15 +164,12 @@ def parse(data: bytes, end: int, limits: Limits) -> tuple[Request, bytes] | None
     if len(line) >= limits.line or len(lines) > limits.fields:
         return None
     parts = line.split(b" ")
-    if len(parts) != 3 or parts[0] not in METHODS or parts[1].startswith(b"//") \
+    version = _VERSIONS.get(parts[2]) if len(parts) == 3 else None
+    if version is None or parts[0] not in METHODS or parts[1].startswith(b"//") \
             or not _TARGET.fullmatch(parts[1]):
         return None
-    version = _VERSIONS.get(parts[2])
-    if version is None:
-        return None
     headers: list[tuple[str, str]] = []
-    seen = set()
-    length = 0
+    seen, length = set(), 0
     for raw in lines[1:]:
         name, colon, value = raw.partition(b":")
         if not colon or len(raw) + 2 >= limits.field_size or not _NAME.fullmatch(name) \
@@ -223,17 +227,27 @@ def environ(request: Request, base: dict, sock: Any, client: Any, server: Any,
     return env
 
 
-def serve(worker: Any, conn: Any, req: Request, base: dict) -> bool:
+def inline(request: Request) -> bool:
+    """Whether the event loop's thread serves ``request``: ``GET /v1/record``, one record the
+    fast path reads from LMDB in tens of microseconds. What may wait (a write's fsync, a call to
+    peers, a batch) goes to the pool: a slow request never holds up other connections' reads."""
+    return request.method == "GET" and request.path == INLINE_PATH
+
+
+def serve(worker: Any, conn: Any, req: Request, base: dict,
+          inline: bool = False) -> tuple[bool, bytes]:
     """Serve ``req`` on ``conn`` for gthread ``worker``, as its ``handle`` and
     ``handle_request`` would, without the parser, access log or request hooks (:func:`limits_of`
-    keeps the lane off where those are set); the answer is gunicorn's ``Response``.
+    keeps the lane off where those are set); the answer is gunicorn's ``Response``. ``inline``
+    (the event loop's thread): the answer is sent without blocking, whatever the socket does not
+    take at once is returned, for a thread to send on (:func:`send_rest`).
 
-    :returns: whether the connection stays open (keep-alive).
+    :returns: whether the connection stays open (keep-alive), and the answer's unsent bytes.
     """
     resp = None
     try:
         conn.sock.setblocking(True)  # a kept-alive socket comes back non-blocking
-        out = Gathered(conn.sock)
+        out = Gathered(conn.sock, float("inf") if inline else GATHER_BYTES)
         resp = gwsgi.Response(req, out, worker.cfg)
         env = environ(req, base, conn.sock, conn.client, conn.server, resp)
         env["wsgi.multithread"] = True
@@ -244,8 +258,7 @@ def serve(worker: Any, conn: Any, req: Request, base: dict) -> bool:
                 worker.log.info("Autorestarting worker after current request.")
                 worker.alive = False
             resp.force_close()
-        kept = getattr(worker, "keepalived_conns", None)
-        kept = getattr(worker, "_keep", ()) if kept is None else kept  # gunicorn < 24
+        kept = getattr(worker, "keepalived_conns", getattr(worker, "_keep", ()))  # _keep: < 24
         if not worker.alive or not worker.cfg.keepalive or len(kept) >= worker.max_keepalived:
             resp.force_close()
         respiter = worker.wsgi(env, resp.start_response)
@@ -256,11 +269,11 @@ def serve(worker: Any, conn: Any, req: Request, base: dict) -> bool:
                 for item in respiter:
                     resp.write(item)
             resp.close()
-            out.flush()
+            unsent = out.send_now() if inline else out.flush()
         finally:
             if hasattr(respiter, "close"):
                 respiter.close()
-        return not resp.should_close() and not getattr(req.body, CLOSE, False)
+        return not resp.should_close() and not getattr(req.body, CLOSE, False), unsent or b""
     except OSError as exc:
         if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
             worker.log.exception("Socket error processing request.")
@@ -269,7 +282,19 @@ def serve(worker: Any, conn: Any, req: Request, base: dict) -> bool:
             worker.log.exception("Error handling request")  # half an answer: just close
         else:
             worker.handle_error(req, conn.sock, conn.client, exc)
-    return False
+    return False, b""
+
+
+def send_rest(sock: socket.socket, data: bytes, keepalive: bool, timeout: float) -> bool:
+    """Send the rest of an answer served inline, in slices each within ``timeout`` seconds (as
+    storage.limits sends answers); return whether to keep the connection."""
+    try:
+        sock.settimeout(timeout)
+        for i in range(0, len(data), SLICE_BYTES):
+            sock.sendall(data[i:i + SLICE_BYTES])
+    except OSError:
+        return False
+    return keepalive
 
 
 _EARLY_HINTS = getattr(gwsgi, "_make_early_hints_callback", None)

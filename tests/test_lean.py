@@ -319,3 +319,48 @@ def test_a_kept_alive_connection_serves_request_after_request(pair):
             s.sendall(GET % b"k1")
             head = one_answer(s, time.monotonic() + 10).partition(b"\r\n\r\n")[0]
             assert head.startswith(b"HTTP/1.1 200") and b"Connection: keep-alive" in head, i
+
+
+def test_a_client_that_does_not_read_a_big_answer_holds_up_no_other(pair):
+    """GET /v1/record is served in the event loop's thread; an answer the socket does not take
+    at once goes on from a thread, so other connections are answered meanwhile, and the slow
+    reader gets every byte in order when it reads."""
+    _, on = pair
+    value = b"b" * 900_000
+    body = mint("big", value, 3.0).pack()
+    put = (b"PUT /v1/record HTTP/1.1\r\nContent-Type: application/msgpack\r\n"
+           b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)) + body
+    assert conversation(on.port, [put]).startswith(b"HTTP/1.1 201")
+    assert conversation(on.port, [record_put("small", close=True)]).startswith(b"HTTP/1.1 201")
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.settimeout(10)
+    slow.connect(("127.0.0.1", on.port))
+    with slow:
+        for _ in range(4):
+            slow.sendall(GET % b"big")
+        with socket.create_connection(("127.0.0.1", on.port), timeout=10) as other:
+            for _ in range(10):
+                began = time.monotonic()
+                other.sendall(GET % b"small")
+                head = one_answer(other, began + 10).partition(b"\r\n\r\n")[0]
+                assert head.startswith(b"HTTP/1.1 200") and time.monotonic() - began < 2
+        got, end = b"", time.monotonic() + 20
+        while len(answers_in(got)) < 4 and time.monotonic() < end:
+            got += slow.recv(1 << 20)
+        answers = answers_in(got)
+        assert len(answers) == 4 and all(a.startswith(b"HTTP/1.1 200") and a.count(value) == 1
+                                         for a in answers)
+
+
+def answers_in(data: bytes) -> list[bytes]:
+    """The whole answers at the start of ``data``, each by its Content-Length."""
+    out = []
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+        if len(rest) < length:
+            break
+        out.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return out
