@@ -181,7 +181,7 @@ HOSTILE = [
     b"GET /v1/record?key=k1 HTTP/1.1\r\nX_Forwarded_For: 1\r\n\r\n",
     b"GET /v1/record?key=k1 HTTP/1.1\r\nX-Forwarded-Proto: https\r\n\r\n",
     b"\r\nGET /v1/record?key=k1 HTTP/1.1\r\n\r\n",
-    b"GET /  HTTP/1.1\r\n\r\n",
+    b"GET /v1/record?key=k1  HTTP/1.1\r\n\r\n",
     b"get / HTTP/1.1\r\n\r\n",
     b"GET /v1/record?key=k1 HTTP/1.1\r\nX-A: caf\xe9\r\n\r\n",
 ]
