@@ -1,21 +1,23 @@
 """Batch reads and writes: the quorum rules of one key, for many keys at once.
 
 Keys are grouped by replica node so that each node gets one batch request per round (see
-:meth:`sdht.quorum.Quorum.batch_rounds`), instead of one request per key and replica.
+:func:`rounds`), instead of one request per key and replica.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import QuorumError
 from .kinds.register import Record, winner
 from .quorum import MAX_REROUTES, Quorum, valid, write_shortfall
 from .transport import PutOutcome
-from .wire import SUPERSEDED, now_us
+from .wire import BATCH, SUPERSEDED, now_us
 
 #: A replica's answer for one key that failed its checks (:func:`sdht.quorum.check_answer`):
 #: counted as that replica's error for that key, never as an answer.
 FAULTY = object()
+#: ``(answers by key then node, errors by node, epochs seen)``, as :func:`rounds` returns them.
+BatchAnswers = tuple[dict[str, dict[str, Any]], dict[str, str], list[int]]
 
 
 def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
@@ -42,7 +44,7 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
             # Suspect nodes are written only in the second round, for keys still short.
             suspect = [n for n in targets if health.is_suspect(n)]
             plans[key] = ([n for n in targets if n not in suspect], suspect)
-        answers, errors, epochs = quorum.batch_rounds(
+        answers, errors, epochs = rounds(quorum, 
             handle.transport.put_many, plans, records.__getitem__, settled)
         if handle.noticed(epochs):
             continue
@@ -104,7 +106,7 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
         need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
         # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
         # answered records that fail their checks, are asked of their others in a second round.
-        answers, errors, epochs = quorum.batch_rounds(
+        answers, errors, epochs = rounds(quorum, 
             fetch, {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
             lambda k: k, lambda k, got: len(usable(got)) >= need[k])
         if handle.noticed(epochs):
@@ -129,3 +131,48 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
             handle.transport.submit(quorum.repair, node, recs)
         return result
     raise QuorumError("batch read: the ring kept changing")
+
+
+def rounds(quorum: Quorum, fn: Callable[[str, list], tuple[list, int]],
+           plans: Mapping[str, tuple[list[str], list[str]]],
+           item: Callable[[str], Any],
+           satisfied: Callable[[str, dict[str, Any]], bool]) -> BatchAnswers:
+    """Batch requests in up to two rounds: each key to its first nodes, then the keys
+    not yet ``satisfied`` to their other nodes. One batch per node per round (in chunks of
+    :data:`BATCH`), nodes in parallel.
+
+    :param fn: sends one chunk to a node: ``fn(node, items) -> (answers, epoch)``.
+    :param plans: per key, ``(nodes of the first round, nodes of the second)``.
+    :param item: what to send for a key (the key itself, or its record).
+    :param satisfied: whether a key's answers so far (by node) are enough.
+    :returns: ``(answers by key then node, errors by node, epochs seen)``.
+    """
+    answers: dict[str, dict[str, Any]] = {key: {} for key in plans}
+    errors: dict[str, str] = {}
+    epochs: list[int] = []
+
+    def run(node: str, items: list) -> tuple[list, int]:
+        out: list = []
+        epoch = 0
+        for i in range(0, len(items), BATCH):
+            part, epoch = fn(node, items[i:i + BATCH])
+            out += part
+        return out, epoch
+
+    for round_ in (0, 1):
+        by_node: dict[str, list[str]] = {}
+        for key, nodes in plans.items():
+            if round_ == 0 or not satisfied(key, answers[key]):
+                for node in nodes[round_]:
+                    by_node.setdefault(node, []).append(key)
+        if not by_node:
+            break
+        replies, failed, seen = quorum.gather(
+            {node: (run, node, [item(k) for k in ks]) for node, ks in by_node.items()},
+            len(by_node))
+        errors.update(failed)
+        epochs += seen
+        for node, values in replies.items():
+            for key, value in zip(by_node[node], values):
+                answers[key][node] = value
+    return answers, errors, epochs
