@@ -137,14 +137,15 @@ class Table:
             note: str = "") -> float:
         med = statistics.median(values)
         self.rows.append({"workload": workload, "system": system, "median": med,
-                          "min": min(values), "max": max(values), "unit": unit, "note": note})
+                          "min": min(values), "max": max(values), "unit": unit, "note": note,
+                          "runs": list(values)})
         print(f"  {system:<10} {workload:<34} {_fmt(med):>10} {unit}", flush=True)
         return med
 
-    def get(self, workload: str, system: str) -> float | None:
+    def get(self, workload: str, system: str, field: str = "median") -> Any:
         for row in self.rows:
             if row["workload"] == workload and row["system"] == system:
-                return row["median"]
+                return row[field]
         return None
 
     def ratio(self, what: str, num: tuple[str, str], den: tuple[str, str], target: float | None,
@@ -154,8 +155,12 @@ class Table:
             return
         value = a / b / scale
         met = None if target is None else value <= target if at_most else value >= target
+        # Run i of one system over run i of the other: the runs were minutes apart in one run
+        # of the bench, so their spread shows how much one ratio moves on this machine.
+        runs = [x / y / scale for x, y in zip(self.get(*num, "runs"), self.get(*den, "runs"))
+                if y]
         self.ratios.append({"what": what, "ratio": value, "target": target,
-                            "at_most": at_most, "met": met})
+                            "at_most": at_most, "met": met, "runs": runs})
 
     def render(self) -> str:
         out = ["| workload | system | median | spread (min–max) | unit | note |",
@@ -164,14 +169,16 @@ class Table:
             out.append(f"| {r['workload']} | {r['system']} | {_fmt(r['median'])} | "
                        f"{_fmt(r['min'])}–{_fmt(r['max'])} | {r['unit']} | {r['note']} |")
         if self.ratios:
-            out += ["", "| ratio | value | target | met |", "|---|---:|---:|---|"]
+            out += ["", "| ratio | value (of the medians) | each run | target | met |",
+                    "|---|---:|---|---:|---|"]
             for r in self.ratios:
+                runs = ", ".join(f"{x:.2f}×" for x in r["runs"])
                 if r["target"] is None:   # a figure to report, not a target
-                    out.append(f"| {r['what']} | {r['ratio']:.2f}× | — | — |")
+                    out.append(f"| {r['what']} | {r['ratio']:.2f}× | {runs} | — | — |")
                     continue
                 sign = "≤" if r["at_most"] else "≥"
-                out.append(f"| {r['what']} | {r['ratio']:.2f}× | {sign} {r['target']}× | "
-                           f"{'yes' if r['met'] else '**no**'} |")
+                out.append(f"| {r['what']} | {r['ratio']:.2f}× | {runs} | {sign} "
+                           f"{r['target']}× | {'yes' if r['met'] else '**no**'} |")
         systems = dict.fromkeys(r["system"] for r in self.rows)
         out += ["", "| system | durability of an acknowledged write |", "|---|---|"]
         out += [f"| {s} | {DURABILITY[s]} |" for s in systems if s in DURABILITY]
