@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import random
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures import Future
 from functools import partial
 from typing import Any, Callable
 
@@ -267,20 +268,31 @@ def gather(pool: Any, first: list[str], spares: list[str], send: Callable[[str],
     """``send(node)`` for the ``first`` nodes in parallel on ``pool``, for the ``spares`` once
     the first all answered undecided: ``(answers, errors)`` once ``done(answers, errors)``, all
     finished, or the deadline ``end`` passed (calls still running finish on their own)."""
-    futures: dict[Future, str] = {pool.submit(send, node): node for node in first}
+    finished: "queue.SimpleQueue[Future]" = queue.SimpleQueue()   # as Quorum.gather
+
+    def start(nodes: list[str]) -> dict[Future, str]:
+        started = {pool.submit(send, node): node for node in nodes}
+        for fut in started:
+            fut.add_done_callback(finished.put)
+        return started
+
+    futures = start(first)
     pending, answers, errors = set(futures), {}, {}   # type: ignore[var-annotated]
     while not done(answers, errors):
         if not pending and spares:
-            started = {pool.submit(send, node): node for node in spares}
+            started = start(spares)
             futures.update(started)
             pending, spares = set(started), []
         left = end - time.monotonic()
         if not pending or left <= 0:
             break
-        finished, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
-        for fut in finished:
-            try:
-                answers[futures[fut]] = fut.result()
-            except SDHTError as exc:
-                errors[futures[fut]] = str(exc)[:300]
+        try:
+            fut = finished.get(timeout=left)
+        except queue.Empty:
+            break
+        pending.discard(fut)
+        try:
+            answers[futures[fut]] = fut.result()
+        except SDHTError as exc:
+            errors[futures[fut]] = str(exc)[:300]
     return answers, errors
