@@ -271,13 +271,15 @@ def test_another_host_and_the_test_faults_go_to_flask(tmp_path, twins):
         faulty.close()
 
 
-class TestAKeyedNode:
-    @pytest.fixture
-    def keyed(self, tmp_path, operator):
-        made = Twins(tmp_path, **operator.node_config(NODE))
-        yield made
-        made.close()
+@pytest.fixture
+def keyed(tmp_path, operator):
+    """Twin keyed nodes (the operator's keys): tests/test_fastphases.py uses them too."""
+    made = Twins(tmp_path, **operator.node_config(NODE))
+    yield made
+    made.close()
 
+
+class TestAKeyedNode:
     def test_an_unsigned_register_write_is_answered_fast(self, keyed):
         assert _status(keyed.put_fast(mint("open", 1, 3.0).pack(), remote="10.1.2.3")) == 201
         assert keyed.events()[0] == keyed.events()[1]

@@ -13,8 +13,11 @@ from sdht.wire import now_us, packb, unpackb
 from storage import names_routes
 from storage.http import ApiError
 
-from test_fastpath import NODE, Twins
+import test_fastpath
+from test_fastpath import Twins
 from test_names import claim
+
+keyed = test_fastpath.keyed   # the twin keyed nodes, a fixture
 
 PROPOSER = b"\x01" * name.PROPOSER_BYTES
 #: Claims minted once (proof of work): two per name, the same every run.
@@ -156,12 +159,6 @@ def test_a_phase_that_ran_and_failed_is_answered_by_flask_without_running_it_aga
 
 
 class TestAKeyedNode:
-    @pytest.fixture
-    def keyed(self, tmp_path, operator):
-        made = Twins(tmp_path, **operator.node_config(NODE))
-        yield made
-        made.close()
-
     def test_a_phase_signed_by_the_operator_is_answered_fast(self, keyed, operator):
         data = _message("user:a", FAST, 0, CLAIMS["user:a"][0])
         signed = operator.keys().sign_request("POST", name.ACCEPT_ROUTE, data)
