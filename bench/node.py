@@ -29,6 +29,8 @@ that variable set: a switch's A/B, such as the lean lane's (``SDHT_LEAN=0``, sto
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import shutil
 import statistics
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,51 +103,62 @@ def _time(op: Callable[[], Any]) -> float:
     return (time.perf_counter() - began) * 1000.0
 
 
-def run_once(base_tree: Path, workers: int, ops: int, batches: int,
-             base_env: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
-    """Start both nodes, measure every route interleaved, stop them; return latencies (ms)
-    and the nodes' CPU per request (ms), per route and system."""
-    with tempfile.TemporaryDirectory(prefix="sdht-node-bench-") as tmp_name:
+@contextlib.contextmanager
+def twin_nodes(base_tree: Path, workers: int, prefix: str,
+               base_env: dict[str, str] | None = None
+               ) -> Iterator[tuple[dict[str, Node], Transport]]:
+    """The baseline node (from ``base_tree``, with ``base_env``) and the candidate (from this
+    tree), each in a one-member ring of itself, and one client; all stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp_name:
         tmp = Path(tmp_name)
-        nodes = {"baseline": Node("baseline", base_tree, tmp, workers, base_env),
-                 "candidate": Node("candidate", ROOT, tmp, workers)}
+        nodes: dict[str, Node] = {}
         tr = Transport()
         try:
+            nodes["baseline"] = Node("baseline", base_tree, tmp, workers, base_env)
+            nodes["candidate"] = Node("candidate", ROOT, tmp, workers)
             for n in nodes.values():
                 tr.put_ring(n.id, RingView(1, (Member(n.id),)))
-            lat: dict[str, dict[str, list[float]]] = {}
-            cpu_ms: dict[str, dict[str, float]] = {}
-            names = list(nodes)
-
-            def interleave(route: str, count: int, make: Callable[[str, int], Callable]) -> None:
-                out = lat.setdefault(route, {s: [] for s in names})
-                # CPU the node spent per request: far steadier than latency on a shared
-                # machine (it leaves out the time waiting for a core or the disk).
-                cpu = {s: nodes[s].cpu_seconds() for s in names}
-                for i in range(count):
-                    order = names if i % 2 == 0 else names[::-1]  # neither always goes first
-                    for s in order:
-                        out[s].append(_time(make(s, i)))
-                cpu_ms[route] = {s: (nodes[s].cpu_seconds() - cpu[s]) * 1000.0 / count
-                                 for s in names}
-
-            # Fresh records per system, minted before the clock runs.
-            singles = {s: _records(f"{s}-one-", ops) for s in names}
-            interleave("PUT /v1/record", ops,
-                       lambda s, i: lambda: tr.put_record(nodes[s].id, singles[s][i]))
-            interleave("GET /v1/record", ops,
-                       lambda s, i: lambda: tr.get_record(nodes[s].id, singles[s][i].key))
-            batch = {s: [_records(f"{s}-b{j}-", BATCH) for j in range(batches)] for s in names}
-            interleave(f"POST /v1/records ({BATCH})", batches,
-                       lambda s, j: lambda: tr.put_many(nodes[s].id, batch[s][j]))
-            keys = {s: [r.key for r in batch[s][0]] for s in names}
-            interleave(f"POST /v1/records/get ({BATCH})", batches,
-                       lambda s, j: lambda: tr.get_many(nodes[s].id, keys[s]))
-            return lat, cpu_ms
+            yield nodes, tr
         finally:
             tr.close()
             for n in nodes.values():
                 n.stop()
+
+
+def run_once(base_tree: Path, workers: int, ops: int, batches: int,
+             base_env: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Start both nodes, measure every route interleaved, stop them; return latencies (ms)
+    and the nodes' CPU per request (ms), per route and system."""
+    with twin_nodes(base_tree, workers, "sdht-node-bench-", base_env) as (nodes, tr):
+        lat: dict[str, dict[str, list[float]]] = {}
+        cpu_ms: dict[str, dict[str, float]] = {}
+        names = list(nodes)
+
+        def interleave(route: str, count: int, make: Callable[[str, int], Callable]) -> None:
+            out = lat.setdefault(route, {s: [] for s in names})
+            # CPU the node spent per request: far steadier than latency on a shared
+            # machine (it leaves out the time waiting for a core or the disk).
+            cpu = {s: nodes[s].cpu_seconds() for s in names}
+            for i in range(count):
+                order = names if i % 2 == 0 else names[::-1]  # neither always goes first
+                for s in order:
+                    out[s].append(_time(make(s, i)))
+            cpu_ms[route] = {s: (nodes[s].cpu_seconds() - cpu[s]) * 1000.0 / count
+                             for s in names}
+
+        # Fresh records per system, minted before the clock runs.
+        singles = {s: _records(f"{s}-one-", ops) for s in names}
+        interleave("PUT /v1/record", ops,
+                   lambda s, i: lambda: tr.put_record(nodes[s].id, singles[s][i]))
+        interleave("GET /v1/record", ops,
+                   lambda s, i: lambda: tr.get_record(nodes[s].id, singles[s][i].key))
+        batch = {s: [_records(f"{s}-b{j}-", BATCH) for j in range(batches)] for s in names}
+        interleave(f"POST /v1/records ({BATCH})", batches,
+                   lambda s, j: lambda: tr.put_many(nodes[s].id, batch[s][j]))
+        keys = {s: [r.key for r in batch[s][0]] for s in names}
+        interleave(f"POST /v1/records/get ({BATCH})", batches,
+                   lambda s, j: lambda: tr.get_many(nodes[s].id, keys[s]))
+        return lat, cpu_ms
 
 
 def main() -> None:
@@ -172,21 +185,29 @@ def main() -> None:
               "the working tree", flush=True)
         report(args, lambda: run_once(ROOT, args.workers, args.ops, args.batches, base_env))
         return
-    base = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    print(f"baseline: a git worktree of HEAD with {' '.join(args.files)} from {base}; "
+    with baseline_tree(args.base, args.files, args.with_working) as tree:
+        report(args, lambda: run_once(tree, args.workers, args.ops, args.batches))
+
+
+@contextlib.contextmanager
+def baseline_tree(base: str, files: list[str], working: list[str] = ()) -> Iterator[Path]:
+    """A git worktree of HEAD with ``files`` as they were at ``base`` and ``working`` copied
+    from the working tree (one change alone: the others on both sides); removed afterwards."""
+    short = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", base],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    print(f"baseline: a git worktree of HEAD with {' '.join(files)} from {short}; "
           "candidate: the working tree", flush=True)
-    with tempfile.TemporaryDirectory(prefix="sdht-node-base-") as wt_name:
+    with tempfile.TemporaryDirectory(prefix="sdht-bench-base-") as wt_name:
         tree = Path(wt_name) / "tree"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), "HEAD"],
                        check=True, capture_output=True)
         try:
-            if args.files:
-                subprocess.run(["git", "-C", str(tree), "checkout", base, "--", *args.files],
+            if files:
+                subprocess.run(["git", "-C", str(tree), "checkout", short, "--", *files],
                                check=True, capture_output=True)
-            for name in args.with_working:   # one change alone: the others on both sides
+            for name in working:
                 shutil.copyfile(ROOT / name, tree / name)
-            report(args, lambda: run_once(tree, args.workers, args.ops, args.batches))
+            yield tree
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                            capture_output=True)
@@ -203,7 +224,9 @@ def report(args: argparse.Namespace, measure: Callable[[], tuple[dict, dict]]) -
             row = {s: sorted(v) for s, v in by.items()}
             p = {s: (percentile(v, 0.5), percentile(v, 0.99), cpu[route][s])
                  for s, v in row.items()}
-            r = tuple(p["candidate"][i] / p["baseline"][i] for i in range(3))
+            # A run too short for a clock tick of CPU has no CPU ratio (nan), not a crash.
+            r = tuple(p["candidate"][i] / p["baseline"][i] if p["baseline"][i] else math.nan
+                      for i in range(3))
             ratios.setdefault(route, []).append(r)
             print(f"  {route:<28} baseline {'/'.join(f'{x:.3f}' for x in p['baseline'])}"
                   f"  candidate {'/'.join(f'{x:.3f}' for x in p['candidate'])}"

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -31,13 +29,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench import machine, percentile  # noqa: E402  bench/bench.py, beside this
-from node import Node, _time  # noqa: E402  bench/node.py, beside this
+from node import _time, baseline_tree, twin_nodes  # noqa: E402  bench/node.py, beside this
 from sdht.kinds import name  # noqa: E402
 from sdht.names import FAST  # noqa: E402
 from sdht.params import DEFAULTS  # noqa: E402
 from sdht.registry import new_claim  # noqa: E402
-from sdht.ring import Member, RingView  # noqa: E402
-from sdht.transport import Transport  # noqa: E402
 from sdht.wire import MSGPACK, now_us, packb  # noqa: E402
 
 #: The files of the phase routes' path (issue 13): what the A/B compares.
@@ -47,45 +43,34 @@ PROPOSER = b"\x02" * name.PROPOSER_BYTES
 
 def run_once(tree: Path, ops: int) -> tuple[dict, dict]:
     """Both nodes, each phase interleaved; latencies (ms) and CPU per request (ms)."""
-    with tempfile.TemporaryDirectory(prefix="sdht-phases-bench-") as tmp_name:
-        tmp = Path(tmp_name)
-        nodes = {"baseline": Node("baseline", tree, tmp, 2),
-                 "candidate": Node("candidate", ROOT, tmp, 2)}
-        tr = Transport()
-        try:
-            for n in nodes.values():
-                tr.put_ring(n.id, RingView(1, (Member(n.id),)))
-            names = list(nodes)
-            lat: dict[str, dict[str, list[float]]] = {}
-            cpu_ms: dict[str, dict[str, float]] = {}
+    with twin_nodes(tree, 2, "sdht-phases-bench-") as (nodes, tr):
+        names = list(nodes)
+        lat: dict[str, dict[str, list[float]]] = {}
+        cpu_ms: dict[str, dict[str, float]] = {}
 
-            def post(s: str, route: str, body: bytes) -> None:
-                reply = tr.request(nodes[s].id, "POST", route, data=body,
-                                   headers={"Content-Type": MSGPACK}, admin=True)
-                assert reply.body, reply
+        def post(s: str, route: str, body: bytes) -> None:
+            reply = tr.request(nodes[s].id, "POST", route, data=body,
+                               headers={"Content-Type": MSGPACK}, admin=True)
+            assert reply.body, reply
 
-            def interleave(what: str, bodies: dict[str, list[bytes]], route: str) -> None:
-                out = lat.setdefault(what, {s: [] for s in names})
-                cpu = {s: nodes[s].cpu_seconds() for s in names}
-                for i in range(ops):
-                    for s in (names if i % 2 == 0 else names[::-1]):
-                        out[s].append(_time(lambda: post(s, route, bodies[s][i])))
-                cpu_ms[what] = {s: (nodes[s].cpu_seconds() - cpu[s]) * 1000.0 / ops
-                                for s in names}
+        def interleave(what: str, bodies: dict[str, list[bytes]], route: str) -> None:
+            out = lat.setdefault(what, {s: [] for s in names})
+            cpu = {s: nodes[s].cpu_seconds() for s in names}
+            for i in range(ops):
+                for s in (names if i % 2 == 0 else names[::-1]):
+                    out[s].append(_time(lambda: post(s, route, bodies[s][i])))
+            cpu_ms[what] = {s: (nodes[s].cpu_seconds() - cpu[s]) * 1000.0 / ops
+                            for s in names}
 
-            claims = {s: [new_claim(f"{s}:{i}", "v", None, None, DEFAULTS) for i in range(ops)]
-                      for s in names}
-            accepts = {s: [packb({"k": c.key, "b": list(FAST), "e": 1, "a": c.to_wire()})
-                           for c in claims[s]] for s in names}
-            interleave("accept (fast ballot)", accepts, name.ACCEPT_ROUTE)
-            prepares = {s: [packb({"k": c.key, "b": [now_us(), PROPOSER], "e": 1})
-                            for c in claims[s]] for s in names}
-            interleave("prepare", prepares, name.PREPARE_ROUTE)
-            return lat, cpu_ms
-        finally:
-            tr.close()
-            for n in nodes.values():
-                n.stop()
+        claims = {s: [new_claim(f"{s}:{i}", "v", None, None, DEFAULTS) for i in range(ops)]
+                  for s in names}
+        accepts = {s: [packb({"k": c.key, "b": list(FAST), "e": 1, "a": c.to_wire()})
+                       for c in claims[s]] for s in names}
+        interleave("accept (fast ballot)", accepts, name.ACCEPT_ROUTE)
+        prepares = {s: [packb({"k": c.key, "b": [now_us(), PROPOSER], "e": 1})
+                        for c in claims[s]] for s in names}
+        interleave("prepare", prepares, name.PREPARE_ROUTE)
+        return lat, cpu_ms
 
 
 def main() -> None:
@@ -99,21 +84,8 @@ def main() -> None:
         ap.error("--ops in [10, 100000], --repeats in [1, 20]")
     for k, v in machine().items():
         print(f"{k}: {v}")
-    base = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    print(f"baseline: a git worktree of HEAD with {' '.join(args.files)} from {base}; "
-          "candidate: the working tree", flush=True)
-    with tempfile.TemporaryDirectory(prefix="sdht-phases-base-") as wt_name:
-        tree = Path(wt_name) / "tree"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), "HEAD"],
-                       check=True, capture_output=True)
-        try:
-            subprocess.run(["git", "-C", str(tree), "checkout", base, "--", *args.files],
-                           check=True, capture_output=True)
-            report(args.repeats, lambda: run_once(tree, args.ops))
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
-                           capture_output=True)
+    with baseline_tree(args.base, args.files) as tree:
+        report(args.repeats, lambda: run_once(tree, args.ops))
 
 
 def report(repeats: int, measure: Callable[[], tuple[dict, dict]]) -> None:
