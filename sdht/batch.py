@@ -44,8 +44,8 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
             # Suspect nodes are written only in the second round, for keys still short.
             suspect = [n for n in targets if health.is_suspect(n)]
             plans[key] = ([n for n in targets if n not in suspect], suspect)
-        answers, errors, epochs = rounds(quorum, 
-            handle.transport.put_many, plans, records.__getitem__, settled)
+        answers, errors, epochs = rounds(
+            quorum, handle.transport.put_many, plans, records.__getitem__, settled)
         if handle.noticed(epochs):
             continue
         lost = [k for k, got in answers.items()
@@ -106,8 +106,9 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
         need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
         # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
         # answered records that fail their checks, are asked of their others in a second round.
-        answers, errors, epochs = rounds(quorum, 
-            fetch, {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
+        answers, errors, epochs = rounds(
+            quorum, fetch,
+            {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
             lambda k: k, lambda k, got: len(usable(got)) >= need[k])
         if handle.noticed(epochs):
             continue

@@ -2,8 +2,9 @@
 
 A read needs ``r`` replicas, a write ``w`` acknowledgements from each placement, current and
 future (docs/design.md, "Flows"). :class:`Quorum` runs the requests (one per node; batches:
-:func:`sdht.batch.rounds`), notes in :class:`~sdht.health.NodeHealth` which nodes answered, re-routes when a node
-reports a newer ring, and raises :class:`~sdht.errors.QuorumError` when too few answered.
+:func:`sdht.batch.rounds`), notes in :class:`~sdht.health.NodeHealth` which nodes answered,
+re-routes when a node reports a newer ring, and raises :class:`~sdht.errors.QuorumError` when
+too few answered.
 """
 from __future__ import annotations
 

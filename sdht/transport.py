@@ -112,8 +112,8 @@ class Transport(NodeAPI):
         its status (one rule for every transport)."""
         kind = headers.get("Content-Type", "")
         body = raw if undecoded and status in ok else _decode(node, route, kind, raw)
-        text = headers.get(EPOCH_HEADER, "0")
-        epoch = int(text) if text.isascii() and text.isdigit() and len(text) < 20 else 0
+        stamp = headers.get(EPOCH_HEADER, "0")
+        epoch = int(stamp) if stamp.isascii() and stamp.isdigit() and len(stamp) < 20 else 0
         if status not in ok:
             message = body.get("message") if isinstance(body, dict) else None
             text = message if isinstance(message, str) and message else body

@@ -204,10 +204,11 @@ _GC_WAS_ON = True
 
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
-    """Pause Python's cycle collector while decoding (or reading a batch, :mod:`sdht.batch`):
-    a body of many small containers makes it rescan every object again and again (a 5.5 MB
-    one: 4.2 s with it, 1.1 s without). Decoded data holds no cycles. Counted, so threads
-    decoding at once share one pause; it lasts as long as the call (a request's deadline)."""
+    """Pause Python's cycle collector while decoding (and for a whole ``set_many`` or
+    ``get_many``, :mod:`sdht.client`): a body of many small containers makes it rescan every
+    object again and again (a 5.5 MB one: 4.2 s with it, 1.1 s without). Decoded data holds no
+    cycles. Counted, so threads decoding at once share one pause; it lasts as long as the call
+    (a request's deadline)."""
     global _GC_PAUSES, _GC_WAS_ON
     with _GC_LOCK:
         _GC_PAUSES += 1

@@ -72,9 +72,14 @@ def xor(a: bytes, b: bytes) -> bytes:
     return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
+def leaf_of(lmdb_key: bytes) -> int:
+    """The index of the leaf holding ``lmdb_key``: the top :data:`LEAF_BITS` of its position."""
+    return _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
+
+
 def path(lmdb_key: bytes) -> Iterable[bytes]:
     """Yield the tree-db keys of the leaf holding ``lmdb_key`` and of all its ancestors."""
-    top = _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
+    top = leaf_of(lmdb_key)
     for level in range(DEPTH, -1, -1):
         yield _NODE.pack(level, top >> (FANOUT_BITS * (DEPTH - level)))
 
@@ -102,7 +107,7 @@ def _leaf_deltas(changes: Iterable[tuple[bytes, bytes | None, bytes | None]]) ->
     for lmdb_key, old, new in changes:
         delta = _share(lmdb_key, old) ^ _share(lmdb_key, new)
         if delta:
-            leaf = _U64.unpack_from(lmdb_key)[0] >> (64 - LEAF_BITS)
+            leaf = leaf_of(lmdb_key)
             leaves[leaf] = leaves.get(leaf, 0) ^ delta
     return leaves
 

@@ -5,6 +5,7 @@ by its kind's ``supersedes``, and hash every stored entry into its leaf and the 
 from __future__ import annotations
 
 import tempfile
+from typing import Iterable
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -53,14 +54,22 @@ def reference(held: dict[bytes, Record], batch: list[Record]) -> list[tuple[str,
     return out
 
 
-def reference_tree(held: dict[bytes, Record]) -> dict[bytes, bytes]:
-    """Every non-empty tree node's hash, from scratch: the XOR of its entries' shares."""
+def reference_tree(changes: Iterable[tuple[bytes, bytes | None, bytes | None]]
+                   ) -> dict[bytes, bytes]:
+    """Every non-empty tree node's hash, from scratch, after ``(lmdb key, old digest, new
+    digest)`` changes to an empty tree: the XOR of their shares along each key's path."""
     nodes: dict[bytes, int] = {}
-    for lkey, rec in held.items():
-        share = int.from_bytes(contribution(lkey, rec.digest), "big")
+    for lkey, old, new in changes:
+        share = (int.from_bytes(contribution(lkey, old), "big")
+                 ^ int.from_bytes(contribution(lkey, new), "big"))
         for tkey in path(lkey):
             nodes[tkey] = nodes.get(tkey, 0) ^ share
     return {k: v.to_bytes(HASH_BYTES, "big") for k, v in nodes.items() if v}
+
+
+def held_changes(held: dict[bytes, Record]) -> list[tuple[bytes, None, bytes]]:
+    """The changes that write ``held`` into an empty tree."""
+    return [(lkey, None, rec.digest) for lkey, rec in held.items()]
 
 
 def dump(store: Store, db) -> dict[bytes, bytes]:
@@ -107,7 +116,7 @@ class TestPutMany:
             assert got == expected
             accepted += sum(status == STORED for status, _ in expected)
         assert dump(store, store.data) == {k: stored(r) for k, r in held.items()}
-        assert nodes(store) == reference_tree(held)
+        assert nodes(store) == reference_tree(held_changes(held))
         stats = store.stats()
         assert stats["bytes"] == sum(len(k) + len(stored(r)) for k, r in held.items())
         assert stats["revision"] == accepted
@@ -144,13 +153,7 @@ class TestTreeBatch:
             for lkey, old, new in changes:
                 store.tree.update(txn, lkey, old, new)
         assert batched == dump(store, store.tree.db)
-        nodes: dict[bytes, int] = {}
-        for lkey, old, new in changes:
-            share = (int.from_bytes(contribution(lkey, old), "big")
-                     ^ int.from_bytes(contribution(lkey, new), "big"))
-            for tkey in path(lkey):
-                nodes[tkey] = nodes.get(tkey, 0) ^ share
-        assert batched == {k: v.to_bytes(HASH_BYTES, "big") for k, v in nodes.items() if v}
+        assert batched == reference_tree(changes)
         assert all(value != bytes(HASH_BYTES) for value in batched.values())
 
 
@@ -193,7 +196,7 @@ class TestTreeLog:
     def write(store, batches, now):
         keys = [entry_key(Record(f"key{i}", 0, T0, 1.0, b"n")) for i in range(41)]
         digests = [None, b"\x01" * 32, b"\x02" * 32, b"\x03" * 32]
-        expected: dict[bytes, int] = {}
+        written = []
         for number, batch in enumerate(batches):
             changes = [(keys[k], digests[a], digests[b]) for k, a, b in batch]
             with store.env.begin(write=True) as txn:
@@ -201,13 +204,8 @@ class TestTreeLog:
                     store.tree.update_many(txn, changes)
                 else:
                     store.tree.log(txn, changes)
-            for lkey, old, new in changes:
-                share = (int.from_bytes(contribution(lkey, old), "big")
-                         ^ int.from_bytes(contribution(lkey, new), "big"))
-                for tkey in path(lkey):
-                    expected[tkey] = expected.get(tkey, 0) ^ share
-        assert nodes(store) == {k: v.to_bytes(HASH_BYTES, "big")
-                                for k, v in expected.items() if v}
+            written += changes
+        assert nodes(store) == reference_tree(written)
 
     def test_a_full_log_is_folded_by_the_write_that_fills_it(self, stores, monkeypatch):
         monkeypatch.setattr(tree_module, "MAX_PENDING", 5)
@@ -219,7 +217,7 @@ class TestTreeLog:
         store.put_many(batch[4:], PARAMS)
         with store.env.begin() as txn:
             assert not store.tree.pending(txn)
-        assert nodes(store) == reference_tree({entry_key(r): r for r in batch})
+        assert nodes(store) == reference_tree(held_changes({entry_key(r): r for r in batch}))
 
 
 
@@ -238,7 +236,7 @@ def test_a_layout_3_store_opens_as_4_and_keeps_its_tree(tmp_path):
         with store.env.begin(db=store.meta) as txn:
             assert txn.get(b"format") == b"4"
         assert store.tree_hashes([(0, 0)]) == root
-        assert nodes(store) == reference_tree({entry_key(r): r for r in recs})
+        assert nodes(store) == reference_tree(held_changes({entry_key(r): r for r in recs}))
     finally:
         store.close()
 
