@@ -84,8 +84,8 @@ class Worker(ThreadWorker):
     connection goes to the thread pool (new, kept alive or with a pipelined request);
     ``murder_keepalived``, called at every turn of the event loop; ``handle_request``, to
     close a connection whose body the app refused unread; and ``handle``, where a thread serves
-    a plain request in the lean lane (:mod:`storage.lean`; a one-record read the loop serves
-    itself) instead of gunicorn's parser. TLS connections go the usual way.
+    a plain request in the lean lane (:mod:`storage.lean`; a one-record read or write, or an
+    acceptor's phase, the loop serves itself) instead of gunicorn's parser. TLS connections go the usual way.
 
     A connection it closes, the loop drains for :data:`storage.limits.LINGER` seconds first,
     without blocking: closing with unread bytes would reset it before the client read the

@@ -1,14 +1,12 @@
 """The lean lane of a node's gunicorn worker: a whole, plain request served without gunicorn's
 request parser (issue 16).
 
-The worker (:class:`storage.gunicorn_conf.Worker`) holds every request whole in memory before
-serving it. For a plain one, :func:`parse` reads the head more strictly than gunicorn does and
-:func:`environ` builds exactly the environ gunicorn's ``wsgi.create`` would (tests/test_lean.py
-checks both against gunicorn's); gunicorn's own ``Response`` writes the answer (its framing,
-``Server``, ``Date``, ``Connection`` rules). What :func:`parse` does not fully understand goes
-gunicorn's way, which accepts it or answers 400 as before: the lane never accepts what gunicorn
-refuses. A read of one record (:func:`inline`) is served in the event loop's thread, the rest
-by the pool's threads.
+The worker (:class:`storage.gunicorn_conf.Worker`) holds every request whole before serving
+it. For a plain one, :func:`parse` reads the head more strictly than gunicorn and :func:`environ`
+builds the environ gunicorn's ``wsgi.create`` would (tests/test_lean.py checks both); gunicorn's
+``Response`` writes the answer. What :func:`parse` does not fully understand goes gunicorn's
+way, which accepts it or answers 400 as before. The event loop's thread serves one record's
+read or write and an acceptor's phase (:func:`inline`), the pool's threads the rest.
 
 Plain: ``GET HEAD PUT POST DELETE PATCH OPTIONS``; an origin-form target (``/``, not ``//``,
 printable ASCII, no ``#``); ``HTTP/1.1`` or ``HTTP/1.0``; CRLF line ends, no empty line first;
@@ -32,7 +30,8 @@ from gunicorn.http import wsgi as gwsgi
 from gunicorn.http.message import Message
 from gunicorn.util import unquote_to_wsgi_str
 
-from storage.fastpath import PATH as INLINE_PATH
+from sdht.kinds.name import ACCEPT_ROUTE, PREPARE_ROUTE
+from storage.fastpath import PATH as RECORD_PATH
 from storage.limits import CLOSE, SLICE_BYTES
 
 #: Environment variable that turns the lane off when "0".
@@ -45,6 +44,9 @@ METHODS = frozenset((b"GET", b"HEAD", b"PUT", b"POST", b"DELETE", b"PATCH", b"OP
 #: Header names that always go gunicorn's way: framing, protocol switches, interim answers.
 DIVERTED = frozenset(("TRANSFER-ENCODING", "EXPECT", "UPGRADE", "HTTP2-SETTINGS", "TE",
                       "TRAILER"))
+#: ``(method, path)`` of the requests the event loop's thread serves (:func:`inline`).
+INLINE = frozenset({("GET", RECORD_PATH), ("PUT", RECORD_PATH), ("POST", PREPARE_ROUTE),
+                    ("POST", ACCEPT_ROUTE)})
 _VERSIONS = {b"HTTP/1.1": (1, 1), b"HTTP/1.0": (1, 0)}
 _NAME = re.compile(rb"[!#$%&'*+\-.^`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e]*")
@@ -77,8 +79,7 @@ class Request:
         self.path, _, self.query = uri.partition("?")
         self.body = Input(body)
 
-    def force_close(self) -> None:
-        """Close the connection after the answer (gunicorn's ``Message.force_close``)."""
+    def force_close(self) -> None:  # gunicorn's Message.force_close
         self.must_close = True
 
 
@@ -228,10 +229,9 @@ def environ(request: Request, base: dict, sock: Any, client: Any, server: Any,
 
 
 def inline(request: Request) -> bool:
-    """Whether the event loop's thread serves ``request``: ``GET /v1/record``, one record the
-    fast path reads from LMDB in tens of microseconds. What may wait (a write's fsync, a call to
-    peers, a batch) goes to the pool: a slow request never holds up other connections' reads."""
-    return request.method == "GET" and request.path == INLINE_PATH
+    """Whether the event loop's thread serves ``request`` (:data:`INLINE`: one local read or
+    commit; a pool thread's hand-over costs more). Calls to peers and batches go to the pool."""
+    return (request.method, request.path) in INLINE
 
 
 def serve(worker: Any, conn: Any, req: Request, base: dict,

@@ -192,6 +192,25 @@ def test_hostile_heads_go_gunicorns_way(data):
     assert lean.parse(data, data.find(b"\r\n\r\n"), LIMITS) is None
 
 
+@pytest.mark.parametrize("head, loop", [
+    (b"GET /v1/record?key=k1 HTTP/1.1", True),
+    (b"PUT /v1/record HTTP/1.1", True),
+    (b"POST /v1/names/prepare HTTP/1.1", True),
+    (b"POST /v1/names/accept HTTP/1.1", True),
+    (b"POST /v1/records HTTP/1.1", False),          # a batch: many commits' worth
+    (b"POST /v1/names/register HTTP/1.1", False),   # a round to peers
+    (b"PUT /kv-store/keys/k1 HTTP/1.1", False),      # the gateway: a quorum of peers
+    (b"GET /v1/health HTTP/1.1", False),
+    (b"DELETE /v1/record?key=k1 HTTP/1.1", False),
+])
+def test_the_loop_serves_only_one_record_and_the_phases(head, loop):
+    """The event loop's thread serves a request whose whole work is one local read or commit;
+    what waits on peers or does many commits goes to the pool (storage.lean.inline)."""
+    data = head + b"\r\nContent-Length: 0\r\n\r\n"
+    request, _ = lean.parse(data, data.find(b"\r\n\r\n"), LIMITS)
+    assert lean.inline(request) is loop
+
+
 def test_the_switch_and_settings_the_lane_does_not_follow_turn_it_off(monkeypatch):
     assert lean.limits_of(config()) is not None
     monkeypatch.setenv(lean.SWITCH, "0")
