@@ -2,8 +2,10 @@
 
 One :class:`Transport` holds a keep-alive connection pool per node and a small thread pool for
 parallel fan-out to replicas, so a request costs neither a new TCP connection nor a new thread.
-The pool is a few :class:`http.client.HTTPConnection` per node rather than ``requests``: a bare
-round trip to a gunicorn node costs about half as much that way (``bench/bench.py``). Every call
+The pool is a few :class:`sdht.http1.Connection` per node rather than ``requests`` or
+http.client: a bare round trip to a gunicorn node costs about half as much as with ``requests``
+(``bench/bench.py``), and reading the answer's head without the ``email`` package less again
+(:mod:`sdht.http1`). Every call
 returns the node's ring epoch alongside the answer, so callers notice a newer ring
 (docs/design.md, "The ring"). The routes themselves, and the checks of every answer, are
 :class:`sdht.nodeapi.NodeAPI`'s; requests that need authority are signed with this party's keys
@@ -11,15 +13,14 @@ returns the node's ring epoch alongside the answer, so callers notice a newer ri
 
 Nothing a node sends is trusted, not even its HTTP framing: a request has one deadline however
 slowly the node trickles bytes, an answer is cut off past :data:`sdht.wire.MAX_ANSWER_READ`
-whatever its ``Content-Length`` says, and every failure is an :class:`~sdht.errors.SDHTError`.
+whatever its ``Content-Length`` says (both :mod:`sdht.http1`), and every failure is an
+:class:`~sdht.errors.SDHTError`.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import reprlib
-import socket
 import threading
 import time
 import weakref
@@ -27,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Iterable, Mapping, TypeVar
 from urllib.parse import urlencode
 
-from . import params as cluster_params, wire
+from . import http1, params as cluster_params, wire
 from .errors import NodeError, NodeUnavailable, SDHTError, Timeout
 from .nodeapi import NodeAPI, PutOutcome, Reply
 from .trust import Keys
@@ -38,12 +39,6 @@ log = logging.getLogger(__name__)
 #: (connect, read) seconds for every request: connecting a new connection may take the first,
 #: sending the request and reading the whole answer together the second.
 DEFAULT_TIMEOUT = (2.0, 10.0)
-#: Bytes of an answer's body read at a time: one allocation per chunk, never per claimed length.
-_CHUNK = 1 << 20
-#: Bytes one answer may take on the wire: the body, plus the status line and headers as far as
-#: http.client bounds them (100 lines of 64 KiB), so streaming forever in any framing (endless
-#: chunks, trailers, 100-continues) is cut off.
-_WIRE_BUDGET = MAX_ANSWER_READ + 101 * (65536 + 2)
 #: Summaries of unexpected bodies in error messages: bounded in length and depth.
 _BRIEF = reprlib.Repr()
 _BRIEF.maxstring = _BRIEF.maxother = 300
@@ -67,7 +62,7 @@ class Transport(NodeAPI):
         #: The ring's parameters, for decoding answers (see :meth:`get_record`).
         self.params: Mapping[str, Any] = cluster_params.DEFAULTS
         self.max_idle = max_parallel
-        self._idle: dict[str, list[_Connection]] = {}
+        self._idle: dict[str, list[http1.Connection]] = {}
         self._lock = threading.Lock()
         self._closed = False
         # A transport dropped without close() still closes its idle sockets.
@@ -110,9 +105,9 @@ class Transport(NodeAPI):
                raw: bytes, ok: Iterable[int], undecoded: bool = False) -> Reply:
         """Decode an answer by its content type (not an ``undecoded`` one in ``ok``) and check
         its status (one rule for every transport)."""
-        kind = headers.get("Content-Type", "")
+        kind = headers.get("content-type", "")
         body = raw if undecoded and status in ok else _decode(node, route, kind, raw)
-        stamp = headers.get(EPOCH_HEADER, "0")
+        stamp = headers.get(EPOCH_HEADER.lower(), "0")
         epoch = int(stamp) if stamp.isascii() and stamp.isdigit() and len(stamp) < 20 else 0
         if status not in ok:
             message = body.get("message") if isinstance(body, dict) else None
@@ -124,7 +119,8 @@ class Transport(NodeAPI):
 
     def _exchange(self, node: str, method: str, target: str, data: bytes | None,
                   headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
-        """Send one HTTP request to ``node``; return its status, headers and raw body.
+        """Send one HTTP request to ``node``; return its status, headers (by lower-case name)
+        and raw body.
 
         :raises Timeout: when the answer is not complete ``timeout[1]`` seconds after the
             request began (connecting a new connection has its own ``timeout[0]``).
@@ -137,34 +133,28 @@ class Transport(NodeAPI):
         # any answer: retry once on a fresh one. Writes are idempotent (design.md, "The record").
         for attempt in (0, 1):
             conn = self._checkout(node, reuse=not attempt)
-            fresh, sock, resp = conn.sock is None, None, None
+            fresh = conn.sock is None
             try:
                 if fresh:
                     began = time.monotonic()
                     conn.connect()
                     deadline += time.monotonic() - began   # connecting has its own timeout
-                sock = conn.sock
-                sock.deadline, sock.budget = deadline, _WIRE_BUDGET
-                conn.request(method, target, body=data, headers=headers)
-                resp = conn.getresponse()
-                raw = _read_body(resp)
-            except (OSError, http.client.HTTPException, ValueError, _TooLarge) as exc:
+                answer = conn.exchange(method, target, data, headers, deadline, MAX_ANSWER_READ)
+            except (OSError, ValueError, http1.TooLarge) as exc:   # Malformed, Unsendable
                 conn.close()
-                if resp is not None:
-                    resp.close()   # and the socket with it, when http.client handed it over
                 # Retry only a pooled connection that failed before the node sent a byte.
-                if (fresh or attempt or sock is None or sock.budget < _WIRE_BUDGET
-                        or isinstance(exc, (TimeoutError, _TooLarge))):
+                if fresh or attempt or conn.received or not isinstance(exc, OSError) \
+                        or isinstance(exc, TimeoutError):
                     raise _failure(node, f"{method} {target[:100]}", exc) from None
                 continue
             break
-        if resp.will_close:
+        if answer.close:
             conn.close()
         else:
             self._checkin(node, conn)
-        return resp.status, resp.headers, raw
+        return answer.status, answer.headers, answer.body
 
-    def _checkout(self, node: str, reuse: bool = True) -> "_Connection":
+    def _checkout(self, node: str, reuse: bool = True) -> http1.Connection:
         """Take an idle connection to ``node`` (newest first) when ``reuse``, else or when
         there is none a new one, not yet connected (its ``sock`` is None).
 
@@ -175,11 +165,11 @@ class Transport(NodeAPI):
                 return idle.pop()
         host, _, port = node.rpartition(":")
         try:
-            return _Connection(host, int(port), timeout=self.timeout[0])
-        except (ValueError, http.client.InvalidURL):
+            return http1.Connection(host, int(port), self.timeout[0])
+        except ValueError:
             raise NodeUnavailable(f"{node!r} is not a node address (host:port)", node) from None
 
-    def _checkin(self, node: str, conn: "_Connection") -> None:
+    def _checkin(self, node: str, conn: http1.Connection) -> None:
         """Keep ``conn`` for reuse, up to ``max_idle`` per node; close the rest (and any that
         a fan-out thread returns after :meth:`close`)."""
         with self._lock:
@@ -190,92 +180,23 @@ class Transport(NodeAPI):
         conn.close()
 
 
-class _TooLarge(Exception):   # not an OSError: http.client must not take it for a lost socket
-    """An answer ran past the bytes it may take."""
-
-
-class _DeadlineSocket(socket.socket):
-    """A socket whose every send and receive waits only until the request's ``deadline``
-    (a :func:`time.monotonic` time) and whose receives spend a byte ``budget``, both set by
-    :meth:`Transport._exchange` before each request. http.client reads only through
-    ``makefile()``, which calls :meth:`recv_into`, and writes only with :meth:`sendall`."""
-
-    __slots__ = ("deadline", "budget")
-
-    @classmethod
-    def adopt(cls, sock: socket.socket) -> "_DeadlineSocket":
-        """Take over the connected ``sock`` (same descriptor; ``sock`` is left detached)."""
-        timeout, new = sock.gettimeout(), cls(sock.family, sock.type, sock.proto, sock.detach())
-        new.settimeout(timeout)   # the descriptor stays non-blocking: keep the object in step
-        new.deadline, new.budget = 0.0, 0
-        return new
-
-    def _wait(self) -> None:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request's deadline passed")
-        # settimeout is a syscall: re-arm only when the armed timeout is 10 ms off the time left.
-        if abs((self.gettimeout() or -1.0) - left) > 0.01:   # None: blocking, never armed
-            self.settimeout(left)
-
-    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
-        """Receive into ``buffer`` until the deadline, counting against the budget."""
-        self._wait()
-        got = socket.socket.recv_into(self, buffer, nbytes, flags)
-        self.budget -= got
-        if self.budget < 0:
-            raise _TooLarge("the answer is too long")
-        return got
-
-    def sendall(self, data: Any, flags: int = 0) -> None:
-        """Send all of ``data`` before the deadline (sendall's timeout bounds its total)."""
-        self._wait()
-        socket.socket.sendall(self, data, flags)
-
-
-class _Connection(http.client.HTTPConnection):
-    """An HTTP connection over a :class:`_DeadlineSocket`."""
-
-    def connect(self) -> None:
-        """Connect within the connect timeout, then hand the socket to the deadline wrapper."""
-        super().connect()
-        self.sock = _DeadlineSocket.adopt(self.sock)
-
-
-def _read_body(resp: http.client.HTTPResponse) -> bytes:
-    """Read an answer's body in chunks, at most :data:`MAX_ANSWER_READ` bytes whatever its
-    ``Content-Length`` says (one claiming a TiB must not allocate one): else :class:`_TooLarge`.
-
-    :raises http.client.IncompleteRead: when the node closes before the length it announced.
-    """
-    if resp.length is not None and resp.length > MAX_ANSWER_READ:   # None: chunked, or close
-        raise _TooLarge(f"it announced a Content-Length of {resp.length}")
-    parts, got = [], 0
-    while part := resp.read(_CHUNK):
-        got += len(part)
-        if got > MAX_ANSWER_READ:
-            raise _TooLarge(f"more than {MAX_ANSWER_READ} bytes of body")
-        parts.append(part)
-    if resp.length:   # what is left of an announced length: the node closed early
-        raise http.client.IncompleteRead(b"", resp.length)
-    return b"".join(parts)
-
-
 def _failure(node: str, what: str, exc: Exception) -> SDHTError:
     """The :class:`~sdht.errors.SDHTError` that an exchange failing with ``exc`` raises."""
     if isinstance(exc, TimeoutError):   # socket.timeout is TimeoutError
         return Timeout(f"{node} did not answer {what} in time: {exc}", node)
-    if isinstance(exc, _TooLarge):
+    if isinstance(exc, http1.TooLarge):
         return NodeError(f"{node} answered {what} with more than {MAX_ANSWER_READ} bytes "
                          f"({exc})", node)
-    if isinstance(exc, (OSError, http.client.IncompleteRead)):   # RemoteDisconnected too
+    if isinstance(exc, OSError):   # refused, reset, or closed before the answer was whole
         return NodeUnavailable(f"{node} is unreachable: {exc.__class__.__name__}", node)
-    # A status line, headers or chunks that are not HTTP, or more headers than http.client takes.
+    if isinstance(exc, http1.Unsendable):
+        return NodeError(f"{what} was not sent to {node}: {exc}", node)
+    # A status line, headers or chunks that are not HTTP/1.1 as sdht.http1 reads it.
     return NodeError(f"{node} answered {what} with malformed HTTP: {exc.__class__.__name__}: "
                      f"{str(exc)[:100]}", node)
 
 
-def _close_idle(idle: dict[str, list[_Connection]]) -> None:
+def _close_idle(idle: dict[str, list[http1.Connection]]) -> None:
     for conns in list(idle.values()):
         for conn in conns:
             conn.close()
