@@ -166,31 +166,27 @@ class Connection:
         del self._buffer[:size]
         return data
 
-    def _line(self, limit: int, what: str) -> bytes:
-        """The next CRLF-ended line (without its CRLF), at most ``limit`` bytes."""
+    def _find(self, end: bytes, limit: int, what: str) -> int:
+        """Where ``end`` first stands in the buffer, receiving until it does: the ``what`` before
+        it may take at most ``limit`` bytes."""
         start = 0
-        while (end := self._buffer.find(b"\r\n", start)) < 0:
+        while (at := self._buffer.find(end, start)) < 0:
             if len(self._buffer) > limit:
-                raise Malformed(f"{what} longer than {limit} bytes")
-            start = max(0, len(self._buffer) - 1)
+                break
+            start = max(0, len(self._buffer) - len(end) + 1)
             if not self._receive():
                 raise ConnectionResetError(f"the node closed the connection in the {what}")
-        if end > limit:
-            raise Malformed(f"{what} longer than {limit} bytes")
-        line = self._take(end + 2)
-        return line[:-2]
+        if not 0 <= at <= limit:
+            raise Malformed(f"a {what} longer than {limit} bytes")
+        return at
+
+    def _line(self, limit: int, what: str) -> bytes:
+        """The next CRLF-ended line (without its CRLF), at most ``limit`` bytes."""
+        return self._take(self._find(b"\r\n", limit, what) + 2)[:-2]
 
     def _head(self) -> tuple[int, int, dict[str, str]]:
         """The status line and header fields of the next answer."""
-        start = 0
-        while (end := self._buffer.find(b"\r\n\r\n", start)) < 0:
-            if len(self._buffer) > MAX_HEAD:
-                raise Malformed(f"a head longer than {MAX_HEAD} bytes")
-            start = max(0, len(self._buffer) - 3)
-            if not self._receive():
-                raise ConnectionResetError("the node closed the connection before its answer")
-        if end > MAX_HEAD:
-            raise Malformed(f"a head longer than {MAX_HEAD} bytes")
+        end = self._find(b"\r\n\r\n", MAX_HEAD, "head")
         lines = self._take(end + 4)[:-4].split(b"\r\n")
         matched = _STATUS.fullmatch(lines[0])
         if matched is None:
