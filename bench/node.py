@@ -59,7 +59,7 @@ BATCH = 100
 #: since ``--base``, such as storage/fastpath.py, is unused there: its app.py does not wire it).
 HOT_FILES = ["storage/routes.py", "storage/store.py", "storage/http.py", "storage/app.py",
              "storage/metrics.py", "storage/web.py", "storage/eventlog.py",
-             "storage/gunicorn_conf.py", "storage/auth.py",
+             "storage/gunicorn_conf.py", "storage/worker.py", "storage/auth.py",
              # the batch write's merge, hash tree (and its layout version) and admission
              "storage/tree.py", "storage/layout.py", "sdht/kinds/register.py"]
 START_DEADLINE = 30.0      # seconds for a node to answer its health route
@@ -202,8 +202,12 @@ def baseline_tree(base: str, files: list[str], working: list[str] = ()) -> Itera
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), "HEAD"],
                        check=True, capture_output=True)
         try:
-            if files:
-                subprocess.run(["git", "-C", str(tree), "checkout", short, "--", *files],
+            # A file added since base (storage/worker.py, split out of gunicorn_conf.py) stays
+            # as it is: the base's own files do not use it.
+            there = [f for f in files if subprocess.run(
+                ["git", "-C", str(ROOT), "cat-file", "-e", f"{short}:{f}"]).returncode == 0]
+            if there:
+                subprocess.run(["git", "-C", str(tree), "checkout", short, "--", *there],
                                check=True, capture_output=True)
             for name in working:
                 shutil.copyfile(ROOT / name, tree / name)

@@ -1,7 +1,7 @@
 """The lean lane of a node's gunicorn worker: a whole, plain request served without gunicorn's
 request parser (issue 16).
 
-The worker (:class:`storage.gunicorn_conf.Worker`) holds every request whole before serving
+The worker (:class:`storage.worker.Worker`) holds every request whole before serving
 it. For a plain one, :func:`parse` reads the head more strictly than gunicorn and :func:`environ`
 builds the environ gunicorn's ``wsgi.create`` would (tests/test_lean.py checks both); gunicorn's
 ``Response`` writes the answer. What :func:`parse` does not fully understand goes gunicorn's

@@ -3,7 +3,7 @@
 docs/security.md ("Slow and heavy clients") tells the whole of it. Two parts live here:
 
 * :class:`Incoming`, a request as its bytes arrive, for the event loop of the node's gunicorn
-  worker (:class:`storage.gunicorn_conf.Worker`), which hands a connection to a thread only once
+  worker (:class:`storage.worker.Worker`), which hands a connection to a thread only once
   its request is whole. It says when that is, and refuses (:class:`Refused`): a head over
   :data:`MAX_HEADER_BYTES` (431), a body over ``MAX_BODY_BYTES`` (413; a chunked one as soon as
   its chunks pass it, framing counted), framing it cannot follow (400). The worker adds 408 for

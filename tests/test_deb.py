@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import textwrap
@@ -276,6 +277,19 @@ def test_packaged_node_serves_the_installed_library(unit_node: int, unit_top: Pa
     assert "raw http ok" in proc.stdout and "ring ok" in proc.stdout, proc.stdout
     health = requests.get(f"http://127.0.0.1:{unit_node}/v1/health", timeout=5).json()
     assert health["mode"] == "signed rings" and health["epoch"] >= 1, health
+
+
+def test_packaged_node_answers_pipelined_requests(unit_node: int) -> None:
+    """Debian's gunicorn 20.1 left a pipelined request in its buffer unanswered until the
+    client gave up (storage.worker.Worker.finish_request)."""
+    get = b"GET /v1/record?key=k%d HTTP/1.1\r\nHost: n\r\n\r\n"
+    last = b"GET /v1/record?key=k HTTP/1.1\r\nHost: n\r\nConnection: close\r\n\r\n"
+    got, deadline = b"", time.monotonic() + 10
+    with socket.create_connection(("127.0.0.1", unit_node), timeout=10) as sock:
+        sock.sendall(b"".join(get % i for i in range(99)) + last)
+        while (part := sock.recv(1 << 16)) and time.monotonic() < deadline:
+            got += part
+    assert got.count(b"HTTP/1.1 404 ") == 100, got[-300:]
 
 
 def test_node_without_keys_refuses_to_start(deb: Path, unit_top: Path) -> None:
