@@ -78,7 +78,10 @@ class Connection:
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         if not 0 < port < 65536:
             raise ValueError(f"port {port} out of range")
-        self.host, self.port, self.connect_timeout = host, port, connect_timeout
+        # A bracketed IPv6 host ("[::1]") is connected to without its brackets, as http.client
+        # did; the Host header keeps them.
+        self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        self.port, self.connect_timeout = port, connect_timeout
         self.sock: socket.socket | None = None
         #: Bytes received in the current exchange (0: the node has sent nothing yet).
         self.received = 0

@@ -5,9 +5,8 @@ parallel fan-out to replicas, so a request costs neither a new TCP connection no
 The pool is a few :class:`sdht.http1.Connection` per node rather than ``requests`` or
 http.client: a bare round trip to a gunicorn node costs about half as much as with ``requests``
 (``bench/bench.py``), and reading the answer's head without the ``email`` package less again
-(:mod:`sdht.http1`). Every call
-returns the node's ring epoch alongside the answer, so callers notice a newer ring
-(docs/design.md, "The ring"). The routes themselves, and the checks of every answer, are
+(:mod:`sdht.http1`). Every call returns the node's ring epoch alongside the answer, so callers
+notice a newer ring (docs/design.md, "The ring"). The routes themselves, and the checks of every answer, are
 :class:`sdht.nodeapi.NodeAPI`'s; requests that need authority are signed with this party's keys
 (:mod:`sdht.trust`).
 

@@ -140,6 +140,20 @@ def test_a_request_that_would_split_is_not_sent(target, headers):
     theirs.close()
 
 
+def test_a_bracketed_ipv6_host_is_reached_without_its_brackets():
+    listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    with listener:
+        conn = http1.Connection("[::1]", listener.getsockname()[1], 5.0)
+        conn.connect()
+        peer, _ = listener.accept()
+        with peer:
+            peer.sendall(b"HTTP/1.1 204 No Content\r\n\r\n")
+            got = conn.exchange("GET", "/", None, {}, time.monotonic() + 5, LIMIT)
+            assert got.status == 204 and peer.recv(200).split(b"\r\n")[1] == (
+                b"Host: [::1]:%d" % listener.getsockname()[1])
+        conn.close()
+
+
 def test_one_connection_carries_request_after_request():
     ours, theirs = socket.socketpair()
     conn = http1.Connection("127.0.0.1", 1, 1.0)
