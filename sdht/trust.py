@@ -14,6 +14,7 @@ Keys are written as 64 hex digits: a private key as its 32-byte seed, a public k
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import ipaddress
@@ -101,6 +102,12 @@ def read_key(text_or_path: str) -> str:
         raise ConfigError(f"cannot read a key from {text!r}: {exc}") from None
 
 
+#: Addresses whose loopback check is remembered: a node asks it of every request's client
+#: (parsing the address was 9% of a single write's Python), and has few clients.
+LOOPBACK_CACHE = 1024
+
+
+@functools.lru_cache(maxsize=LOOPBACK_CACHE)
 def is_loopback(host: str) -> bool:
     """Return whether ``host`` (an address or ``localhost``) is a loopback address."""
     host = host.strip("[]")

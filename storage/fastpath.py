@@ -80,6 +80,8 @@ class HotPath:
 
     def __init__(self, app: Flask, wsgi: Any) -> None:
         self.app, self.wsgi = app, wsgi
+        # The app's own metrics (attached before this layer), without a context lookup each time.
+        self.metrics: metrics.Metrics = app.extensions["sdht.metrics"]
         # The route's own answers, taken apart once: a status line and headers per outcome
         # (an outcome the route stops answering so fails here, when the app is made).
         self.written: dict[str, Answer] = {}
@@ -113,14 +115,16 @@ class HotPath:
             if not auth.serves(environ.get("REMOTE_ADDR") or ""):
                 return None
             try:
-                raw = store().get(check_key(key, params()))
+                held = store()
+                view = held.ring()   # read once: the key's limits and the epoch stamp
+                raw = held.get(check_key(key, params(view)))
             except ApiError:
                 return None
             if raw is None:
                 return None   # Flask answers the 404
             headers = [("Content-Type", MSGPACK), ("Content-Length", str(len(raw))),
-                       *stamp_headers()]
-            metrics.current().observe_request(PATH, "GET", "200", time.perf_counter() - began)
+                       *stamp_headers(view)]
+            self.metrics.observe_request(PATH, "GET", "200", time.perf_counter() - began)
         return "200 OK", headers, raw
 
     def _write(self, environ: dict) -> Answer | None:
@@ -139,25 +143,28 @@ class HotPath:
             # fails here (a 4xx of the route, input nested too deep, a bug), Flask answers its
             # way, with its JSON body, event and metrics.
             try:
-                # In the route's order: who writes, the body, admission, access.
-                p = params()
+                # In the route's order: who writes, the body, admission, access. The ring is
+                # read once: for the limits and for the epoch stamp.
+                held = store()
+                view = held.ring()
+                p = params(view)
                 signer = routes.write_signer(signed=False)
                 entry = admit(unpackb(data), p, data)
                 routes.may_write([entry], signer)
             except Exception:  # noqa: BLE001
                 return None
             try:
-                result = store().put_many([entry], p)[0]
+                result = held.put_many([entry], p)[0]
             except Exception:  # noqa: BLE001  its transaction was rolled back: nothing applied
                 return None
             answer = self.written.get(result.status)
             if answer is None:
                 return None     # superseded: nothing applied (_ANSWERED); Flask answers 409
             # The store has it: from here this is the only answer.
-            mets = metrics.current()
+            mets = self.metrics
             mets.count_writes([result], migrated=environ.get(_MIGRATION) == "1")
             status, headers, body = answer
-            headers = [*headers, *stamp_headers()]
+            headers = [*headers, *stamp_headers(view)]
             code = status[:3]
             eventlog.keep(self.app.config["DATA_DIR"],
                           eventlog.single_write(getattr(entry, "key", None), int(code)))

@@ -103,12 +103,14 @@ def params(view: RingView | None = None) -> dict[str, Any]:
     return {**cluster_params.DEFAULTS, **current_app.config["PARAMS"]}
 
 
-def stamp_headers() -> list[tuple[str, str]]:
-    """The headers every answer of the node carries: the epoch of its ring, and its id."""
-    try:
-        view = ring_view()
-    except Exception:  # a broken store must not turn every answer into a 500
-        view = None
+def stamp_headers(view: RingView | None = None) -> list[tuple[str, str]]:
+    """The headers every answer of the node carries: the epoch of its ring (``view``, when the
+    caller has just read it; else the stored one), and its id."""
+    if view is None:
+        try:
+            view = ring_view()
+        except Exception:  # a broken store must not turn every answer into a 500
+            view = None
     out = [(EPOCH_HEADER, str(view.epoch if view else 0))]
     if current_app.config["NODE_ID"]:
         out.append((NODE_HEADER, current_app.config["NODE_ID"]))

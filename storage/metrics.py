@@ -166,8 +166,10 @@ class Metrics:
     def count_writes(self, results: Iterable[Any], migrated: bool | None = None) -> None:
         """Count the outcomes of the records of one write request (``WriteResult`` objects);
         ``migrated``: whether it moves data for a join or remove (None: ask its header)."""
-        # One inc per outcome, not per record: a batch holds up to thousands of records.
-        outcomes = collections.Counter(result.status for result in results)
+        # One inc per outcome, not per record: a batch holds up to thousands of records. A
+        # single write (the commonest request) skips the tally.
+        outcomes = {results[0].status: 1} if isinstance(results, list) and len(results) == 1 \
+            else collections.Counter(result.status for result in results)
         for status, count in outcomes.items():
             self.writes.labels(status).inc(count)
         total = sum(outcomes.values())
