@@ -9,6 +9,10 @@ alternating too), so both see the same load of the machine; for each of ``set``,
 user + system time), and candidate/baseline.
 
     python bench/transport_ab.py --base aa2c0c5
+
+``--pool-only`` instead makes the baseline this tree's transport with every replica request
+run on the fan-out pool, as before ``sdht/fanout.py`` (its ``begin`` never sends): that
+change's A/B.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -42,6 +47,13 @@ def baseline_transport(base: str, into: Path) -> type:
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module.Transport
+
+
+class PoolOnly(Transport):
+    """This tree's transport, but every replica request runs on the fan-out pool."""
+
+    def begin(self, node: str, call: Any) -> None:
+        return None
 
 
 def measure(rings: dict[str, sdht.Ring], op: str, blocks: int, size: int) -> dict[str, dict]:
@@ -71,16 +83,21 @@ def main() -> int:
     ap.add_argument("--base", default="HEAD", help="commit of the baseline's transport.py")
     ap.add_argument("--blocks", type=int, default=10, help="blocks per client and operation")
     ap.add_argument("--block", type=int, default=200, help="operations per block")
+    ap.add_argument("--pool-only", action="store_true",
+                    help="baseline: this tree's transport, every request on the pool")
     args = ap.parse_args()
     for key, value in machine().items():
         print(f"{key}: {value}")
-    print(f"baseline: sdht/transport.py at {args.base}; candidate: the working tree\n")
+    base = "every replica request on the fan-out pool" if args.pool_only \
+        else f"sdht/transport.py at {args.base}"
+    print(f"baseline: {base}; candidate: the working tree\n")
     with tempfile.TemporaryDirectory() as tmp:
         procs = Procs(Path(tmp))
         rings: dict[str, sdht.Ring] = {}
         try:
             nodes = [start_node(procs, f"node{i}")[1] for i in range(3)]
-            rings = {"baseline": sdht.Ring(transport=baseline_transport(args.base, Path(tmp))()),
+            old = PoolOnly if args.pool_only else baseline_transport(args.base, Path(tmp))
+            rings = {"baseline": sdht.Ring(transport=old()),
                      "candidate": sdht.Ring(transport=Transport())}
             for ring in rings.values():
                 for node in nodes:

@@ -1,37 +1,32 @@
 """One HTTP/1.1 exchange with a storage node over a kept-alive socket, read strictly (issue 16).
 
-:class:`sdht.transport.Transport` used :class:`http.client.HTTPConnection`, which parses every
-answer's headers with the ``email`` package: about 50 µs an answer, three answers a write, a
-tenth of the client's CPU per ``set`` (docs/benchmarks.md). A storage node's answer is plain
-(gunicorn's framing: a status line, a dozen headers, a ``Content-Length``), so this module writes
-the request in one send and reads the answer itself, as RFC 9112 frames it:
-
-* a body framed by ``Transfer-Encoding: chunked`` (decoded), by ``Content-Length``, or by the
-  node closing the connection; none for ``HEAD``, 1xx, 204 and 304; interim 1xx answers are
-  skipped;
-* a head of at most :data:`MAX_HEAD` bytes and :data:`MAX_FIELDS` lines, field names tokens,
-  no obsolete line folding, one ``Content-Length`` (repeats must agree), no other
-  transfer coding: anything else is :class:`Malformed`.
+http.client parsed every answer's head with the ``email`` package: about 50 µs an answer, a
+tenth of the client's CPU per ``set`` (docs/benchmarks.md). A node's answer is plain, so this
+module writes the request in one send and reads the answer as RFC 9112 frames it: a body framed
+by ``Transfer-Encoding: chunked`` (decoded), by ``Content-Length``, or by the node closing; none
+for ``HEAD``, 1xx, 204 and 304; interim 1xx answers skipped. A head has at most
+:data:`MAX_HEAD` bytes and :data:`MAX_FIELDS` lines, field names are tokens, no obsolete line
+folding, one ``Content-Length`` (repeats must agree), no other transfer coding: anything else
+is :class:`Malformed`.
 
 Nothing a node sends is trusted: every receive waits only until the request's ``deadline``
-(:class:`TimeoutError`), a body past the request's ``limit`` is :class:`TooLarge` (announced or
-not), and so is an answer whose bytes on the wire run past ``limit`` +
-:data:`FRAMING_BYTES`, however slowly or endlessly the node sends. A node that closes
-before its answer is whole raises :class:`ConnectionResetError`.
+(:class:`TimeoutError`); a body past the request's ``limit``, or an answer whose bytes on the
+wire run past ``limit`` + :data:`FRAMING_BYTES`, is :class:`TooLarge`, however slowly or
+endlessly the node sends; a node that closes before its answer is whole raises
+:class:`ConnectionResetError`.
 """
 from __future__ import annotations
 
+import os
 import re
 import socket
 import time
 from typing import NamedTuple
 
-#: Bytes a status line and headers may take together, and header lines an answer may have.
-MAX_HEAD, MAX_FIELDS = 64 << 10, 100
+MAX_HEAD, MAX_FIELDS = 64 << 10, 100   #: bytes of a status line and headers; header lines
 #: Bytes of one chunk-size line (with its extensions) of a chunked body.
 MAX_CHUNK_LINE = 4096
-#: Bytes asked of the socket at a time, into one buffer per connection: never an allocation
-#: per claimed length.
+#: Bytes asked of the socket at a time, into one buffer per connection (not per claimed length).
 RECV_BYTES = 64 << 10
 #: Bytes of framing an answer may add on the wire to its body's limit: its head, interim
 #: answers' heads, chunk size lines.
@@ -40,6 +35,7 @@ _STATUS = re.compile(rb"HTTP/1\.([0-9]) ([0-9]{3})(?: [\t\x20-\x7e\x80-\xff]*)?"
 _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_LENGTH = re.compile(rb"\r\ncontent-length:[\t ]*([0-9]{1,18})[\t ]*\r\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[\t ]*(?:;[\t\x20-\x7e]*)?")
 # What http.client refused in a request: control characters and spaces in the target, CR and
 # LF (header splitting) in a header.
@@ -52,8 +48,7 @@ class Malformed(ValueError):
 
 
 class Unsendable(ValueError):
-    """A request this module will not send: a control character in its method or target, CR,
-    LF or NUL in a header (what would split it into two)."""
+    """A request not sent: a control character in its target, CR, LF or NUL in a header."""
 
 
 class TooLarge(Exception):   # not an OSError: a lost socket is another failure
@@ -61,8 +56,7 @@ class TooLarge(Exception):   # not an OSError: a lost socket is another failure
 
 
 class Answer(NamedTuple):
-    """A node's answer: its status, its headers by lower-case name, its body, and whether the
-    connection must close after it."""
+    """A node's answer: status, headers by lower-case name, body, whether to close after it."""
 
     status: int
     headers: dict[str, str]
@@ -72,8 +66,7 @@ class Answer(NamedTuple):
 
 class Connection:
     """One HTTP/1.1 connection to ``host:port``, opened by :meth:`connect` within
-    ``connect_timeout`` seconds. Not thread-safe: one exchange at a time (the transport's pool
-    hands each connection to one request)."""
+    ``connect_timeout`` seconds. Not thread-safe: one exchange at a time."""
 
     def __init__(self, host: str, port: int, connect_timeout: float) -> None:
         if not 0 < port < 65536:
@@ -83,8 +76,7 @@ class Connection:
         self.host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         self.port, self.connect_timeout = port, connect_timeout
         self.sock: socket.socket | None = None
-        #: Bytes received in the current exchange (0: the node has sent nothing yet).
-        self.received = 0
+        self.received = 0   #: bytes received in the current exchange (0: none yet)
         self._host = f"{host}:{port}".encode("idna")
         self._buffer = bytearray()
         self._scratch = memoryview(bytearray(RECV_BYTES))
@@ -113,11 +105,46 @@ class Connection:
         :raises TimeoutError, TooLarge, Malformed, OSError: (ConnectionResetError when the node
             closed before the answer was whole), Unsendable: (nothing was sent).
         """
+        self.send(method, target, body, headers, deadline, limit)
+        return self.answer(method)
+
+    def send(self, method: str, target: str, body: bytes | None, headers: dict[str, str],
+             deadline: float, limit: int) -> None:
+        """Send one request, the first half of :meth:`exchange` (its answer is read by
+        :meth:`answer`): the deadline and limit are the whole exchange's."""
         assert self.sock is not None, "connect() first"
         self._deadline, self._limit, self.received = deadline, limit, 0
         self._budget = limit + FRAMING_BYTES
         self._buffer.clear()
-        self._send(_request(method, target, body, headers, self._host))
+        data = _request(method, target, body, headers, self._host)
+        self._arm()
+        self.sock.sendall(data)   # its timeout, the time left, bounds the whole send
+
+    def pull(self) -> None:
+        """Receive what has arrived of the answer without waiting (TooLarge, OSError)."""
+        try:   # not recv, which waits first on a socket with a timeout (non-blocking: readv not)
+            got = os.readv(self.sock.fileno(), [self._scratch])  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        self._count(got)
+        if not got:
+            raise ConnectionResetError("the node closed the connection before its answer")
+
+    def whole(self) -> bool | None:
+        """Whether the bytes received hold a whole ``Content-Length`` answer (:meth:`answer` reads
+        it without waiting); None: not told so (another framing, 1xx, head past MAX_HEAD)."""
+        end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            return None if len(self._buffer) >= MAX_HEAD else False
+        head = bytes(self._buffer[:end + 2]).lower()
+        length = _LENGTH.search(head)
+        if length is None or b"\r\ntransfer-encoding:" in head or head[9:10] == b"1":
+            return None
+        return len(self._buffer) >= end + 4 + int(length.group(1))
+
+    def answer(self, method: str) -> Answer:
+        """Read the whole answer to the request :meth:`send` sent (the second half of
+        :meth:`exchange`, which names what it raises)."""
         while True:
             status, version, fields = self._head()
             if not 100 <= status < 200:
@@ -132,16 +159,12 @@ class Connection:
                 raise Malformed(f"unknown Transfer-Encoding {fields['transfer-encoding'][:40]!r}")
             data = self._chunked()
         elif "content-length" in fields:
-            data = self._exactly(_length(fields["content-length"], limit))
+            data = self._exactly(_length(fields["content-length"], self._limit))
         else:
             data, close = self._until_closed(), True
         return Answer(status, fields, data, close or bool(self._buffer))
 
     # -- sending and receiving ------------------------------------------------------------------
-
-    def _send(self, data: bytes) -> None:
-        self._arm()
-        self.sock.sendall(data)  # type: ignore[union-attr]  # sendall's timeout bounds its total
 
     def _arm(self) -> None:
         left = self._deadline - time.monotonic()
@@ -156,11 +179,15 @@ class Connection:
         """Receive what the node sends next into the buffer; False when it closed."""
         self._arm()
         got = self.sock.recv_into(self._scratch)  # type: ignore[union-attr]
+        self._count(got)
+        return got > 0
+
+    def _count(self, got: int) -> None:
+        """Take ``got`` bytes received into the scratch buffer, within the byte budget."""
         self.received += got
         if self.received > self._budget:
             raise TooLarge("the answer is too long")
         self._buffer += self._scratch[:got]
-        return got > 0
 
     def _take(self, size: int) -> bytes:
         """The first ``size`` bytes of the buffer, taken out of it (one copy)."""
@@ -212,8 +239,7 @@ class Connection:
     def _exactly(self, size: int) -> bytes:
         while len(self._buffer) < size:
             if not self._receive():
-                raise ConnectionResetError(f"the node closed the connection {size - len(self._buffer)}"
-                                           f" bytes before the end of its answer")
+                raise ConnectionResetError("the node closed the connection mid-answer")
         return self._take(size)
 
     def _chunked(self) -> bytes:
@@ -246,8 +272,8 @@ class Connection:
 
 def _request(method: str, target: str, body: bytes | None, headers: dict[str, str],
              host: bytes) -> bytes:
-    """The request's bytes: request line, ``Host``, ``Content-Length`` (when there is a body,
-    or the method expects one, as http.client sends it), the headers, then the body."""
+    """The request's bytes: request line, ``Host``, ``Content-Length`` (as http.client sends
+    it), the headers, then the body."""
     if _BAD_TARGET.search(target) or not method.isalpha():
         raise Unsendable(f"a control character in the request line: {target[:60]!r}")
     head = [f"{method} {target} HTTP/1.1".encode("ascii"), b"Host: " + host]
@@ -269,7 +295,6 @@ def _length(text: str, limit: int) -> int:
 
 
 def _closes(version: int, fields: dict[str, str]) -> bool:
-    """Whether the connection closes after this answer (RFC 9112 9.3: HTTP/1.0 unless kept
-    alive, ``Connection: close``)."""
+    """Whether the connection closes after this answer (RFC 9112 9.3)."""
     tokens = {t.strip().lower() for t in fields.get("connection", "").split(",")}
     return "close" in tokens or (version == 0 and "keep-alive" not in tokens)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 
 from . import kinds, wire
 from .errors import InvalidRecord, NodeError, SDHTError
@@ -44,6 +44,19 @@ class PutOutcome:
     status: str
     score: float | None = None
     digest: bytes | None = None
+
+
+class Call(NamedTuple):
+    """One request of a route and what its answer becomes (``then``, which does no I/O), that
+    :mod:`sdht.fanout` sends to many replicas before it reads any answer."""
+
+    method: str
+    path: str
+    params: dict | None
+    data: bytes | None
+    headers: dict | None
+    ok: tuple[int, ...]
+    then: Callable[[Reply], Any]
 
 
 @contextmanager
@@ -83,24 +96,41 @@ class NodeAPI:
 
     # -- entries --------------------------------------------------------------------------------
 
+    def run(self, node: str, call: Call) -> Any:
+        """Send ``call``'s request to ``node`` and return what its answer becomes."""
+        return call.then(self.request(node, call.method, call.path, params=call.params,
+                                      data=call.data, headers=call.headers, ok=call.ok))
+
     def get_record(self, node: str, key: str,
                    params: Mapping[str, Any] | None = None) -> tuple[Record | None, int]:
         """Return the register ``node`` holds for ``key`` (or None) and the node's epoch."""
-        reply = self.request(node, "GET", "/v1/record", params={"key": key}, ok=(200, 404))
-        if reply.status == 404:
-            return None, reply.epoch
-        with answer_of(node, "GET /v1/record"):
-            return kinds.register.from_wire(reply.body, params or self.params), reply.epoch
+        return self.run(node, self.get_record_call(node, key, params))
+
+    def get_record_call(self, node: str, key: str,
+                        params: Mapping[str, Any] | None = None) -> Call:
+        """:meth:`get_record` as a :class:`Call`."""
+        p = params or self.params
+
+        def then(reply: Reply) -> tuple[Record | None, int]:
+            if reply.status == 404:
+                return None, reply.epoch
+            with answer_of(node, "GET /v1/record"):
+                return kinds.register.from_wire(reply.body, p), reply.epoch
+        return Call("GET", "/v1/record", {"key": key}, None, None, (200, 404), then)
 
     def put_record(self, node: str, entry: kinds.Entry) -> tuple[PutOutcome, int]:
         """Write one entry; return the node's outcome and epoch."""
-        reply = self.request(node, "PUT", "/v1/record", data=entry.pack(), headers=MSGPACK,
-                             ok=(200, 201, 409))
-        with answer_of(node, "PUT /v1/record"):
-            if reply.status == 409:
-                return PutOutcome(SUPERSEDED, float(reply.body["score"]),
-                                  bytes.fromhex(reply.body["digest"])), reply.epoch
-            return PutOutcome(_outcome(reply.body["status"])), reply.epoch
+        return self.run(node, self.put_record_call(node, entry))
+
+    def put_record_call(self, node: str, entry: kinds.Entry) -> Call:
+        """:meth:`put_record` as a :class:`Call`."""
+        def then(reply: Reply) -> tuple[PutOutcome, int]:
+            with answer_of(node, "PUT /v1/record"):
+                if reply.status == 409:
+                    return PutOutcome(SUPERSEDED, float(reply.body["score"]),
+                                      bytes.fromhex(reply.body["digest"])), reply.epoch
+                return PutOutcome(_outcome(reply.body["status"])), reply.epoch
+        return Call("PUT", "/v1/record", None, entry.pack(), MSGPACK, (200, 201, 409), then)
 
     def get_many(self, node: str, keys: list[str],
                  params: Mapping[str, Any] | None = None,
@@ -153,10 +183,7 @@ class NodeAPI:
     def put_many(self, node: str, entries: list[kinds.Entry],
                  migration: bool = False) -> tuple[list[PutOutcome], int]:
         """Batch write of entries of any kind, each under its accept rule; one outcome each.
-
-        :param migration: mark the batch as entries moved by a join or remove, which the node
-            counts in its ``sdht_migration_records_received`` metric.
-        """
+        ``migration``: entries moved by a join or remove (the node's migration metric)."""
         body = packed_array([e.pack() for e in entries])
         headers = {**MSGPACK, MIGRATION_HEADER: "1"} if migration else MSGPACK
         # Signed when it carries acceptor state: only the operator or a member may move it.

@@ -16,13 +16,14 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 
 from .errors import NodeError, QuorumError, SDHTError, TransportError
 from .answers import check_answer, valid
+from .fanout import After, Polled
 from .handle import RingHandle
 from .health import NodeHealth
 from .hints import Hinter
 from .lag import Lag
 from .kinds import register
 from .kinds.register import Record, winner
-from .nodeapi import PutOutcome
+from .nodeapi import Call, PutOutcome
 from .wire import SUPERSEDED
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ class Quorum:
             calls = {node: (self.read_one, node, key, p) for node in self.health.order(replicas)}
             first = dict(list(calls.items())[:need])
             replies, errors, epochs = self.gather(
-                first, need, spares={n: c for n, c in calls.items() if n not in first})
+                first, need, spares={n: c for n, c in calls.items() if n not in first},
+                split={n: self.read_call(n, key, p) for n in first})
             if self.handle.noticed(epochs):
                 continue
             if len(replies) < need:
@@ -112,7 +114,10 @@ class Quorum:
             running: dict[str, Future] = {}
             replies, errors, epochs = self.gather(
                 calls, len(targets), spares=suspects, running=running,
-                enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
+                enough=lambda got: write_shortfall((now_set, next_set), got, w) is None,
+                split={n: self.handle.transport.put_record_call(n, rec) for n in calls},
+                after=lambda node, got: None if got[0].status != SUPERSEDED
+                else (self.shown, node, rec, view.params, *got))
             if self.handle.noticed(epochs):
                 continue  # placement moved while we wrote: write again where it is now
             if acked is not None:
@@ -145,9 +150,17 @@ class Quorum:
 
         :raises NodeError: when the answer fails its checks: the replica is faulty.
         """
-        rec, epoch = self.handle.transport.get_record(node, key, params)
-        check_answer(node, rec, key, params)
-        return rec, epoch
+        return self.handle.transport.run(node, self.read_call(node, key, params))
+
+    def read_call(self, node: str, key: str, params: Mapping[str, Any]) -> Call:
+        """:meth:`read_one` as a :class:`~sdht.nodeapi.Call` (:mod:`sdht.fanout` sends it)."""
+        call = self.handle.transport.get_record_call(node, key, params)
+
+        def then(reply: Any) -> tuple[Record | None, int]:
+            rec, epoch = call.then(reply)
+            check_answer(node, rec, key, params)
+            return rec, epoch
+        return call._replace(then=then)
 
     def write_one(self, node: str, rec: Record,
                   params: Mapping[str, Any]) -> tuple[PutOutcome, int]:
@@ -158,11 +171,15 @@ class Quorum:
 
         :raises NodeError: when the replica cannot show the version it claimed.
         """
-        transport = self.handle.transport
-        outcome, epoch = transport.put_record(node, rec)
+        return self.shown(node, rec, params, *self.handle.transport.put_record(node, rec))
+
+    def shown(self, node: str, rec: Record, params: Mapping[str, Any], outcome: PutOutcome,
+              epoch: int) -> tuple[PutOutcome, int]:
+        """:meth:`write_one`'s result from ``node``'s answer ``(outcome, epoch)`` to the write
+        of ``rec``: a superseded one is checked against the version the node then shows."""
         if outcome.status != SUPERSEDED:
             return outcome, epoch
-        held, _ = transport.get_record(node, rec.key, params)
+        held, _ = self.handle.transport.get_record(node, rec.key, params)
         check_answer(node, held, rec.key, params)
         if held is None or not register.beats(held, rec, params["decay"]):
             raise NodeError(f"{node} claimed a version of {rec.key!r} above the write, and "
@@ -197,7 +214,8 @@ class Quorum:
     def gather(self, calls: dict[str, tuple], need: int,
                enough: Callable[[dict[str, Any]], bool] | None = None,
                spares: dict[str, tuple] | None = None,
-               running: dict[str, Future] | None = None) -> Gathered:
+               running: dict[str, Future] | None = None,
+               split: Mapping[str, Call] | None = None, after: After | None = None) -> Gathered:
         """Run one call per node in parallel; return once ``need`` succeeded (or ``enough``
         of the results so far is true) or all finished; the others are left running.
 
@@ -206,6 +224,9 @@ class Quorum:
             (replicas beyond the first ``r`` of a read, suspect nodes of a write).
         :param running: when given, filled with the calls still running at the return, by
             node (a write hints those that then fail or stay silent).
+        :param split: per node of ``calls``, the same call as a :class:`~sdht.nodeapi.Call`:
+            then :class:`sdht.fanout.Polled` sends them from this thread when it can, and
+            ``after`` tells which of their results need another request.
         :returns: ``(results by node, errors by node, epochs seen)``.
         """
         futures: dict[Future, str] = {}
@@ -217,16 +238,29 @@ class Quorum:
         # every future at every turn: 15% of a gather's CPU).
         finished: "queue.SimpleQueue[Future]" = queue.SimpleQueue()
 
-        def start(batch: dict[str, tuple]) -> set[Future]:
-            started = {self.handle.transport.submit(self.call, node, fn, *args): node
-                       for node, (fn, *args) in batch.items()}
+        def watch(started: dict[Future, str]) -> set[Future]:
             futures.update(started)
             for fut in started:
                 fut.add_done_callback(finished.put)
             return set(started)
 
-        pending = start(calls)
-        while not (enough(results) if enough else len(results) >= need):
+        def start(batch: dict[str, tuple]) -> set[Future]:
+            return watch({self.handle.transport.submit(self.call, node, fn, *args): node
+                          for node, (fn, *args) in batch.items()})
+
+        def met() -> bool:
+            return enough(results) if enough else len(results) >= need
+
+        if split is not None and split.keys() == calls.keys():
+            polled = Polled(self, split, after)
+            if polled.sent:
+                polled.gather(met, results, errors, epochs)
+            pending = watch({f: n for n, f in polled.handed.items()}) | start(
+                {n: c for n, c in calls.items() if n not in polled.handed
+                 and n not in results and n not in errors})
+        else:
+            pending = start(calls)
+        while not met():
             short = not pending or (enough is None and len(results) + len(pending) < need)
             if short and spares:
                 pending |= start(spares)

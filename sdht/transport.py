@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 
 from . import http1, params as cluster_params, wire
 from .errors import NodeError, NodeUnavailable, SDHTError, Timeout
-from .nodeapi import NodeAPI, PutOutcome, Reply
+from .nodeapi import Call, NodeAPI, PutOutcome, Reply
 from .trust import Keys
 from .wire import EPOCH_HEADER, MAX_ANSWER_READ, unpackb
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 #: (connect, read) seconds for every request: connecting a new connection may take the first,
 #: sending the request and reading the whole answer together the second.
 DEFAULT_TIMEOUT = (2.0, 10.0)
+#: Largest body :meth:`Transport.begin` sends from the caller's thread: a larger one could wait
+#: there for a node that stopped reading.
+BEGIN_BYTES = 16 << 10
 #: Summaries of unexpected bodies in error messages: bounded in length and depth.
 _BRIEF = reprlib.Repr()
 _BRIEF.maxstring = _BRIEF.maxother = 300
@@ -92,13 +95,33 @@ class Transport(NodeAPI):
         :raises Timeout: when it does not answer within the timeout.
         :raises NodeError: when it answers with a status not in ``ok``, or a malformed body.
         """
-        query = urlencode([(k, v) for k, v in (params or {}).items() if v is not None])
-        target = f"{path}?{query}" if query else path
+        target = _target(path, params)
         hdrs = dict(headers or {})
         if admin:
             hdrs.update(self.keys.sign_request(method, target, data))
         status, answer_headers, raw = self._exchange(node, method, target, data, hdrs)
         return self._reply(node, f"{method} {path}", status, answer_headers, raw, ok, undecoded)
+
+    def begin(self, node: str, call: Call) -> "Sent | None":
+        """Send ``call``'s request to ``node`` on an idle kept-alive connection, and return
+        without waiting for its answer (:class:`Sent` reads it). None when :meth:`run` had
+        better make it: no idle connection (connecting could wait), a body over
+        :data:`BEGIN_BYTES`, or a send that failed (a pooled connection the node closed)."""
+        if call.data is not None and len(call.data) > BEGIN_BYTES:
+            return None
+        with self._lock:
+            idle = self._idle.get(node)
+            if not idle:
+                return None
+            conn = idle.pop()
+        target = _target(call.path, call.params)
+        try:
+            conn.send(call.method, target, call.data, dict(call.headers or {}),
+                      time.monotonic() + self.timeout[1], MAX_ANSWER_READ)
+        except (OSError, ValueError):   # nothing was answered: run() sends it anew
+            conn.close()
+            return None
+        return Sent(self, node, conn, call, f"{call.method} {target[:100]}")
 
     def _reply(self, node: str, route: str, status: int, headers: Mapping[str, str],
                raw: bytes, ok: Iterable[int], undecoded: bool = False) -> Reply:
@@ -179,6 +202,61 @@ class Transport(NodeAPI):
         conn.close()
 
 
+class Sent:
+    """A request :meth:`Transport.begin` sent, whose answer :meth:`finish` reads."""
+
+    def __init__(self, transport: Transport, node: str, conn: http1.Connection, call: Call,
+                 what: str) -> None:
+        self.transport, self.node, self.conn, self.call, self.what = \
+            transport, node, conn, call, what
+
+    def close(self) -> None:
+        """Close the connection, its answer unread (a transport closed meanwhile)."""
+        self.conn.close()
+
+    def fileno(self) -> int:
+        """The connection's socket, to wait on for the answer."""
+        return self.conn.sock.fileno()  # type: ignore[union-attr]
+
+    def whole(self) -> bool | None:
+        """Take what has arrived, without waiting; whether :meth:`finish` now reads the whole
+        answer without waiting. None when only :meth:`finish` can tell: the connection failed,
+        or the answer is framed otherwise than by Content-Length."""
+        try:
+            self.conn.pull()
+        except (OSError, http1.TooLarge):
+            return None
+        return self.conn.whole()
+
+    def finish(self) -> Any:
+        """Read the answer (waiting for it until the request's deadline) and return what the
+        call makes of it. A pooled connection that failed before the node sent a byte is
+        tried again on a fresh one, as :meth:`Transport.request` does (writes are idempotent).
+
+        :raises SDHTError: as :meth:`Transport.request` and the call's ``then`` raise."""
+        conn, node, tr = self.conn, self.node, self.transport
+        try:
+            answer = conn.answer(self.call.method)
+        except (OSError, ValueError, http1.TooLarge) as exc:   # Malformed
+            conn.close()
+            if conn.received or not isinstance(exc, OSError) or isinstance(exc, TimeoutError):
+                raise _failure(node, self.what, exc) from None
+            return tr.run(node, self.call)
+        if answer.close:
+            conn.close()
+        else:
+            tr._checkin(node, conn)
+        route = f"{self.call.method} {self.call.path}"
+        return self.call.then(tr._reply(node, route, answer.status, answer.headers,
+                                        answer.body, self.call.ok))
+
+
+def _target(path: str, params: dict | None) -> str:
+    """The request target of ``path`` with ``params`` (those not None) as its query."""
+    query = urlencode([(k, v) for k, v in (params or {}).items() if v is not None])
+    return f"{path}?{query}" if query else path
+
+
 def _failure(node: str, what: str, exc: Exception) -> SDHTError:
     """The :class:`~sdht.errors.SDHTError` that an exchange failing with ``exc`` raises."""
     if isinstance(exc, TimeoutError):   # socket.timeout is TimeoutError
@@ -217,4 +295,4 @@ def _decode(node: str, route: str, kind: str, raw: bytes) -> Any:
                         f"{str(exc)[:200]}", node) from None
 
 
-__all__ = ["DEFAULT_TIMEOUT", "PutOutcome", "Reply", "Transport"]
+__all__ = ["DEFAULT_TIMEOUT", "PutOutcome", "Reply", "Sent", "Transport"]

@@ -251,3 +251,56 @@ def test_a_node_that_closes_before_its_answer_is_whole_reset_it(data):
     with pytest.raises(ConnectionResetError):
         peer.ask()
     assert peer.conn.received == len(data)
+
+
+@settings(max_examples=150, deadline=None)
+@given(answers())
+def test_whole_is_true_once_a_length_framed_answer_is_all_in_and_never_before(answer):
+    """What sdht.fanout relies on: ``whole()`` is never True before the last byte of an answer
+    framed by Content-Length, True once it is in, None for another framing; ``answer()`` then
+    reads it from what arrived, without waiting for the node (which sends nothing more)."""
+    data, pieces = answer
+    ours, theirs = socket.socketpair()
+    conn = http1.Connection("127.0.0.1", 1, 1.0)
+    conn.sock = ours
+    try:
+        conn.send("GET", "/v1/record?key=k", None, {}, time.monotonic() + 5, LIMIT)
+        theirs.recv(65536)
+        sent, whole = 0, False
+        for piece in pieces:
+            theirs.sendall(piece)   # a socket pair: in our buffer once sent
+            sent += len(piece)
+            conn.pull()
+            whole = conn.whole()
+            if sent < len(data):
+                assert whole is not True
+        length_framed = b"\r\nContent-Length:" in data and not data.startswith(b"HTTP/1.1 1")
+        assert whole is (True if length_framed else None)
+        got = conn.answer("GET")
+        assert (got.status, got.headers, got.body) == reference(data)
+    finally:
+        conn.close()
+        theirs.close()
+
+
+@pytest.mark.parametrize("data, whole", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcd", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n", False),
+    (b"HTTP/1.1 200 OK\r\ncontent-length:\t5 \r\n\r\nabcde", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\nabcde", None),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\nabcde", None),
+    (b"HTTP/1.1 200 OK\r\nX: " + b"a" * http1.MAX_HEAD, None),
+])
+def test_whole_leaves_to_answer_what_it_cannot_tell_simply(data, whole):
+    ours, theirs = socket.socketpair()
+    conn = http1.Connection("127.0.0.1", 1, 1.0)
+    conn.sock = ours
+    try:
+        conn.send("GET", "/", None, {}, time.monotonic() + 5, LIMIT)
+        theirs.sendall(data)
+        for _ in range(1 + len(data) // http1.RECV_BYTES):
+            conn.pull()
+        assert conn.whole() is whole
+    finally:
+        conn.close()
+        theirs.close()

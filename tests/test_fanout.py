@@ -1,0 +1,52 @@
+"""sdht/fanout.py: a quorum's requests sent from the caller's thread and read there as their
+answers arrive, over real gunicorn nodes; what cannot go that way goes to the fan-out pool."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from conftest import wait_for
+from sdht.errors import WriteConflict
+from sdht.pow import mint
+
+KEYS = 5
+
+
+def test_a_busy_fan_out_pool_delays_no_get_or_set(cluster):
+    """Every pool thread is held, and more tasks queue behind them: a set and gets whose
+    replicas answer are read by the caller, so they do not wait for the pool (the set's
+    third replica is, once the pool is free)."""
+    ring, nodes = cluster(3)
+    for i in range(3):   # kept-alive connections to every replica, as in service
+        ring.set(f"warm{i}", i)
+        assert ring.get(f"warm{i}") == i
+    release = threading.Event()
+    for _ in range(64):
+        ring.transport.submit(release.wait, 30)
+    try:
+        began = time.monotonic()
+        ring.set("k", "v")
+        for _ in range(KEYS):
+            assert ring.get("k") == "v"
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert took < 10.0, took   # the pool was held for 30 s
+    wait_for(lambda: all(ring.transport.get_record(n.id, "k")[0] is not None for n in nodes),
+             30, what="every copy")
+
+
+def test_a_replica_holding_a_higher_version_must_show_it(cluster):
+    """A 409 read in the caller's thread still has its replica show the version it holds
+    (the pool asks for it): the write fails with that version's score."""
+    ring, nodes = cluster(3)
+    ring.set("warm", 1)
+    held = mint("rented", "first", 10.0)   # more work than a plain write pays (3 + 4)
+    for node in nodes:
+        ring.transport.put_record(node.id, held)
+    with pytest.raises(WriteConflict) as raised:
+        ring.set("rented", "second")
+    assert raised.value.score == pytest.approx(held.score(ring.params["decay"]), rel=1e-3)
+    assert ring.get("rented") == "first"
