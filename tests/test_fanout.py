@@ -15,27 +15,29 @@ KEYS = 5
 
 
 def test_a_busy_fan_out_pool_delays_no_get_or_set(cluster):
-    """Every pool thread is held, and more tasks queue behind them: a set and gets whose
-    replicas answer are read by the caller, so they do not wait for the pool (the set's
-    third replica is, once the pool is free)."""
+    """Every pool thread is held, and more tasks queue behind them: gets and a set whose
+    replicas answer are read by the caller, so they do not wait for the pool (the set's third
+    replica is, once the pool is free)."""
     ring, nodes = cluster(3)
-    for i in range(3):   # kept-alive connections to every replica, as in service
-        ring.set(f"warm{i}", i)
-        assert ring.get(f"warm{i}") == i
+    ring.set("k", "v")
+    # Every replica holds it, and has a kept-alive connection idle (the caller's thread sends
+    # only on one: a replica with none sends the whole gather to the pool, as before).
+    wait_for(lambda: all(ring.transport.get_record(n.id, "k")[0] is not None for n in nodes),
+             30, what="every copy of the first write")
     release = threading.Event()
     for _ in range(64):
         ring.transport.submit(release.wait, 30)
     try:
         began = time.monotonic()
-        ring.set("k", "v")
         for _ in range(KEYS):
-            assert ring.get("k") == "v"
+            assert ring.get("k") == "v"   # both answers read here: no connection left behind
+        ring.set("k2", "v2")              # last: its third replica may wait for the pool
         took = time.monotonic() - began
     finally:
         release.set()
     assert took < 10.0, took   # the pool was held for 30 s
-    wait_for(lambda: all(ring.transport.get_record(n.id, "k")[0] is not None for n in nodes),
-             30, what="every copy")
+    wait_for(lambda: all(ring.transport.get_record(n.id, "k2")[0] is not None for n in nodes),
+             30, what="every copy of the second write")
 
 
 def test_a_replica_holding_a_higher_version_must_show_it(cluster):
