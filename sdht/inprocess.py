@@ -16,6 +16,7 @@ fails half-way: tests of hung nodes, killed processes and durability need real n
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Callable, Iterable, Mapping
 
 from werkzeug.test import EnvironBuilder, run_wsgi_app
@@ -26,6 +27,8 @@ from .trust import Keys
 
 #: A WSGI application: ``app(environ, start_response) -> iterable of bytes``.
 WSGIApp = Callable[[dict, Callable[..., Any]], Iterable[bytes]]
+#: Seconds :meth:`WSGITransport.close` waits at most for app calls in flight to end.
+CLOSE_WAIT = 30.0
 
 
 class WSGITransport(Transport):
@@ -44,6 +47,10 @@ class WSGITransport(Transport):
         super().__init__(timeout, keys, max_parallel)
         self.apps = apps
         self.down: set[str] = set()
+        # App calls in flight from any thread (the pool's, a ring's hint sender's), and
+        # whether close() has begun: from then on no app is called.
+        self._calls, self._closing = 0, False
+        self._calls_done = threading.Condition()
 
     def mark_down(self, node: str) -> None:
         """Make ``node`` unreachable: its requests raise NodeUnavailable until :meth:`mark_up`."""
@@ -54,12 +61,16 @@ class WSGITransport(Transport):
         self.down.discard(node)
 
     def close(self) -> None:
-        """Wait for fan-out calls in flight (read repairs, say), then stop the pool.
+        """Wait for the calls in flight (read repairs, hints being sent, say), then stop.
 
-        Unlike the HTTP transport, this waits: once it returns no thread of this transport
-        calls an app, so the caller may close the apps' stores.
+        Unlike the HTTP transport, this waits: once it returns no thread calls an app through
+        this transport (later calls raise NodeUnavailable), so the caller may close the apps'
+        stores. A store closed under a write in another thread leaves LMDB's write lock held.
         """
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)   # its tasks may still call
+        with self._calls_done:
+            self._closing = True
+            self._calls_done.wait_for(lambda: self._calls == 0, CLOSE_WAIT)
         super().close()
 
     def _exchange(self, node: str, method: str, target: str, data: bytes | None,
@@ -72,6 +83,19 @@ class WSGITransport(Transport):
         if app is None:
             why = "marked down" if node in self.down else "not served in this process"
             raise NodeUnavailable(f"{node} is unreachable: {why}", node)
+        with self._calls_done:
+            if self._closing:
+                raise NodeUnavailable(f"{node} is unreachable: the transport is closed", node)
+            self._calls += 1
+        try:
+            return self._call(app, node, method, target, data, headers)
+        finally:
+            with self._calls_done:
+                self._calls -= 1
+                self._calls_done.notify_all()
+
+    def _call(self, app: WSGIApp, node: str, method: str, target: str, data: bytes | None,
+              headers: dict[str, str]) -> tuple[int, Mapping[str, str], bytes]:
         path, _, query = target.partition("?")
         builder = EnvironBuilder(path=path, base_url=f"http://{node}", query_string=query,
                                  method=method, data=data, headers=list(headers.items()),

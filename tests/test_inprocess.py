@@ -82,6 +82,34 @@ class TestTransport:
         t.close()
         assert fut.done() and fut.result()["node"] == node
 
+    def test_close_waits_for_app_calls_from_any_thread_and_refuses_later_ones(self, node_apps):
+        """A ring's hint sender calls apps from a thread of its own: close waits for those
+        calls too, since the caller closes the stores next (a store closed under a write in
+        another thread leaves LMDB's write lock held, and the next close waits forever)."""
+        apps = node_apps(1)
+        node, inner = next(iter(apps.items()))
+        entered, release, inflight = threading.Event(), threading.Event(), []
+
+        def app(environ, start_response):
+            inflight.append(node)
+            entered.set()
+            release.wait(10)
+            try:
+                return inner(environ, start_response)
+            finally:
+                inflight.pop()
+
+        t = WSGITransport({node: app})
+        sender = threading.Thread(target=t.health, args=(node,))   # not the pool's
+        sender.start()
+        assert entered.wait(10)
+        threading.Timer(0.2, release.set).start()
+        t.close()
+        assert not inflight
+        with pytest.raises(sdht.NodeUnavailable):
+            t.health(node)
+        sender.join(10)
+
     def test_closing_an_app_closes_its_store(self, node_apps):
         apps = node_apps(1)
         node, app = next(iter(apps.items()))
