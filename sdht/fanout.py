@@ -21,7 +21,7 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Mapping
 
-from .errors import SDHTError, TransportError
+from .errors import SDHTError
 from .nodeapi import Call
 
 #: Poll events of a socket with something to read (an answer, or its end).
@@ -123,16 +123,6 @@ class Polled:
         return result if follow is None else self.quorum.call(node, *follow)
 
     def _value(self, node: str, sent: Any, rid: int, took: float | None = None) -> Any:
-        """The call's result from ``sent``'s answer, noted in the health as
-        :meth:`sdht.quorum.Quorum.call` notes it (``took``: its time, when not until now)."""
-        health = self.quorum.health
-        try:
-            value = sent.finish()
-        except TransportError:
-            health.failed(node, rid)
-            raise
-        except SDHTError:
-            health.erred(node, rid)
-            raise
-        health.answered(node, rid, took)
-        return value
+        """The call's result from ``sent``'s answer, noted in the health by
+        :meth:`sdht.quorum.Quorum.ended` (``took``: its time, when not until now)."""
+        return self.quorum.ended(node, rid, sent.finish, took=took)

@@ -199,7 +199,12 @@ class Quorum:
     def call(self, node: str, fn: Callable[..., T], *args: Any) -> T:
         """Run one request to ``node``, noting in :attr:`health` how long it took, or that
         it failed (unreachable or silent: a cooldown; an error answer: the error rate)."""
-        rid = self.health.started(node)
+        return self.ended(node, self.health.started(node), fn, *args)
+
+    def ended(self, node: str, rid: int, fn: Callable[..., T], *args: Any,
+              took: float | None = None) -> T:
+        """Run ``fn(*args)``, the rest of request ``rid`` to ``node``; note in :attr:`health`
+        how it ended, as :meth:`call` does (``took``: its time, when not until now)."""
         try:
             result = fn(*args)
         except TransportError:
@@ -208,7 +213,7 @@ class Quorum:
         except SDHTError:
             self.health.erred(node, rid)
             raise
-        self.health.answered(node, rid)
+        self.health.answered(node, rid, took)
         return result
 
     def gather(self, calls: dict[str, tuple], need: int,

@@ -6,9 +6,9 @@ The pool is a few :class:`sdht.http1.Connection` per node rather than ``requests
 http.client: a bare round trip to a gunicorn node costs about half as much as with ``requests``
 (``bench/bench.py``), and reading the answer's head without the ``email`` package less again
 (:mod:`sdht.http1`). Every call returns the node's ring epoch alongside the answer, so callers
-notice a newer ring (docs/design.md, "The ring"). The routes themselves, and the checks of every answer, are
-:class:`sdht.nodeapi.NodeAPI`'s; requests that need authority are signed with this party's keys
-(:mod:`sdht.trust`).
+notice a newer ring (docs/design.md, "The ring"). The routes, and the checks of every answer,
+are :class:`sdht.nodeapi.NodeAPI`'s; requests that need authority are signed with this party's
+keys (:mod:`sdht.trust`).
 
 Nothing a node sends is trusted, not even its HTTP framing: a request has one deadline however
 slowly the node trickles bytes, an answer is cut off past :data:`sdht.wire.MAX_ANSWER_READ`
@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 #: (connect, read) seconds for every request: connecting a new connection may take the first,
 #: sending the request and reading the whole answer together the second.
 DEFAULT_TIMEOUT = (2.0, 10.0)
-#: Largest body :meth:`Transport.begin` sends from the caller's thread: a larger one could wait
-#: there for a node that stopped reading.
+#: Largest body :meth:`Transport.begin` sends from the caller's thread (a larger one could wait).
 BEGIN_BYTES = 16 << 10
 #: Summaries of unexpected bodies in error messages: bounded in length and depth.
 _BRIEF = reprlib.Repr()
@@ -164,17 +163,19 @@ class Transport(NodeAPI):
                 answer = conn.exchange(method, target, data, headers, deadline, MAX_ANSWER_READ)
             except (OSError, ValueError, http1.TooLarge) as exc:   # Malformed, Unsendable
                 conn.close()
-                # Retry only a pooled connection that failed before the node sent a byte.
-                if fresh or attempt or conn.received or not isinstance(exc, OSError) \
-                        or isinstance(exc, TimeoutError):
+                if fresh or attempt or not _stale(conn, exc):
                     raise _failure(node, f"{method} {target[:100]}", exc) from None
                 continue
             break
+        self._release(node, conn, answer)
+        return answer.status, answer.headers, answer.body
+
+    def _release(self, node: str, conn: http1.Connection, answer: http1.Answer) -> None:
+        """Keep ``conn`` for reuse after ``answer``, or close it when the answer says so."""
         if answer.close:
             conn.close()
         else:
             self._checkin(node, conn)
-        return answer.status, answer.headers, answer.body
 
     def _checkout(self, node: str, reuse: bool = True) -> http1.Connection:
         """Take an idle connection to ``node`` (newest first) when ``reuse``, else or when
@@ -210,8 +211,7 @@ class Sent:
         self.transport, self.node, self.conn, self.call, self.what = \
             transport, node, conn, call, what
 
-    def close(self) -> None:
-        """Close the connection, its answer unread (a transport closed meanwhile)."""
+    def close(self) -> None:   # its answer unread: the transport closed meanwhile
         self.conn.close()
 
     def fileno(self) -> int:
@@ -220,8 +220,7 @@ class Sent:
 
     def whole(self) -> bool | None:
         """Take what has arrived, without waiting; whether :meth:`finish` now reads the whole
-        answer without waiting. None when only :meth:`finish` can tell: the connection failed,
-        or the answer is framed otherwise than by Content-Length."""
+        answer at once. None: only it can tell (a failed connection, another framing)."""
         try:
             self.conn.pull()
         except (OSError, http1.TooLarge):
@@ -230,8 +229,8 @@ class Sent:
 
     def finish(self) -> Any:
         """Read the answer (waiting for it until the request's deadline) and return what the
-        call makes of it. A pooled connection that failed before the node sent a byte is
-        tried again on a fresh one, as :meth:`Transport.request` does (writes are idempotent).
+        call makes of it. When the pooled connection went stale (:func:`_stale`) the call is
+        made again by :meth:`Transport.run`, with its own retry (writes are idempotent).
 
         :raises SDHTError: as :meth:`Transport.request` and the call's ``then`` raise."""
         conn, node, tr = self.conn, self.node, self.transport
@@ -239,13 +238,10 @@ class Sent:
             answer = conn.answer(self.call.method)
         except (OSError, ValueError, http1.TooLarge) as exc:   # Malformed
             conn.close()
-            if conn.received or not isinstance(exc, OSError) or isinstance(exc, TimeoutError):
+            if not _stale(conn, exc):
                 raise _failure(node, self.what, exc) from None
             return tr.run(node, self.call)
-        if answer.close:
-            conn.close()
-        else:
-            tr._checkin(node, conn)
+        tr._release(node, conn, answer)
         route = f"{self.call.method} {self.call.path}"
         return self.call.then(tr._reply(node, route, answer.status, answer.headers,
                                         answer.body, self.call.ok))
@@ -255,6 +251,12 @@ def _target(path: str, params: dict | None) -> str:
     """The request target of ``path`` with ``params`` (those not None) as its query."""
     query = urlencode([(k, v) for k, v in (params or {}).items() if v is not None])
     return f"{path}?{query}" if query else path
+
+
+def _stale(conn: http1.Connection, exc: Exception) -> bool:
+    """Whether pooled ``conn`` failed with ``exc`` as one the node closed while idle does: before
+    the node sent a byte, not by timing out. Only such a request is sent again."""
+    return not conn.received and isinstance(exc, OSError) and not isinstance(exc, TimeoutError)
 
 
 def _failure(node: str, what: str, exc: Exception) -> SDHTError:
