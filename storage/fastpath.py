@@ -37,7 +37,7 @@ from __future__ import annotations
 import io
 import re
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 from urllib.parse import unquote
 
 from flask import Flask
@@ -52,6 +52,9 @@ PATH = "/v1/record"
 #: A query of one ``key=`` of unreserved or %-escaped characters (what
 #: :class:`sdht.transport.Transport` sends for most keys); any other goes to Flask.
 _QUERY = re.compile(r"key=([A-Za-z0-9._~%-]+)")
+#: Where :func:`init_app` leaves the app's fast path, in ``app.extensions``: the worker's group
+#: commit writes through it (:mod:`storage.groupcommit`).
+EXTENSION = "sdht.hotpath"
 #: The outcomes of a write answered here. Only STORED changes the store: every other outcome
 #: may go to Flask to be merged again, and so must STORED never.
 _ANSWERED = (STORED, SAME)
@@ -71,7 +74,8 @@ _SIGNED, _MIGRATION = _environ_name(SIGNER_HEADER), _environ_name(MIGRATION_HEAD
 def init_app(app: Flask) -> None:
     """Put the fast path in front of ``app``'s WSGI callable (after the acceptor's phases',
     :mod:`storage.fastphases`: the record routes are asked first)."""
-    app.wsgi_app = HotPath(app, app.wsgi_app)  # type: ignore[method-assign]
+    hot = app.extensions[EXTENSION] = HotPath(app, app.wsgi_app)
+    app.wsgi_app = hot  # type: ignore[method-assign]
 
 
 class HotPath:
@@ -130,46 +134,82 @@ class HotPath:
     def _write(self, environ: dict) -> Answer | None:
         """The answer of a write the store took or already held, or None when Flask must
         answer (and nothing has changed)."""
+        return self.write_group([environ])[0]
+
+    def write_group(self, environs: list[dict]) -> list[Answer | None]:
+        """The answers of several writes, merged in one store transaction (one durable commit:
+        the worker's group commit, :mod:`storage.worker`) in the order given, each answered as
+        if it came alone; None for each that Flask must answer, whose entry is not merged.
+
+        A write is merged here only if it is admitted (:meth:`_admit`) under the same ring
+        parameters as the first one admitted; a later ring's writes go to Flask. If the
+        transaction fails, nothing was applied and every write goes to Flask.
+        """
+        answers: list[Answer | None] = [None] * len(environs)
+        with self.app.app_context():
+            admitted = [(i, self._admit(environ)) for i, environ in enumerate(environs)]
+            chosen = [(i, a) for i, a in admitted if a is not None]
+            chosen = [(i, a) for i, a in chosen if a.params == chosen[0][1].params]
+            if not chosen:
+                return answers
+            try:
+                results = store().put_many([a.entry for _, a in chosen], chosen[0][1].params)
+            except Exception:  # noqa: BLE001  its transaction was rolled back: nothing applied
+                return answers
+            for (i, written), result in zip(chosen, results):
+                answers[i] = self._written(environs[i], written, result)
+        return answers
+
+    def _admit(self, environ: dict) -> Admitted | None:
+        """A write's entry and ring, admitted as the route admits it, or None when Flask must
+        answer it (nothing changes before the merge, so Flask may do any of it again). Runs in
+        the app's context."""
         began = time.perf_counter()
         if faulty(self.app) or _SIGNED in environ:
             return None
         data = held_body(environ)
-        if data is None:
+        if data is None or not auth.serves(environ.get("REMOTE_ADDR") or ""):
             return None
-        with self.app.app_context():
-            if not auth.serves(environ.get("REMOTE_ADDR") or ""):
-                return None
-            # Nothing changes before the merge, so Flask may do any of it again: whatever
-            # fails here (a 4xx of the route, input nested too deep, a bug), Flask answers its
-            # way, with its JSON body, event and metrics.
-            try:
-                # In the route's order: who writes, the body, admission, access. The ring is
-                # read once: for the limits and for the epoch stamp.
-                held = store()
-                view = held.ring()
-                p = params(view)
-                signer = routes.write_signer(signed=False)
-                entry = admit(unpackb(data), p, data)
-                routes.may_write([entry], signer)
-            except Exception:  # noqa: BLE001
-                return None
-            try:
-                result = held.put_many([entry], p)[0]
-            except Exception:  # noqa: BLE001  its transaction was rolled back: nothing applied
-                return None
-            answer = self.written.get(result.status)
-            if answer is None:
-                return None     # superseded: nothing applied (_ANSWERED); Flask answers 409
-            # The store has it: from here this is the only answer.
-            mets = self.metrics
-            mets.count_writes([result], migrated=environ.get(_MIGRATION) == "1")
-            status, headers, body = answer
-            headers = [*headers, *stamp_headers(view)]
-            code = status[:3]
-            eventlog.keep(self.app.config["DATA_DIR"],
-                          eventlog.single_write(getattr(entry, "key", None), int(code)))
-            mets.observe_request(PATH, "PUT", code, time.perf_counter() - began)
+        # Whatever fails here (a 4xx of the route, input nested too deep, a bug), Flask
+        # answers its way, with its JSON body, event and metrics.
+        try:
+            # In the route's order: who writes, the body, admission, access. The ring is read
+            # once: for the limits and for the epoch stamp.
+            view = store().ring()
+            p = params(view)
+            signer = routes.write_signer(signed=False)
+            entry = admit(unpackb(data), p, data)
+            routes.may_write([entry], signer)
+        except Exception:  # noqa: BLE001
+            return None
+        return Admitted(entry, view, p, began)
+
+    def _written(self, environ: dict, written: Admitted, result: Any) -> Answer | None:
+        """The answer of an admitted write the store merged with ``result``; None when it was
+        superseded (nothing applied, :data:`_ANSWERED`: Flask answers the 409)."""
+        answer = self.written.get(result.status)
+        if answer is None:
+            return None
+        # The store has it: from here this is the only answer.
+        mets = self.metrics
+        mets.count_writes([result], migrated=environ.get(_MIGRATION) == "1")
+        status, headers, body = answer
+        headers = [*headers, *stamp_headers(written.view)]
+        code = status[:3]
+        eventlog.keep(self.app.config["DATA_DIR"],
+                      eventlog.single_write(getattr(written.entry, "key", None), int(code)))
+        mets.observe_request(PATH, "PUT", code, time.perf_counter() - written.began)
         return status, headers, body
+
+
+class Admitted(NamedTuple):
+    """A write the fast path admitted, not merged yet: its entry, the ring it was admitted
+    under and that ring's parameters, and when its answer began (for the latency metric)."""
+
+    entry: Any
+    view: Any
+    params: Any
+    began: float
 
 
 def faulty(app: Flask) -> bool:

@@ -84,9 +84,8 @@ class Request:
 
 
 class Gathered:
-    """The socket as gunicorn's ``Response`` sees it: its writes are gathered and go in one
-    ``sendall`` (a status line, headers and a small body are one syscall, not two), the same
-    bytes in the same order. Past :data:`GATHER_BYTES` each write goes at once, as gunicorn's."""
+    """The socket as gunicorn's ``Response`` sees it: its writes, the same bytes in order, go in
+    one ``sendall`` (head and small body: one syscall); past the limit, each goes at once."""
 
     def __init__(self, sock: socket.socket, limit: float = GATHER_BYTES) -> None:
         self.sock, self.parts, self.size, self.limit = sock, [], 0, limit
@@ -234,13 +233,14 @@ def inline(request: Request) -> bool:
     return (request.method, request.path) in INLINE
 
 
-def serve(worker: Any, conn: Any, req: Request, base: dict,
-          inline: bool = False) -> tuple[bool, bytes]:
+def serve(worker: Any, conn: Any, req: Request, base: dict, inline: bool = False,
+          app: Any = None) -> tuple[bool, bytes]:
     """Serve ``req`` on ``conn`` for gthread ``worker``, as its ``handle`` and
     ``handle_request`` would, without the parser, access log or request hooks (:func:`limits_of`
-    keeps the lane off where those are set); the answer is gunicorn's ``Response``. ``inline``
-    (the event loop's thread): the answer is sent without blocking, whatever the socket does not
-    take at once is returned, for a thread to send on (:func:`send_rest`).
+    keeps the lane off where those are set) by ``app`` (the worker's app if None); the answer is
+    gunicorn's ``Response``. ``inline`` (the event loop's thread): the answer is sent without
+    blocking, whatever the socket does not take at once is returned, for a thread to send on
+    (:func:`send_rest`).
 
     :returns: whether the connection stays open (keep-alive), and the answer's unsent bytes.
     """
@@ -261,7 +261,7 @@ def serve(worker: Any, conn: Any, req: Request, base: dict,
         kept = getattr(worker, "keepalived_conns", getattr(worker, "_keep", ()))  # _keep: < 24
         if not worker.alive or not worker.cfg.keepalive or len(kept) >= worker.max_keepalived:
             resp.force_close()
-        respiter = worker.wsgi(env, resp.start_response)
+        respiter = (app or worker.wsgi)(env, resp.start_response)
         try:
             if isinstance(respiter, gwsgi.FileWrapper):
                 resp.write_file(respiter)

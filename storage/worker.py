@@ -19,7 +19,7 @@ from gunicorn.http import wsgi as gwsgi
 from gunicorn.workers.gthread import ThreadWorker
 
 from sdht.wire import EPOCH_HEADER, NODE_HEADER
-from storage import lean
+from storage import groupcommit, lean
 from storage.config import DEFAULT_CONFIG
 from storage.limits import BUFFER_BYTES, CLOSE, LINGER, RECV_BYTES, Incoming, Refused
 
@@ -58,6 +58,7 @@ class Worker(ThreadWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._arriving: dict[Any, Incoming] = {}
+        self._writes: list[groupcommit.Held] = []   # whole this turn, to share a commit
         # Connections closing: when to close them, and whether nr_conns still counts them.
         self._draining: dict[Any, tuple[float, bool]] = {}
         self._held = 0                          # bytes in the buffers of self._arriving
@@ -154,6 +155,8 @@ class Worker(ThreadWorker):
         conn.sdht_lean = plain and plain[0]  # for handle, in the thread
         conn.parser.unreader.unread(plain[1] if plain else data)  # pipelined ones stay
         conn.close = partial(self._linger, conn, False)  # however gunicorn closes it
+        if plain and not plain[1] and groupcommit.joins(plain[0]):
+            return self._writes.append((conn, plain[0]))  # served at the turn's end
         if plain and not plain[1] and lean.inline(plain[0]):
             return self._serve_inline(conn, plain[0])
         super().enqueue_req(conn)
@@ -168,12 +171,27 @@ class Worker(ThreadWorker):
             return None
         return lean.parse(data, data.find(b"\r\n\r\n"), self._lean)
 
-    def _serve_inline(self, conn: Any, request: lean.Request) -> None:
-        """Serve ``request`` in the event loop's thread (:func:`storage.lean.inline`), then
-        keep or close the connection as gthread does after a thread served it; an answer the
-        client does not take at once is sent on from a thread."""
+    def _commit_held(self) -> None:
+        """Serve the writes held this turn, each group in one commit (storage.groupcommit)."""
+        held, self._writes = self._writes, []
+        for group in groupcommit.chunks(held):
+            answers: list = [None] * len(group)
+            try:
+                if len(group) > 1:
+                    answers = groupcommit.answers(self.wsgi, self._base, group)
+            except Exception:  # each is served alone: it was not merged, or is held already
+                self.log.exception("committing a group of writes")
+            for (conn, request), answer in zip(group, answers):
+                self._serve_inline(conn, request, answer)
+
+    def _serve_inline(self, conn: Any, request: lean.Request, answer: Any = None) -> None:
+        """Serve ``request`` in the event loop's thread (:func:`storage.lean.inline`), or
+        answer ``answer`` (its group's) if given, then keep or close the connection as gthread
+        does after a thread served it; an answer the client does not take at once is sent on
+        from a thread."""
         conn.sdht_lean = None
-        keepalive, unsent = lean.serve(self, conn, request, self._base, inline=True)
+        app = groupcommit.answering(answer) if answer is not None else None
+        keepalive, unsent = lean.serve(self, conn, request, self._base, inline=True, app=app)
         if unsent:
             conn.sdht_unsent = (unsent, keepalive)
             return super().enqueue_req(conn)
@@ -259,6 +277,7 @@ class Worker(ThreadWorker):
             [(NODE_HEADER, node)] if node else [])
 
     def murder_keepalived(self, *args: Any, **kwargs: Any) -> None:
+        self._commit_held()   # gthread calls this after each turn's events, in every version
         super().murder_keepalived(*args, **kwargs)
         force = bool(args and args[0]) or kwargs.get("force", False)
         now = time.monotonic()
