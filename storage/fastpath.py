@@ -138,8 +138,8 @@ class HotPath:
 
     def write_group(self, environs: list[dict]) -> list[Answer | None]:
         """The answers of several writes, merged in one store transaction (one durable commit:
-        the worker's group commit, :mod:`storage.worker`) in the order given, each answered as
-        if it came alone; None for each that Flask must answer, whose entry is not merged.
+        the worker's group commit, :mod:`storage.groupcommit`) in the order given, each answered
+        as if it came alone; None for each that Flask must answer, whose entry is not merged.
 
         A write is merged here only if it is admitted (:meth:`_admit`) under the same ring
         parameters as the first one admitted; a later ring's writes go to Flask. If the

@@ -113,8 +113,9 @@ def test_a_group_answers_and_holds_what_writes_one_by_one_do(tmp_path_factory, w
             close_node_app(app)
 
 
-def test_writes_on_a_changed_ring_or_to_another_app_are_left_alone(two_apps):
-    """No fast path (not the storage app): nothing is merged, each is served alone."""
+def test_writes_to_another_app_are_served_alone_and_groups_are_bounded():
+    """No fast path (not the storage app): nothing is merged, each is served alone. A turn's
+    writes are merged MAX_GROUP at a time."""
     held = [(None, lean.Request("PUT", "/v1/record", (1, 1), [], b"x"))] * 2
     assert groupcommit.answers(object(), {}, held) == [None, None]
     assert list(groupcommit.chunks(list(range(groupcommit.MAX_GROUP + 1)))) == \
