@@ -147,17 +147,19 @@ class HotPath:
         """
         answers: list[Answer | None] = [None] * len(environs)
         with self.app.app_context():
-            admitted = [(i, self._admit(environ)) for i, environ in enumerate(environs)]
-            chosen = [(i, a) for i, a in admitted if a is not None]
-            chosen = [(i, a) for i, a in chosen if a.params == chosen[0][1].params]
-            if not chosen:
+            admitted = [self._admit(environ) for environ in environs]
+            first = next((a for a in admitted if a is not None), None)
+            if first is None:
                 return answers
+            p = first.params
+            chosen = [i for i, a in enumerate(admitted)
+                      if a is not None and (a.params is p or a.params == p)]
             try:
-                results = store().put_many([a.entry for _, a in chosen], chosen[0][1].params)
+                results = store().put_many([admitted[i].entry for i in chosen], p)
             except Exception:  # noqa: BLE001  its transaction was rolled back: nothing applied
                 return answers
-            for (i, written), result in zip(chosen, results):
-                answers[i] = self._written(environs[i], written, result)
+            for i, result in zip(chosen, results):
+                answers[i] = self._written(environs[i], admitted[i], result)
         return answers
 
     def _admit(self, environ: dict) -> Admitted | None:
