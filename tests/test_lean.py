@@ -7,6 +7,7 @@ import re
 import socket
 import time
 
+import gunicorn
 import pytest
 from gunicorn.config import Config
 from gunicorn.http import wsgi as gwsgi
@@ -58,12 +59,23 @@ def lean_read(data: bytes, sock: socket.socket) -> tuple[dict, bytes] | None:
     return environ, rest
 
 
+#: gunicorn before 21 (Debian bookworm's 20.1, what the .deb runs) keeps the spaces after a
+#: header's value, which RFC 9110 (5.5) leaves out of it; the lane leaves them out, as gunicorn
+#: 21 and later do. That is the one difference the comparison allows there.
+KEEPS_TRAILING_SPACE = tuple(int(part) for part in gunicorn.__version__.split(".")[:2]) < (21, 0)
+
+
 def comparable(environ: dict) -> dict:
-    """The environ with its per-request objects replaced by what must match: their types."""
+    """The environ with its per-request objects replaced by what must match: their types (and,
+    under gunicorn 20, header values without trailing spaces: KEEPS_TRAILING_SPACE)."""
     out = dict(environ)
     out["wsgi.errors"] = type(environ["wsgi.errors"])
     if "wsgi.early_hints" in out:
         out["wsgi.early_hints"] = callable(environ["wsgi.early_hints"])
+    if KEEPS_TRAILING_SPACE:
+        for name, value in environ.items():
+            if name.startswith("HTTP_") or name in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+                out[name] = value.rstrip(" \t")
     return out
 
 
@@ -182,7 +194,7 @@ HOSTILE = [
     b"GET /v1/record?key=k1 HTTP/1.1\r\nX-Forwarded-Proto: https\r\n\r\n",
     b"\r\nGET /v1/record?key=k1 HTTP/1.1\r\n\r\n",
     b"GET /v1/record?key=k1  HTTP/1.1\r\n\r\n",
-    b"get / HTTP/1.1\r\n\r\n",
+    b"get /v1/record?key=k1 HTTP/1.1\r\n\r\n",   # lowercase: gunicorn 20 serves it, 21+ refuse
     b"GET /v1/record?key=k1 HTTP/1.1\r\nX-A: caf\xe9\r\n\r\n",
 ]
 
