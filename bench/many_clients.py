@@ -108,11 +108,12 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8", help="client counts, comma-separated")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--runs", type=int, default=3, help="runs, alternating the systems")
+    parser.add_argument("--no-peers", action="store_true", help="measure sdht only (no etcd)")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     for name, value in machine().items():
         print(f"{name}: {value}", flush=True)
-    for system in ("sdht", "etcd"):
+    for system in ("sdht",) if args.no_peers else ("sdht", "etcd"):
         print(f"durability of {system}: {DURABILITY[system]}")
     with tempfile.TemporaryDirectory(prefix="sdht-concurrent-") as tmp:
         procs = Procs(Path(tmp))
@@ -123,14 +124,15 @@ def main() -> None:
             for node in nodes:
                 ring.join(node)
             ring.close()
-            ports = start_etcd(procs)
+            ports = [] if args.no_peers else start_etcd(procs)
             pids = [proc.proc.pid for proc, _ in started]
+            systems = [("sdht", _sdht_writer, lambda i: nodes, pids)]
+            if ports:
+                systems.append(("etcd", _etcd_writer, lambda i: ports[i % len(ports)], []))
             figures: dict[tuple[str, int], list[dict]] = {}
             for run in range(args.runs):
                 for clients in counts:
-                    for system, make, arg_of, owned in (
-                            ("sdht", _sdht_writer, lambda i: nodes, pids),
-                            ("etcd", _etcd_writer, lambda i: ports[i % len(ports)], [])):
+                    for system, make, arg_of, owned in systems:
                         got = measure(system, make, arg_of, clients, args.seconds, run, owned)
                         figures.setdefault((system, clients), []).append(got)
                         print(f"run {run + 1}, {clients} clients, {system}: "
@@ -144,7 +146,9 @@ def main() -> None:
           "sdht p50 / p99 ms | etcd p50 / p99 ms | sdht node CPU ms/write |")
     print("|---:|---:|---:|---|---:|---:|---:|")
     for clients in counts:
-        ours, theirs = figures[("sdht", clients)], figures[("etcd", clients)]
+        ours, theirs = figures[("sdht", clients)], figures.get(("etcd", clients))
+        if theirs is None:   # --no-peers
+            theirs = [{key: float("nan") for key in run} for run in ours]
         ratios = [a["rate"] / b["rate"] for a, b in zip(ours, theirs)]
         med = {key: {k: statistics.median(f[k] for f in runs) for k in runs[0]}
                for key, runs in (("sdht", ours), ("etcd", theirs))}
