@@ -40,25 +40,45 @@ _count_cache: dict[str, tuple[float, int]] = {}
 Rule = Callable[[State | None, int], tuple[State | None, Answer]]
 
 
+#: One acceptor operation: ``op(txn, node_epoch)`` applies a phase in a write transaction.
+Op = Callable[[Any, int], Answer]
+
+
 def prepare(store: Store, key: str, ballot: name.Ballot, epoch: int,
-            params: Mapping[str, Any]) -> Answer:
-    """Phase 1 on ``key`` (:func:`sdht.kinds.name.on_prepare`), in one write transaction."""
-    return _apply(store, key, params,
-                  lambda state, node_epoch: name.on_prepare(state, key, ballot, epoch,
-                                                            node_epoch))
+            params: Mapping[str, Any]) -> Op:
+    """Phase 1 on ``key`` (:func:`sdht.kinds.name.on_prepare`), to :func:`run` in a write
+    transaction."""
+    return _operation(store, key, params,
+                      lambda state, node_epoch: name.on_prepare(state, key, ballot, epoch,
+                                                                node_epoch))
 
 
 def accept(store: Store, key: str, ballot: name.Ballot, claim: name.Claim, epoch: int,
-           params: Mapping[str, Any]) -> Answer:
-    """Phase 2 on ``key`` (:func:`sdht.kinds.name.on_accept`), in one write transaction."""
-    return _apply(store, key, params,
-                  lambda state, node_epoch: name.on_accept(state, key, ballot, claim, epoch,
-                                                           node_epoch))
+           params: Mapping[str, Any]) -> Op:
+    """Phase 2 on ``key`` (:func:`sdht.kinds.name.on_accept`), to :func:`run` in a write
+    transaction."""
+    return _operation(store, key, params,
+                      lambda state, node_epoch: name.on_accept(state, key, ballot, claim, epoch,
+                                                               node_epoch))
 
 
-def _apply(store: Store, key: str, params: Mapping[str, Any], rule: Rule) -> Answer:
-    """Run ``rule`` on ``key``'s state in a write transaction shared with the other requests
-    of this process waiting for one (:class:`GroupCommit`)."""
+def run(store: Store, op: Op) -> Answer:
+    """Run ``op`` in a write transaction shared with the other operations of this process
+    that wait for one at the same time (:class:`GroupCommit`); its answer, once committed."""
+    return _group(store).run(op)
+
+
+def run_together(store: Store, ops: list[Op]) -> list[tuple[Answer | None, Exception | None]]:
+    """Run ``ops`` in one write transaction, in order (the worker's group commit,
+    storage.groupcommit); each one's answer, or the error it failed with (then it may have
+    been applied: it must not run again)."""
+    batch = [_Op(op) for op in ops]
+    _group(store).commit(batch)
+    return [(op.answer, op.error) for op in batch]   # type: ignore[misc]
+
+
+def _operation(store: Store, key: str, params: Mapping[str, Any], rule: Rule) -> Op:
+    """The operation that applies ``rule`` to ``key``'s state and stores what it returns."""
     limits = {**params, **_STORED_LIMITS}
 
     def op(txn: Any, node_epoch: int) -> Answer:
@@ -73,12 +93,17 @@ def _apply(store: Store, key: str, params: Mapping[str, Any], rule: Rule) -> Ans
             # The node's byte count covers every entry (storage/store.py keeps it).
             store._add(txn, _BYTES, grown)
         return answer
+    return op
 
+
+def _group(store: Store) -> "GroupCommit":
+    """The store's :class:`GroupCommit` (one per store: a store is opened by the process that
+    uses it)."""
     group = vars(store).get("name_commits")
     if group is None:
-        with _GROUPS_LOCK:   # one per store: a store is opened by the process that uses it
+        with _GROUPS_LOCK:
             group = vars(store).setdefault("name_commits", GroupCommit(store))
-    return group.run(op)
+    return group
 
 
 class GroupCommit:

@@ -83,6 +83,12 @@ def parse_message(obj: Any, p: Mapping[str, Any], with_claim: bool) -> Message:
 def apply(phase: str, message: Message, p: Mapping[str, Any]) -> name.Answer:
     """Run ``phase`` (``prepare`` or ``accept``) of ``message`` in this node's acceptor: one
     write transaction, committed before this returns (:mod:`storage.acceptor`)."""
+    return acceptor.run(store(), operation(phase, message, p))
+
+
+def operation(phase: str, message: Message, p: Mapping[str, Any]) -> acceptor.Op:
+    """``phase`` of ``message`` as an acceptor operation, not yet run (:func:`apply` runs it
+    alone, the worker's group commit with others: :mod:`storage.groupcommit`)."""
     key, ballot, epoch, claim = message
     if phase == "prepare":
         return acceptor.prepare(store(), key, ballot, epoch, p)

@@ -190,7 +190,7 @@ class Worker(ThreadWorker):
         does after a thread served it; an answer the client does not take at once is sent on
         from a thread."""
         conn.sdht_lean = None
-        app = groupcommit.answering(answer) if answer is not None else None
+        app = groupcommit.answering(answer, self.wsgi) if answer is not None else None
         keepalive, unsent = lean.serve(self, conn, request, self._base, inline=True, app=app)
         if unsent:
             conn.sdht_unsent = (unsent, keepalive)

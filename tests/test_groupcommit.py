@@ -13,10 +13,14 @@ from werkzeug.test import EnvironBuilder, run_wsgi_app
 
 from sdht import http1
 from sdht.pow import mint
-from sdht.wire import packb
-from storage import groupcommit, lean
+from sdht.wire import packb, unpackb
+from sdht.kinds import name
+from sdht.names import FAST
+from storage import acceptor, fastphases, groupcommit, lean, names_routes
 from storage.fastpath import EXTENSION
-from storage.http import store
+from storage.http import ApiError, store
+from test_fastpath import Twins
+from test_fastphases import CLAIMS, PROPOSER, _message, _states
 
 MSGPACK = {"Content-Type": "application/msgpack"}
 
@@ -122,16 +126,80 @@ def test_writes_to_another_app_are_served_alone_and_groups_are_bounded():
         [list(range(groupcommit.MAX_GROUP)), [groupcommit.MAX_GROUP]]
 
 
+def _phase_environ(route: str, data: bytes) -> dict:
+    return EnvironBuilder(path=route, method="POST", data=data, headers=MSGPACK,
+                          environ_base={"REMOTE_ADDR": "127.0.0.1"}).get_environ()
+
+
+PHASE_POOL = [
+    (name.ACCEPT_ROUTE, ("user:a", FAST, 7, CLAIMS["user:a"][0])),
+    (name.ACCEPT_ROUTE, ("user:a", FAST, 7, CLAIMS["user:a"][1])),        # taken: conflict
+    (name.PREPARE_ROUTE, ("user:a", (FAST[0] + 5, PROPOSER), 7, None)),
+    (name.ACCEPT_ROUTE, ("user:a", (FAST[0] + 5, PROPOSER), 6, CLAIMS["user:a"][1])),  # stale
+    (name.ACCEPT_ROUTE, ("user:b", FAST, 7, CLAIMS["user:b"][0])),
+    (name.PREPARE_ROUTE, ("user:b", (FAST[0] - 1, PROPOSER), 7, None)),
+    (name.ACCEPT_ROUTE, ("user:a", FAST, 7, None)),                       # no claim: Flask's 400
+]
+
+
+@settings(max_examples=15, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, len(PHASE_POOL) - 1), min_size=1, max_size=8))
+def test_phases_run_together_answer_as_they_do_one_by_one(tmp_path_factory, picks):
+    """Prepares and accepts of two names (taken, stale, refused among them): run as one group,
+    each is answered what it is answered alone, and both nodes end with the same acceptor
+    states and counts."""
+    twins = Twins(tmp_path_factory.mktemp("phases"))
+    try:
+        asked = [(route, _message(*PHASE_POOL[i][1][:3], PHASE_POOL[i][1][3]))
+                 for i in picks for route in [PHASE_POOL[i][0]]]
+        ran = twins.fast.extensions[fastphases.EXTENSION].answer_group(
+            [(names_routes.PHASES[route], _phase_environ(route, data)) for route, data in asked])
+        grouped = []
+        for (route, data), outcome in zip(asked, ran):
+            app = twins.fast.wsgi_app if outcome is None else \
+                groupcommit.answering(outcome, twins.fast.wsgi_app)
+            body, status, _ = run_wsgi_app(app, _phase_environ(route, data), buffered=True)
+            grouped.append((status, b"".join(body)))
+        alone = []
+        for route, data in asked:
+            body, status, _ = run_wsgi_app(twins.flask.wsgi_app, _phase_environ(route, data),
+                                           buffered=True)
+            alone.append((status, b"".join(body)))
+        assert grouped == alone
+        assert _states(twins, CLAIMS)[0] == _states(twins, CLAIMS)[1]
+        assert twins.counts()[0] == twins.counts()[1]
+    finally:
+        twins.close()
+
+
+def test_a_phase_that_failed_in_its_group_is_answered_its_error_and_not_run_again(
+        two_apps, monkeypatch):
+    """A phase that ran and failed (it may be applied) is answered by the app with that error,
+    and the acceptor is not asked again."""
+    app = two_apps[0]
+    data = _message("user:a", FAST, 0, CLAIMS["user:a"][0])
+    busy = ApiError(503, "busy", "no commit in 60s")
+    calls = []
+    monkeypatch.setattr(acceptor, "run", lambda *args: calls.append("alone"))
+    monkeypatch.setattr(acceptor, "run_together", lambda *args: calls.append("together"))
+    body, status, _ = run_wsgi_app(groupcommit.answering(busy, app.wsgi_app),
+                                   _phase_environ(name.ACCEPT_ROUTE, data), buffered=True)
+    assert status.startswith("503") and b'"busy"' in b"".join(body)
+    assert calls == []
+
+
 def _send(conn: http1.Connection, method: str, target: str, data: bytes | None) -> None:
     conn.send(method, target, data, MSGPACK if data else {}, time.monotonic() + 30, 1 << 20)
 
 
 def test_writes_that_arrive_together_at_a_real_node_share_commits(start_node):
-    """Eight clients with kept-alive connections write while the node is stopped (SIGSTOP):
-    once it resumes, every write is answered as if alone (stored, same, refused by its order or
-    as no entry), every stored one is held, and they took fewer commits than writes."""
+    """Ten clients with kept-alive connections write records and accept names while the node is
+    stopped (SIGSTOP): once it resumes, every request is answered as if alone (stored, same,
+    refused by its order or as no entry; accepted), every stored record is held, and they took
+    fewer commits than the writes."""
     node = start_node(workers=1)
-    conns = [http1.Connection("127.0.0.1", node.port, 10.0) for _ in range(8)]
+    conns = [http1.Connection("127.0.0.1", node.port, 10.0) for _ in range(10)]
     for conn in conns:
         conn.connect()
         _send(conn, "GET", "/v1/health", None)
@@ -146,9 +214,12 @@ def test_writes_that_arrive_together_at_a_real_node_share_commits(start_node):
         try:
             for conn, data in zip(conns, writes):
                 _send(conn, "PUT", "/v1/record", data)
+            for conn, key in zip(conns[8:], ("user:a", "user:b")):
+                _send(conn, "POST", name.ACCEPT_ROUTE, _message(key, FAST, 0, CLAIMS[key][0]))
         finally:
             node.signal(signal.SIGCONT)
-        statuses = [conn.answer("PUT").status for conn in conns]
+        answers = [conn.answer("POST") for conn in conns]
+        statuses = [answer.status for answer in answers]
         commits = env.info()["last_txnid"] - before
     finally:
         env.close()
@@ -156,8 +227,10 @@ def test_writes_that_arrive_together_at_a_real_node_share_commits(start_node):
             conn.close()
     assert statuses[:4] == [201] * 4
     assert sorted(statuses[4:6]) == [200, 201]   # the same record twice: stored, then same
-    assert statuses[6:] == [409, 400]
-    assert commits < 5, commits   # the 5 stores took 5 commits alone; together, one
+    assert statuses[6:8] == [409, 400]
+    assert statuses[8:] == [200, 200]
+    assert [unpackb(answer.body)["s"] for answer in answers[8:]] == [name.OK, name.OK]
+    assert commits < 5, commits   # the 5 stores and 2 accepts took 7 commits alone; here, 2
     import requests
     for i, data in enumerate(writes[:4]):
         assert requests.get(f"{node.url}/v1/record?key=k{i}", timeout=10).content == data
