@@ -98,8 +98,11 @@ class Phases:
                 ran = [(None, exc)] * len(ops)
             for (i, (_, _, began)), (answer, error) in zip(admitted, ran):
                 phase, environ = asked[i]
-                out[i] = error if error is not None or answer is None else \
-                    self._answered(phase, environ, answer, began)
+                try:   # it ran: whatever happens now, Flask may only answer, never rerun it
+                    out[i] = error if error is not None else \
+                        self._answered(phase, environ, answer, began)
+                except Exception as exc:  # noqa: BLE001
+                    out[i] = exc
         return out
 
     def _admit(self, phase: str, environ: dict) -> tuple[Any, Any, float] | None:

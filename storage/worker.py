@@ -179,7 +179,7 @@ class Worker(ThreadWorker):
             try:
                 if len(group) > 1:
                     answers = groupcommit.answers(self.wsgi, self._base, group)
-            except Exception:  # each is served alone: it was not merged, or is held already
+            except Exception:  # each is served alone: none ran, or a write is held already
                 self.log.exception("committing a group of writes")
             for (conn, request), answer in zip(group, answers):
                 self._serve_inline(conn, request, answer)
