@@ -42,7 +42,8 @@ class Worker(ThreadWorker):
 
     It overrides what gthread of every gunicorn from 20.1 to 27 has: ``enqueue_req``, where a
     connection goes to the thread pool (new, kept alive or with a pipelined request);
-    ``murder_keepalived``, called at every turn of the event loop; ``handle_request``, to
+    ``murder_keepalived``, called at every turn of the event loop (where the turn's writes and
+    phases are served together, :mod:`storage.groupcommit`); ``handle_request``, to
     close a connection whose body the app refused unread; ``handle``, where a thread serves a
     plain request in the lean lane (:mod:`storage.lean`; a one-record read or write, or an
     acceptor's phase, the loop serves itself) instead of gunicorn's parser; and, before
