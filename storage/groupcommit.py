@@ -64,8 +64,9 @@ def answers(wsgi: Any, base: dict, group: list[Held]) -> list[Outcome]:
         return out
     environs = [lean.environ(request, base, conn.sock, conn.client, conn.server, None)
                 for conn, request in group]
-    writes = [i for i, (_, request) in enumerate(group) if (request.method, request.path) == WRITE]
-    asked = sorted(frozenset(range(len(group))) - frozenset(writes))
+    kinds = [(request.method, request.path) == WRITE for _, request in group]
+    writes = [i for i, write in enumerate(kinds) if write]
+    asked = [i for i, write in enumerate(kinds) if not write]
     if writes:
         for i, answer in zip(writes, hot.write_group([environs[i] for i in writes])):
             out[i] = answer

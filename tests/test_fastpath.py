@@ -165,20 +165,22 @@ class Twins:
 
     def counts(self) -> list[dict]:
         """Each twin's counters and histogram counts (not its times)."""
-        out = []
-        for app in self.apps:
-            samples = {}
-            for family in app.extensions["sdht.metrics"].registry.collect():
-                for s in family.samples:
-                    if s.name.endswith(("_total", "_count")):
-                        samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-            out.append(samples)
-        return out
+        return [metric_counts(app) for app in self.apps]
 
     def close(self) -> None:
         from conftest import close_node_app
         for app in self.apps:
             close_node_app(app)
+
+
+def metric_counts(app) -> dict:
+    """An app's counters and histogram counts (not its times), by name and labels."""
+    samples = {}
+    for family in app.extensions["sdht.metrics"].registry.collect():
+        for s in family.samples:
+            if s.name.endswith(("_total", "_count")):
+                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return samples
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import signal
 import time
 
 import lmdb
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
@@ -19,7 +18,7 @@ from sdht.names import FAST
 from storage import acceptor, fastphases, groupcommit, lean, names_routes
 from storage.fastpath import EXTENSION
 from storage.http import ApiError, store
-from test_fastpath import Twins
+from test_fastpath import Twins, metric_counts
 from test_fastphases import CLAIMS, PROPOSER, _message, _states
 
 MSGPACK = {"Content-Type": "application/msgpack"}
@@ -49,28 +48,7 @@ def _held(app, keys) -> list[bytes]:
     return [client.get(f"/v1/record?key={key}").data for key in keys]
 
 
-def _counts(app) -> dict:
-    samples = {}
-    for family in app.extensions["sdht.metrics"].registry.collect():
-        for s in family.samples:
-            if s.name.endswith(("_total", "_count")):
-                samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return samples
-
-
-@pytest.fixture
-def two_apps(tmp_path):
-    from conftest import close_node_app
-    from storage.app import create_app
-    made = [create_app({"DATA_DIR": str(tmp_path / name), "NODE_ID": "127.0.0.1:1"})
-            for name in ("grouped", "alone")]
-    yield made
-    for app in made:
-        close_node_app(app)
-
-
-def test_a_group_is_one_commit(two_apps):
-    app = two_apps[0]
+def test_a_group_is_one_commit(app):
     with app.app_context():
         env = store().env
     before = env.info()["last_txnid"]
@@ -102,7 +80,10 @@ def test_a_group_answers_and_holds_what_writes_one_by_one_do(tmp_path_factory, w
                 data = last[key]
             else:
                 data = mint(f"key{key}", None if deleted else work, work, deleted=deleted).pack()
-            last.setdefault(key, data) if how == "junk" else last.__setitem__(key, data)
+            if how == "junk":
+                last.setdefault(key, data)
+            else:
+                last[key] = data
             bodies.append(data)
         grouped = _grouped(apps[0], bodies)
         alone = [_alone(apps[1], data) for data in bodies]
@@ -111,7 +92,7 @@ def test_a_group_answers_and_holds_what_writes_one_by_one_do(tmp_path_factory, w
             [body for status, body in alone if status < 400]
         keys = [f"key{k}" for k in range(3)]
         assert _held(apps[0], keys) == _held(apps[1], keys)
-        assert _counts(apps[0]) == _counts(apps[1])
+        assert metric_counts(apps[0]) == metric_counts(apps[1])
     finally:
         for app in apps:
             close_node_app(app)
@@ -174,10 +155,9 @@ def test_phases_run_together_answer_as_they_do_one_by_one(tmp_path_factory, pick
 
 
 def test_a_phase_that_failed_in_its_group_is_answered_its_error_and_not_run_again(
-        two_apps, monkeypatch):
+        app, monkeypatch):
     """A phase that ran and failed (it may be applied) is answered by the app with that error,
     and the acceptor is not asked again."""
-    app = two_apps[0]
     data = _message("user:a", FAST, 0, CLAIMS["user:a"][0])
     busy = ApiError(503, "busy", "no commit in 60s")
     calls = []
