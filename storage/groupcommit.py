@@ -13,7 +13,9 @@ of their own (:meth:`storage.fastphases.Phases.answer_group`,
 :func:`storage.acceptor.run_together`); one that failed once run is answered its error by the
 app, never run again.
 
-Nothing is acknowledged before the commit that holds it. A write the fast path would not answer
+Both go through the process's shared write transactions (:mod:`storage.commits`), so the pool
+threads' writes waiting at that moment join them too. Nothing is acknowledged before the commit
+that holds it. A write the fast path would not answer
 alone (refused, superseded, signed, on a changed ring: :mod:`storage.fastpath`) is not merged
 in the group; it is served on its own after the group's commit, by Flask, exactly as before.
 Writes that arrive together are concurrent, so merging them in arrival order is one of the

@@ -21,6 +21,7 @@ from sdht.errors import (InvalidRecord, QuorumError, RingError, SDHTError, Trans
 from sdht.ring import RingView
 from sdht.wire import EPOCH_HEADER, MSGPACK, NODE_HEADER, RING_SIZE, unpack_items, unpackb
 
+from .commits import Busy
 from .store import Store
 
 _OPEN_LOCK = threading.Lock()
@@ -42,6 +43,7 @@ def init_app(app: Flask) -> None:
     # Only input nested past Python's recursion limit (JSON bodies, a JSON value to store)
     # recurses that deep here: it is the client's error, not the node's.
     app.register_error_handler(RecursionError, _render)
+    app.register_error_handler(Busy, _render)
     app.after_request(_stamp_epoch)
 
 
@@ -54,6 +56,8 @@ def as_api_error(exc: Exception) -> ApiError:
                         exc.description or "")
     if isinstance(exc, RecursionError):
         return ApiError(400, "too_deep", "the input nests too deeply")
+    if isinstance(exc, Busy):   # no write transaction in time (storage/commits.py)
+        return ApiError(503, "busy", str(exc))
     if isinstance(exc, ValueTooLarge):
         return ApiError(413, "too_large", str(exc))
     if isinstance(exc, InvalidRecord):

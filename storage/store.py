@@ -2,18 +2,17 @@
 
 Sub-databases:
 
-* ``data``: ``position (8 bytes, big-endian) || kind tag (1) || key length (2) || UTF-8 key ||
-  sub-id`` -> ``digest (32) || the kind's header || the packed entry``. One ring range is one
-  cursor scan whatever the kinds; the kind's header (for a register: t, w, tombstone flag) lets
-  its accept rule, the hash tree and anti-entropy work without decoding a stored entry;
+* ``data``: every entry, under the key and value :mod:`storage.layout` makes (a ring range is
+  one cursor scan whatever the kinds; accept rules read a stored entry's header, not the entry);
 * ``meta``: the node's ring view (JSON), counters (accepted writes, stored bytes, sync) and the
   layout's version;
 * ``tree``: the hash tree over positions (:mod:`storage.tree`) of the kinds that anti-entropy
   carries: its changes are logged in the same write transaction as the entries, and folded
   into its nodes before it is read.
 
-Every read-compare-write of an accept rule runs inside one LMDB write transaction, which LMDB
-serialises across threads and processes, so concurrent writers cannot lose the higher entry.
+Every read-compare-write of an accept rule runs inside one LMDB write transaction (shared by
+the writes of the process that wait at once: :mod:`storage.commits`), which LMDB serialises
+across processes, so concurrent writers cannot lose the higher entry.
 Commits are synchronous by default: an acknowledged write survives ``kill -9``. The store never
 decides what wins: it asks the entry's kind (:mod:`sdht.kinds`).
 """
@@ -32,6 +31,7 @@ from sdht.kinds import KINDS, Entry, kind_of, register
 from sdht.ring import RingView
 from sdht.wire import RING_SIZE, SAME, STORED, SUPERSEDED, node_range
 
+from .commits import Commits
 from .layout import (DIGEST_BYTES, FORMAT, data_key, entry_key, held_of, key_position, packed,
                      seek_key, stored, upgrade)
 from .tree import Tree
@@ -68,6 +68,8 @@ class Store:
         self.meta = self.env.open_db(b"meta")
         self.tree = Tree(self.env.open_db(b"tree"))
         self._ring_cache: tuple[bytes, RingView] | None = None
+        #: Writes of this process that wait at once share a transaction (storage/commits.py).
+        self.commits = Commits(self.env)
         self._check_format()
 
     def _check_format(self) -> None:
@@ -88,8 +90,12 @@ class Store:
 
     def ring(self) -> RingView | None:
         """Return the latest ring view this node has stored, or None."""
-        with self.env.begin(db=self.meta) as txn:
-            raw = txn.get(_RING)
+        with self.env.begin() as txn:
+            return self.ring_in(txn)
+
+    def ring_in(self, txn: lmdb.Transaction) -> RingView | None:
+        """Return the ring view stored as ``txn`` sees it, or None."""
+        raw = txn.get(_RING, db=self.meta)
         if raw is None:
             return None
         cached = self._ring_cache
@@ -128,14 +134,18 @@ class Store:
         return [None if raw is None else packed(ref, raw) for ref, raw in found]
 
     def put_many(self, entries: list[Entry], params: Mapping[str, Any]) -> list[WriteResult]:
-        """Merge each entry into what the node holds, in one transaction: the second half of
-        its kind's accept rule (``supersedes``). The caller has admitted every entry first
+        """Merge each entry into what the node holds, in one transaction (shared with the
+        writes of this process that wait at the same time: storage/commits.py): the second half
+        of its kind's accept rule (``supersedes``). The caller has admitted every entry first
         (:func:`sdht.kinds.admit`, the first half), so a bad batch changes nothing.
 
         Returns one result per entry, in the order given. Entries of the same key meet the
         rule in the order given too (a later one is compared with what an earlier one left),
-        so the outcome is that of merging them one by one, in order.
-        """
+        so the outcome is that of merging them one by one, in order."""
+        return self.commits.run(lambda txn: self._merge(txn, entries, params))
+
+    def _merge(self, txn: lmdb.Transaction, entries: list[Entry],
+               params: Mapping[str, Any]) -> list[WriteResult]:
         lkeys = [entry_key(entry) for entry in entries]
         # Merged in LMDB key order (a stable sort: the same key keeps the batch's order): the
         # B-tree walks of neighbouring keys share their pages. Every result is the same as in
@@ -144,30 +154,29 @@ class Store:
         results: list[WriteResult] = [None] * len(entries)  # type: ignore[list-item]
         tree_changes = []
         added_bytes, accepted = 0, 0
-        with self.env.begin(write=True, db=self.data) as txn:
-            get, put = txn.get, txn.put
-            for i in order:
-                entry, lkey = entries[i], lkeys[i]
-                kind = KINDS[entry.TAG]   # admitted: its tag names a kind
-                old_raw = get(lkey)
-                old = held_of(lkey, old_raw) if old_raw is not None else None
-                if old is not None and old.digest == entry.digest:
-                    results[i] = WriteResult(SAME, old)
-                elif kind.supersedes(entry, old, params):
-                    value = stored(entry)
-                    put(lkey, value)
-                    if kind.SYNCED:
-                        tree_changes.append((lkey, old.digest if old else None, entry.digest))
-                    added_bytes += (len(value) - len(old_raw) if old_raw is not None
-                                    else len(lkey) + len(value))
-                    accepted += 1
-                    results[i] = WriteResult(STORED, held_of(lkey, value))
-                else:
-                    results[i] = WriteResult(SUPERSEDED, old)
-            if accepted:
-                self.tree.log(txn, tree_changes)
-                self._add(txn, _REVISION, accepted)
-                self._add(txn, _BYTES, added_bytes)
+        data, get, put = self.data, txn.get, txn.put
+        for i in order:
+            entry, lkey = entries[i], lkeys[i]
+            kind = KINDS[entry.TAG]   # admitted: its tag names a kind
+            old_raw = get(lkey, db=data)
+            old = held_of(lkey, old_raw) if old_raw is not None else None
+            if old is not None and old.digest == entry.digest:
+                results[i] = WriteResult(SAME, old)
+            elif kind.supersedes(entry, old, params):
+                value = stored(entry)
+                put(lkey, value, db=data)
+                if kind.SYNCED:
+                    tree_changes.append((lkey, old.digest if old else None, entry.digest))
+                added_bytes += (len(value) - len(old_raw) if old_raw is not None
+                                else len(lkey) + len(value))
+                accepted += 1
+                results[i] = WriteResult(STORED, held_of(lkey, value))
+            else:
+                results[i] = WriteResult(SUPERSEDED, old)
+        if accepted:
+            self.tree.log(txn, tree_changes)
+            self._add(txn, _REVISION, accepted)
+            self._add(txn, _BYTES, added_bytes)
         return results
 
     def scan(self, start: int, end: int, after: bytes | None = None,
@@ -205,8 +214,7 @@ class Store:
         def expired(lkey: bytes, raw: bytes) -> bool:
             return kind_of(lkey[8]).expired(held_of(lkey, raw), cutoff_us)
 
-        purged = self._delete_where(0, RING_SIZE, expired, _PURGED)
-        return purged
+        return self._delete_where(0, RING_SIZE, expired, _PURGED)
 
     def _delete_where(self, start: int, end: int, doomed: Any,
                       counter: bytes | None = None) -> int:
