@@ -11,11 +11,17 @@ p50 and p99 of one write, and sdht's CPU per write (its three nodes' processes),
 everything ``--runs`` times, alternating the systems, so each ratio compares figures of the
 same minutes on this shared machine.
 
+``--batch N`` makes each write a batch of N keys: sdht's ``set_many`` against an etcd txn of N
+puts (at most 128, etcd's ``--max-txn-ops``); the figures are then keys per second and the
+latency of one batch.
+
 With several writers, the writes that reach a node together share one durable commit
-(storage/groupcommit.py); etcd batches its Raft entries and its backend commits too.
+(storage/groupcommit.py, storage/commits.py); etcd batches its Raft entries and its backend
+commits too.
 
     python bench/many_clients.py                     # 1 and 8 clients, 3 runs
     python bench/many_clients.py --clients 1,4,16 --seconds 3
+    python bench/many_clients.py --batch 100
 """
 from __future__ import annotations
 
@@ -35,29 +41,34 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import sdht  # noqa: E402
 from bench import VALUE, Procs, machine, percentile, start_node  # noqa: E402  beside this
-from etcd import DURABILITY, start_etcd  # noqa: E402
+from etcd import DURABILITY, MAX_TXN_OPS, put_txn, start_etcd  # noqa: E402
 from sdht.cli.processes import group_members  # noqa: E402
 
 #: Seconds a client process has to report once its time is up.
 REPORT_DEADLINE = 60.0
 
 
-def _sdht_writer(nodes: list[str]) -> Callable[[str], Any]:
+def _sdht_writer(nodes: list[str], batch: int) -> Callable[[str], Any]:
     ring = sdht.Ring(nodes)
-    return lambda key: ring.set(key, VALUE)
+    if batch == 1:
+        return lambda key: ring.set(key, VALUE)
+    return lambda key: ring.set_many({f"{key}-{i:03d}": VALUE for i in range(batch)})
 
 
-def _etcd_writer(port: int) -> Callable[[str], Any]:
+def _etcd_writer(port: int, batch: int) -> Callable[[str], Any]:
     import etcd3gw
     client = etcd3gw.client(host="127.0.0.1", port=port, timeout=10)
-    return lambda key: client.put(key, VALUE)
+    if batch == 1:
+        return lambda key: client.put(key, VALUE)
+    return lambda key: put_txn(client, {f"{key}-{i:03d}": VALUE for i in range(batch)})
 
 
-def _client(make: Callable[..., Callable[[str], Any]], arg: Any, prefix: str, seconds: float,
-            start: Any, out: Any) -> None:
-    """One client process: write fresh keys from ``start`` (a shared event) for ``seconds``;
-    send its latencies (seconds, as doubles: no pickling) on the pipe end ``out``."""
-    write = make(arg)
+def _client(make: Callable[..., Callable[[str], Any]], arg: Any, batch: int, prefix: str,
+            seconds: float, start: Any, out: Any) -> None:
+    """One client process: write fresh keys (batches of ``batch``) from ``start`` (a shared
+    event) for ``seconds``; send its latencies (seconds, as doubles: no pickling) on the pipe
+    end ``out``."""
+    write = make(arg, batch)
     write(f"{prefix}-warm")
     start.wait()
     took: list[float] = []
@@ -76,14 +87,16 @@ def _cpu(pids: list[int]) -> float:
 
 
 def measure(name: str, make: Callable, args_of: Callable[[int], Any], clients: int,
-            seconds: float, run: int, pids: list[int]) -> dict[str, float]:
-    """Run ``clients`` writer processes at once; their writes/s, p50, p99 and the CPU per
-    write of ``pids``' process groups (0 when none are given)."""
+            seconds: float, run: int, pids: list[int], batch: int = 1) -> dict[str, float]:
+    """Run ``clients`` writer processes at once; their keys written per second, the p50 and
+    p99 of one write (a batch of ``batch`` keys), and the CPU per key of ``pids``' process
+    groups (0 when none are given)."""
     ctx = multiprocessing.get_context("fork")
     start = ctx.Event()
     pipes = [ctx.Pipe(duplex=False) for _ in range(clients)]
-    procs = [ctx.Process(target=_client, args=(make, args_of(i), f"{name}{run}c{clients}w{i}",
-                                               seconds, start, pipes[i][1]))
+    procs = [ctx.Process(target=_client, args=(make, args_of(i), batch,
+                                               f"{name}{run}c{clients}w{i}", seconds, start,
+                                               pipes[i][1]))
              for i in range(clients)]
     for proc in procs:
         proc.start()
@@ -99,8 +112,9 @@ def measure(name: str, make: Callable, args_of: Callable[[int], Any], clients: i
     for proc in procs:
         proc.join(REPORT_DEADLINE)
     took.sort()
-    return {"rate": len(took) / seconds, "p50": percentile(took, 0.5) * 1e3,
-            "p99": percentile(took, 0.99) * 1e3, "cpu": cpu / len(took) * 1e3 if pids else 0.0}
+    keys = len(took) * batch
+    return {"rate": keys / seconds, "p50": percentile(took, 0.5) * 1e3,
+            "p99": percentile(took, 0.99) * 1e3, "cpu": cpu / keys * 1e3 if pids else 0.0}
 
 
 def main() -> None:
@@ -108,8 +122,13 @@ def main() -> None:
     parser.add_argument("--clients", default="1,8", help="client counts, comma-separated")
     parser.add_argument("--seconds", type=float, default=5.0, help="seconds per measurement")
     parser.add_argument("--runs", type=int, default=3, help="runs, alternating the systems")
+    parser.add_argument("--batch", type=int, default=1,
+                        help=f"keys per write: set_many against an etcd txn (≤ {MAX_TXN_OPS})")
     parser.add_argument("--no-peers", action="store_true", help="measure sdht only (no etcd)")
     args = parser.parse_args()
+    if not 1 <= args.batch <= MAX_TXN_OPS:
+        parser.error(f"--batch must be 1 to {MAX_TXN_OPS} (etcd's --max-txn-ops)")
+    unit = "writes" if args.batch == 1 else f"keys (batches of {args.batch})"
     counts = [int(c) for c in args.clients.split(",")]
     for name, value in machine().items():
         print(f"{name}: {value}", flush=True)
@@ -133,17 +152,19 @@ def main() -> None:
             for run in range(args.runs):
                 for clients in counts:
                     for system, make, arg_of, owned in systems:
-                        got = measure(system, make, arg_of, clients, args.seconds, run, owned)
+                        got = measure(system, make, arg_of, clients, args.seconds, run, owned,
+                                      args.batch)
                         figures.setdefault((system, clients), []).append(got)
                         print(f"run {run + 1}, {clients} clients, {system}: "
-                              f"{got['rate']:,.0f} writes/s, p50 {got['p50']:.2f} ms, "
+                              f"{got['rate']:,.0f} {unit}/s, p50 {got['p50']:.2f} ms, "
                               f"p99 {got['p99']:.2f} ms"
-                              + (f", node CPU {got['cpu']:.2f} ms/write" if owned else ""),
+                              + (f", node CPU {got['cpu']:.2f} ms/key" if owned else ""),
                               flush=True)
         finally:
             procs.stop_all()
-    print("\n| clients | sdht writes/s | etcd writes/s | sdht/etcd (each run) | "
-          "sdht p50 / p99 ms | etcd p50 / p99 ms | sdht node CPU ms/write |")
+    per = "writes" if args.batch == 1 else "keys"
+    print(f"\n| clients | sdht {per}/s | etcd {per}/s | sdht/etcd (each run) | "
+          "sdht p50 / p99 ms | etcd p50 / p99 ms | sdht node CPU ms/key |")
     print("|---:|---:|---:|---|---:|---:|---:|")
     for clients in counts:
         ours, theirs = figures[("sdht", clients)], figures.get(("etcd", clients))
