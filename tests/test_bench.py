@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,10 +32,12 @@ class TestBench:
         assert all(r["median"] > 0 for r in result["rows"])
         assert any(r["what"].startswith("sdht join migration") for r in result["ratios"])
 
-    def test_many_clients_runs_writers_at_once_and_prints_their_table(self) -> None:
+    @pytest.mark.parametrize("batch, unit", [(1, "writes"), (10, "keys (batches of 10)")])
+    def test_many_clients_runs_writers_at_once_and_prints_their_table(self, batch: int,
+                                                                      unit: str) -> None:
         proc = subprocess.run(
             [sys.executable, str(ROOT / "bench" / "many_clients.py"), "--no-peers", "--runs",
-             "1", "--clients", "1,3", "--seconds", "0.5"],
+             "1", "--clients", "1,3", "--seconds", "0.5", "--batch", str(batch)],
             cwd=ROOT, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert "cpu:" in proc.stdout and "durability of sdht:" in proc.stdout
@@ -41,4 +45,5 @@ class TestBench:
         assert [row.split(":")[0] for row in rows] == ["run 1, 1 clients, sdht",
                                                        "run 1, 3 clients, sdht"]
         assert all(float(row.split(": ")[1].split()[0].replace(",", "")) > 0 for row in rows)
+        assert all(f" {unit}/s, p50 " in row for row in rows)
         assert "| 3 |" in proc.stdout
