@@ -23,7 +23,7 @@ from concurrent.futures import Future
 from typing import Callable, Mapping
 
 from .errors import SDHTError
-from .kinds.register import Record
+from .kinds import Entry
 from .nodeapi import MSGPACK
 from .wire import BATCH, packed_array
 
@@ -62,8 +62,8 @@ class Hinter:
 
     def __init__(self, request: Callable, missed: Callable[[str], None] = lambda n: None) -> None:
         self.request, self.missed = request, missed
-        self._watched: list[tuple[float, Future, str, Record, list[str]]] = []
-        self._queue: dict[str, list[tuple[Record, list[str]]]] = {}   # target -> items
+        self._watched: list[tuple[float, Future, str, Entry, list[str]]] = []
+        self._queue: dict[str, list[tuple[Entry, list[str]]]] = {}   # target -> items
         self._queued = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -71,8 +71,9 @@ class Hinter:
         #: Counts since this client started: hints sent, and dropped (queue full, refused).
         self.sent = self.dropped = 0
 
-    def hint(self, target: str, rec: Record, holders: list[str]) -> None:
-        """Queue ``rec`` as a hint for ``target``, to be kept by the first of ``holders``
+    def hint(self, target: str, rec: Entry, holders: list[str]) -> None:
+        """Queue ``rec`` (a register, or a sequence op: an entry of a kind clients write) as a
+        hint for ``target``, to be kept by the first of ``holders``
         that answers."""
         if not holders:
             return
@@ -85,7 +86,7 @@ class Hinter:
             self._wake()
         self.missed(target)
 
-    def missing(self, rec: Record, targets: list[str], acked: list[str],
+    def missing(self, rec: Entry, targets: list[str], acked: list[str],
                 running: Mapping[str, Future]) -> None:
         """For a write that made its quorum: hint ``rec`` for each of ``targets`` that did
         not acknowledge it, at once when it was skipped or failed, or when its write (in
@@ -99,7 +100,7 @@ class Hinter:
             else:
                 self.hint(node, rec, acked)
 
-    def watch(self, target: str, rec: Record, holders: list[str], future: Future) -> None:
+    def watch(self, target: str, rec: Entry, holders: list[str], future: Future) -> None:
         """Hint ``rec`` for ``target`` unless ``future`` (its write there) succeeds within
         :data:`HINT_AFTER` seconds."""
         if not holders:
@@ -172,11 +173,11 @@ class Hinter:
             self.missed(target)
         self._watched = keep
 
-    def _send(self, target: str, items: list[tuple[Record, list[str]]]) -> None:
+    def _send(self, target: str, items: list[tuple[Entry, list[str]]]) -> None:
         """Send ``target``'s hints, grouped by first holder, in batches; a holder that fails
         passes its share to the next holder of each record."""
         while items:
-            by_holder: dict[str, list[tuple[Record, list[str]]]] = {}
+            by_holder: dict[str, list[tuple[Entry, list[str]]]] = {}
             for rec, holders in items:
                 by_holder.setdefault(holders[0], []).append((rec, holders[1:]))
             items = []

@@ -7,6 +7,7 @@ they share its health memory, its parallel fan-out and its re-routing on a newer
 """
 from __future__ import annotations
 
+from concurrent.futures import Future
 from typing import Any, Mapping
 
 from .errors import NodeError, QuorumError
@@ -37,7 +38,8 @@ def mint_op(key: str, op: Any, w: float, t: int | None = None) -> OpEntry:
 def write(quorum: Quorum, key: str, entries: list[OpEntry]) -> None:
     """Write ``entries`` (ops of ``key``) until ``w`` of the current and of the future
     placement hold them all. Any outcome counts: the merge is union, so a node that answered
-    holds each op (``same`` or ``superseded``: with another proof of the same op).
+    holds each op (``same`` or ``superseded``: with another proof of the same op). A replica
+    skipped, failed or silent gets the ops as hints, as a register's write does.
 
     :raises QuorumError: when fewer than ``w`` of a placement acknowledged.
     """
@@ -50,8 +52,9 @@ def write(quorum: Quorum, key: str, entries: list[OpEntry]) -> None:
         targets = list(dict.fromkeys(now_set + next_set))
         calls = {node: (_put, quorum, node, entries) for node in targets}
         suspects = {n: calls.pop(n) for n in targets if quorum.health.is_suspect(n)}
+        running: dict[str, Future] = {}
         replies, errors, epochs = quorum.gather(
-            calls, len(targets), spares=suspects,
+            calls, len(targets), spares=suspects, running=running,
             enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
         if handle.noticed(epochs):
             continue
@@ -59,6 +62,8 @@ def write(quorum: Quorum, key: str, entries: list[OpEntry]) -> None:
         if short is not None:
             raise QuorumError(f"write to sequence {key!r}: {short[0]} of {short[1]} replicas "
                               "acknowledged", key, short[1], short[0], errors)
+        for entry in entries:   # hinted handoff, as for a register's write (sdht/hints.py)
+            quorum.hinter.missing(entry, targets, list(replies), running)
         return
     raise QuorumError(f"write to sequence {key!r}: the ring kept changing", key)
 

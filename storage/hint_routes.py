@@ -12,7 +12,8 @@
 Every one needs the authority of node-to-node routes (:func:`storage.auth.require_authority`:
 the operator or a member; loopback in development mode), so a stranger can neither fill a
 node's hint space nor read it. Every hinted entry passes the ordinary admission path first, and
-only registers are hinted: a name's Paxos state must never be written outside its ballots.
+only the kinds clients write are hinted (``PUBLIC``: registers, sequence ops): a name's Paxos
+state must never be written outside its ballots.
 """
 from __future__ import annotations
 
@@ -48,13 +49,13 @@ def _target(member: bool = True) -> str:
 @bp.post("")
 def keep() -> Response:
     """Keep the body's entries as hints for ``target``: all are admitted first (one bad
-    entry refuses the batch), and only registers are accepted."""
+    entry refuses the batch), and only entries of the kinds clients write are accepted."""
     require_authority()
     target, p = _target(), params()
     entries = [(admit(obj, p, raw), raw) for obj, raw in batch(body(items=True), "records")]
-    if any(entry.TAG != kinds.register.TAG for entry, _ in entries):
-        raise ApiError(400, "not_hintable", "only registers are hinted: a name's state moves "
-                       "only under its ballots")
+    if not all(kinds.kind_of(entry.TAG).PUBLIC for entry, _ in entries):
+        raise ApiError(400, "not_hintable", "only registers and sequence ops are hinted: a "
+                       "name's state moves only under its ballots")
     kept = node_hints().add(target, [raw for _, raw in entries])
     metrics.current().hints.labels("kept").inc(kept)
     if kept < len(entries):

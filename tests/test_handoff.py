@@ -12,9 +12,10 @@ import time
 import pytest
 
 import sdht
+from sdht import sequence_replicas
 from sdht.errors import NodeError, SDHTError, WaitTimeout
 from sdht.inprocess import WSGITransport
-from sdht.kinds import name
+from sdht.kinds import name, sequence
 from sdht.nodeapi import MSGPACK
 from sdht.pow import mint
 from sdht.transport import Transport
@@ -248,6 +249,26 @@ class TestHintRoutes:
         assert replayer.run_pass() + other.run_pass() == len(items)
         held, _ = ring.transport.get_many(down, list(items))
         assert [r.value for r in held] == list(items.values())
+
+    def test_sequence_ops_are_hinted_for_the_replica_that_was_down(self, inprocess_cluster):
+        """A sequence's appends that miss a replica leave hints, as a register's writes do,
+        and the replay brings it every op."""
+        ring, apps = inprocess_cluster(3)
+        live, down = list(apps)[:2], list(apps)[2]
+        ring.transport.mark_down(down)
+        timeline = ring.sequence("timeline")
+        ids = [timeline.append(f"post {i}") for i in range(3)]
+        assert ring.quorum.hinter.flush(timeout=10)
+        kept = sum(ring.transport.request(n, "GET", "/v1/hints").body.get(down, {})
+                   .get("count", 0) for n in live)
+        assert kept == len(ids)
+        ring.transport.mark_up(down)
+        assert sum(Replayer(n, 0.25, 1000.0, transport=ring.transport).run_pass()
+                   for n in live) == len(ids)
+        held, _ = sequence_replicas.fetch(ring.quorum, down, "timeline")
+        params = ring.handle.current().params
+        assert sorted(sequence.from_wire(obj, params).op.id for obj in held) == sorted(ids)
+
 
 class TestHintCaps:
     def test_bytes_past_the_cap_are_dropped_and_old_hints_expire(self, tmp_path):
