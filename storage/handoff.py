@@ -15,7 +15,6 @@ forks): it works through its node's routes, signed with the node's own key.
 from __future__ import annotations
 
 import logging
-import threading
 
 from sdht.errors import NodeError, SDHTError, TransportError
 from sdht.health import NodeHealth
@@ -23,6 +22,8 @@ from sdht.nodeapi import MSGPACK
 from sdht.transport import Transport
 from sdht.trust import Keys
 from sdht.wire import packb, packed_array
+
+from .background import Loop
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ PROBE_TIMEOUT = (0.5, 2.0)
 BATCH = 500
 
 
-class Replayer:
+class Replayer(Loop):
     """Delivers the hints the node at ``address`` holds.
 
     :param address: ``host:port`` where this node answers.
@@ -50,9 +51,12 @@ class Replayer:
         :data:`REPLAY_TIMEOUT` and ``keys``.
     """
 
+    NAME, WHAT, SKIPPED = "sdht-handoff", "hint replay", logging.DEBUG
+
     def __init__(self, address: str, interval: float, rate: float,
                  keys: Keys | None = None, transport: Transport | None = None) -> None:
-        self.address, self.interval, self.rate = address, interval, rate
+        super().__init__(interval)
+        self.address, self.rate = address, rate
         #: How it reaches its node and the targets (injected by in-process tests).
         self.transport = transport or Transport(REPLAY_TIMEOUT, keys, max_parallel=8)
         self.probe = transport or Transport(PROBE_TIMEOUT, keys, max_parallel=8)
@@ -60,27 +64,6 @@ class Replayer:
         self.behind: set[str] = set()
         #: Targets that failed lately (the client's failure memory, with a short cooldown).
         self.health = NodeHealth(cooldown=RETRY_AFTER)
-        self.stopped = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "Replayer":
-        """Run passes in a daemon thread until :meth:`stop`."""
-        self.thread = threading.Thread(target=self._loop, name="sdht-handoff", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the loop to end after the current pass."""
-        self.stopped.set()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.interval):
-            try:
-                self.run_pass()
-            except SDHTError as exc:   # our own node is restarting: next time
-                log.debug("hint replay skipped: %s", exc)
-            except Exception:   # the loop must outlive any one bad pass
-                log.exception("hint replay failed")
 
     def run_pass(self) -> int:
         """Replay to every target with hints (in parallel) once; return how many were

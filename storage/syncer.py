@@ -23,7 +23,6 @@ LMDB itself: an environment must not cross the forks by which the master starts 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,6 +34,8 @@ from sdht.repair import hub_plan, spread_ring
 from sdht.sync import sync_ranges
 from sdht.transport import DEFAULT_TIMEOUT, Transport
 from sdht.trust import Keys
+
+from .background import Loop
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class PassReport:
     errors: list[str] = field(default_factory=list)
 
 
-class Syncer:
+class Syncer(Loop):
     """Background anti-entropy for the node served at ``address``.
 
     :param address: ``host:port`` where this node answers (its own HTTP routes are used).
@@ -67,36 +68,18 @@ class Syncer:
     :param interval: seconds between passes.
     """
 
+    NAME, WHAT, JITTER = "sdht-sync", "anti-entropy pass", 0.2
+
     def __init__(self, address: str, node_id: str, interval: float,
                  keys: Keys | None = None,
                  timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> None:
-        self.address, self.node_id, self.interval = address, node_id, interval
+        super().__init__(interval)
+        self.address, self.node_id = address, node_id
         # The node's own keys: peers accept its tree and entry reads as a member's, and rings
         # it learns from peers are checked against the operator key like any other.
         self.transport = Transport(timeout, keys, max_parallel=4)
-        self.stopped = threading.Event()
         self.last_purge: float | None = None
         self.turn = 0
-        self.thread: threading.Thread | None = None
-
-    def start(self) -> "Syncer":
-        """Run passes in a daemon thread until :meth:`stop`."""
-        self.thread = threading.Thread(target=self._loop, name="sdht-sync", daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Ask the loop to end after the current step."""
-        self.stopped.set()
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(self.interval * random.uniform(0.8, 1.2)):
-            try:
-                self.run_pass()
-            except SDHTError as exc:  # our own node is down or restarting: try next time
-                log.info("anti-entropy pass skipped: %s", exc)
-            except Exception:  # the loop must outlive any one bad pass
-                log.exception("anti-entropy pass failed")
 
     def run_pass(self) -> PassReport:
         """Run one pass now (see the module docstring) and return what it did."""
