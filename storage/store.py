@@ -56,12 +56,11 @@ class Store:
     def __init__(self, path: str, map_size: int = 4 << 30, sync: bool = True) -> None:
         os.makedirs(path, exist_ok=True)
         # map_size is address space, not disk: 4 GiB by default (py-lmdb's own is 10 MiB).
-        # readahead=False (MDB_NORDAHEAD, madvise random): keys sit at hashed positions, so a
-        # get or a batch touches scattered pages, and the kernel's read-around (read_ahead_kb,
-        # 8 MiB on the bench host) read ~380 KiB per cold get of a 134 MB store instead of
-        # ~7 KiB, and filled the page cache with large folios that each later 4 KiB write
-        # dirties whole (docs/benchmarks.md, "Where the bytes go"). Never writemap here: a
-        # write through the map dirties and writes back whole large folios (7x the bytes).
+        # readahead=False (MDB_NORDAHEAD): keys sit at hashed positions, so reads scatter, and
+        # the kernel's read-around (read_ahead_kb, 8 MiB on the bench host) read ~380 KiB per
+        # cold get of a 134 MB store instead of ~7 KiB, filling the page cache with large folios
+        # that later 4 KiB writes dirty whole (docs/benchmarks.md, "Where the bytes go"). Never
+        # writemap: a write through the map dirties and writes back whole folios (7x the bytes).
         self.env = lmdb.open(path, map_size=map_size, max_dbs=4, sync=sync, metasync=sync,
                              readahead=False)
         self.data = self.env.open_db(b"data")
@@ -105,10 +104,8 @@ class Store:
         return cached[1]
 
     def replace_ring(self, view: RingView) -> tuple[bool, RingView | None]:
-        """Store ``view`` only if its epoch is higher than the stored one's.
-
-        :returns: ``(replaced, view held afterwards)``.
-        """
+        """Store ``view`` only if its epoch is higher than the stored one's; return
+        ``(replaced, the view held afterwards)``."""
         with self.env.begin(db=self.meta, write=True) as txn:
             raw = txn.get(_RING)
             current = RingView.from_json(json.loads(raw)) if raw is not None else None
