@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import QuorumError
 from .kinds.register import Record, winner
 from .quorum import MAX_REROUTES, Quorum, valid, write_shortfall
+from .ring import position
 from .transport import PutOutcome
 from .wire import BATCH, SUPERSEDED, now_us
 
@@ -27,23 +28,20 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
         caller decides whether to re-mint them.
     :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
     """
-    handle, health = quorum.handle, quorum.health
+    handle = quorum.handle
     w = handle.current().params["w"]
     for _ in range(MAX_REROUTES):
         view = handle.current()
-        placed = {k: (view.readers.for_key(k), view.future.for_key(k)) for k in records}
+        placed, plans = _placed(quorum, view, records)
 
         def settled(key: str, got: dict[str, PutOutcome]) -> bool:
             """w of each placement acknowledged, or a replica holds a higher version."""
+            first, second = plans[key]
+            if len(got) == len(first) + len(second):   # every replica answered: settled
+                return True
             ok = {n for n, o in got.items() if o.status != SUPERSEDED}
             return len(ok) < len(got) or write_shortfall(placed[key], ok, w) is None
 
-        plans = {}
-        for key, (now_set, next_set) in placed.items():
-            targets = list(dict.fromkeys(now_set + next_set))
-            # Suspect nodes are written only in the second round, for keys still short.
-            suspect = [n for n in targets if health.is_suspect(n)]
-            plans[key] = ([n for n in targets if n not in suspect], suspect)
         answers, errors, epochs = rounds(
             quorum, handle.transport.put_many, plans, records.__getitem__, settled)
         if handle.noticed(epochs):
@@ -56,11 +54,37 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
                               f"acknowledgements (first: {short[0]!r})", short[0],
                               w, 0, errors)
         for key, got in answers.items():   # hinted handoff for replicas skipped or failed
-            if key not in lost:
-                quorum.hinter.missing(records[key], plans[key][0] + plans[key][1],
-                                      list(got), {})
+            first, second = plans[key]
+            if key not in lost and len(got) < len(first) + len(second):
+                quorum.hinter.missing(records[key], first + second, list(got), {})
         return list(dict.fromkeys(lost))
     raise QuorumError("batch write: the ring kept changing")
+
+
+def _placed(quorum: Quorum, view: Any, keys: Iterable[str]) -> tuple[dict, dict]:
+    """Each key's ``(current, future)`` placement, and its plan of rounds: its replicas not
+    suspect first, the suspect ones (written only for keys still short) second.
+
+    Keys with the same replicas share one plan, made once: a batch spans a few replica sets
+    (one on a ring of n nodes), so the health of each node is asked once per batch, not once
+    per key."""
+    readers, future = view.readers, view.future
+    placed: dict[str, tuple[list[str], list[str]]] = {}
+    plans: dict[str, tuple[list[str], list[str]]] = {}
+    made: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[list[str], list[str]]] = {}
+    for key in keys:
+        pos = position(key)
+        now_set = readers.preference(pos)
+        next_set = now_set if future is readers else future.preference(pos)
+        placed[key] = (now_set, next_set)
+        shape = (tuple(now_set), tuple(next_set))
+        plan = made.get(shape)
+        if plan is None:
+            targets = list(dict.fromkeys(now_set + next_set))
+            suspect = [n for n in targets if quorum.health.is_suspect(n)]
+            plan = made[shape] = ([n for n in targets if n not in suspect], suspect)
+        plans[key] = plan
+    return placed, plans
 
 
 def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
@@ -102,25 +126,41 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
     for _ in range(MAX_REROUTES):
         view = handle.current()
         order = quorum.health.orders()
-        placed = {k: order(view.readers.for_key(k)) for k in keys}
-        need = {k: min(p["r"], len(replicas)) for k, replicas in placed.items()}
         # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
         # answered records that fail their checks, are asked of their others in a second round.
+        # Keys with the same replicas share one plan, made once (as in write_many).
+        plans: dict[str, tuple[list[str], list[str]]] = {}
+        made: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        readers = view.readers
+        for key in keys:
+            replicas = readers.preference(position(key))
+            plan = made.get(tuple(replicas))
+            if plan is None:
+                ordered = order(replicas)
+                first = min(p["r"], len(ordered))
+                plan = made[tuple(replicas)] = (ordered[:first], ordered[first:])
+            plans[key] = plan
+        need = {k: len(plan[0]) for k, plan in plans.items()}
         answers, errors, epochs = rounds(
-            quorum, fetch,
-            {k: (replicas[:need[k]], replicas[need[k]:]) for k, replicas in placed.items()},
-            lambda k: k, lambda k, got: len(usable(got)) >= need[k])
+            quorum, fetch, plans, lambda k: k,
+            lambda k, got: sum(rec is not FAULTY for rec in got.values()) >= need[k])
         if handle.noticed(epochs):
             continue
         errors.update(faulty)
-        seen = {key: usable(got) for key, got in answers.items()}
         result: dict[str, Any] = {}
         repairs: dict[str, list[Record]] = {}
-        for key, found in seen.items():
+        for key, got in answers.items():
+            found = usable(got) if faulty else got   # FAULTY only where a node is faulty
             if len(found) < need[key]:
                 raise QuorumError(f"batch read: {len(found)} of {need[key]} replicas "
                                   f"answered for {key!r}", key, need[key], len(found), errors)
-            best = winner(list(found.values()), p["decay"])
+            held = list(found.values())
+            first = held[0] if held else None
+            if all(rec is first for rec in held):   # the same bytes everywhere: nothing behind
+                if first is not None and not first.deleted:
+                    result[key] = first.value
+                continue
+            best = winner(held, p["decay"])
             if best is None:
                 continue
             if not best.deleted:
