@@ -1,5 +1,6 @@
-"""sdht/batch.py: a batch read answers what the quorum rule of each key answers, whatever the
-replicas hold (real client, real in-process apps over real LMDB)."""
+"""sdht/batch.py: a batch read answers what the quorum rule of each key answers, and a batch
+write reads back, whatever the replicas held (real client, real in-process apps over real
+LMDB)."""
 from __future__ import annotations
 
 import itertools
