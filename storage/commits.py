@@ -1,9 +1,11 @@
 """Shared write transactions: the threads of one process that want a write transaction at the
 same moment share one durable commit (issue 16).
 
-Every write of the store goes through here: batch writes (``POST /v1/records``: clients'
-batches, migration, anti-entropy) and one-record writes on the worker's pool threads, the
-loop's turn-end group (:mod:`storage.groupcommit`), and the acceptor's phases. The first caller
+Every entry the store writes goes through here (:meth:`storage.store.Store.put_many`): batch
+writes (``POST /v1/records``: clients' batches, migration, anti-entropy, hint replay) and
+one-record writes on the worker's pool threads, the loop's turn-end group
+(:mod:`storage.groupcommit`), and the acceptor's phases. The store's housekeeping (a ring's
+replacement, a range's deletion, purges, the hash tree's fold) takes transactions of its own. The first caller
 to arrive leads: it runs every operation queued meanwhile in one LMDB write transaction, in the
 order they were queued, and commits once (one durable commit, one pair of fsyncs, for all of
 them); only then are their callers answered. Then the lead passes to the next caller queued.
