@@ -35,8 +35,9 @@ _count_cache: dict[str, tuple[float, int]] = {}
 Rule = Callable[[State | None, int], tuple[State | None, Answer]]
 
 
-#: One acceptor operation: ``op(txn, node_epoch)`` applies a phase in a write transaction.
-Op = Callable[[Any, int], Answer]
+#: One acceptor operation: ``op(txn)`` applies a phase in a write transaction (an operation of
+#: storage/commits.py).
+Op = Callable[[Any], Answer]
 
 
 def prepare(store: Store, key: str, ballot: name.Ballot, epoch: int,
@@ -62,7 +63,7 @@ def run(store: Store, op: Op) -> Answer:
     for one at the same time (storage/commits.py); its answer, once committed.
 
     :raises commits.Busy: when no transaction carried it in time."""
-    return store.commits.run(_bound(store, op))
+    return store.commits.run(op)
 
 
 def run_together(store: Store, ops: list[Op]) -> list[tuple[Answer | None, Exception | None]]:
@@ -71,27 +72,21 @@ def run_together(store: Store, ops: list[Op]) -> list[tuple[Answer | None, Excep
     again: a caller cannot tell whether it ran).
 
     :raises commits.Busy: when no transaction carried them in time."""
-    return store.commits.run_all([_bound(store, op) for op in ops])  # type: ignore[return-value]
-
-
-def _bound(store: Store, op: Op) -> Callable[[Any], Answer]:
-    """``op`` as an operation of storage/commits.py: given the node's ring epoch as the
-    transaction sees it, so the epoch fence and the state change are one atomic step."""
-    def fn(txn: Any) -> Answer:
-        view = store.ring_in(txn)
-        return op(txn, view.epoch if view is not None else 0)
-    return fn
+    return store.commits.run_all(ops)  # type: ignore[return-value]
 
 
 def _operation(store: Store, key: str, params: Mapping[str, Any], rule: Rule) -> Op:
-    """The operation that applies ``rule`` to ``key``'s state and stores what it returns."""
+    """The operation that applies ``rule`` to ``key``'s state and the node's ring epoch, both as
+    its transaction sees them (so the epoch fence and the state change are one atomic step),
+    and stores what it returns."""
     limits = {**params, **_STORED_LIMITS}
 
-    def op(txn: Any, node_epoch: int) -> Answer:
+    def op(txn: Any) -> Answer:
+        view = store.ring_in(txn)
         lkey = data_key(name.TAG, key)
         raw = txn.get(lkey, db=store.data)
         state = None if raw is None else name.from_wire(unpackb(packed(lkey, raw)), limits)
-        new, answer = rule(state, node_epoch)
+        new, answer = rule(state, view.epoch if view is not None else 0)
         if new is not state and new is not None:
             value = stored(new)
             txn.put(lkey, value, db=store.data)
