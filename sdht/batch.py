@@ -28,11 +28,21 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
         caller decides whether to re-mint them.
     :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
     """
-    handle = quorum.handle
+    handle, health = quorum.handle, quorum.health
     w = handle.current().params["w"]
     for _ in range(MAX_REROUTES):
         view = handle.current()
-        placed, plans = _placed(quorum, view, records)
+        # The current placement, and the future one while a member joins or leaves.
+        placements = [view.readers] if view.future is view.readers else [view.readers,
+                                                                         view.future]
+
+        def plan(sets: tuple[tuple[str, ...], ...]) -> tuple[list[str], list[str]]:
+            """Suspect replicas are written only in the second round, for keys still short."""
+            targets = list(dict.fromkeys(n for members in sets for n in members))
+            suspect = [n for n in targets if health.is_suspect(n)]
+            return [n for n in targets if n not in suspect], suspect
+
+        placed, plans = _plans(records, placements, plan)
 
         def settled(key: str, got: dict[str, PutOutcome]) -> bool:
             """w of each placement acknowledged, or a replica holds a higher version."""
@@ -61,28 +71,21 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
     raise QuorumError("batch write: the ring kept changing")
 
 
-def _placed(quorum: Quorum, view: Any, keys: Iterable[str]) -> tuple[dict, dict]:
-    """Each key's ``(current, future)`` placement, and its plan of rounds: its replicas not
-    suspect first, the suspect ones (written only for keys still short) second.
+def _plans(keys: Iterable[str], placements: list[Any], make: Callable[[Any], Any]
+           ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Each key's replica sets (one per placement) and its plan of rounds, ``make(sets)``.
 
-    Keys with the same replicas share one plan, made once: a batch spans a few replica sets
-    (one on a ring of n nodes), so the health of each node is asked once per batch, not once
-    per key."""
-    readers, future = view.readers, view.future
-    placed: dict[str, tuple[list[str], list[str]]] = {}
-    plans: dict[str, tuple[list[str], list[str]]] = {}
-    made: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[list[str], list[str]]] = {}
+    Keys with the same replica sets share one plan, made once: a batch spans a few replica sets
+    (one on a ring of n nodes), so each node's health is asked once per batch, not per key."""
+    placed: dict[str, Any] = {}
+    plans: dict[str, Any] = {}
+    made: dict[Any, Any] = {}
     for key in keys:
         pos = position(key)
-        now_set = readers.preference(pos)
-        next_set = now_set if future is readers else future.preference(pos)
-        placed[key] = (now_set, next_set)
-        shape = (tuple(now_set), tuple(next_set))
-        plan = made.get(shape)
+        sets = placed[key] = tuple(tuple(p.preference(pos)) for p in placements)
+        plan = made.get(sets)
         if plan is None:
-            targets = list(dict.fromkeys(now_set + next_set))
-            suspect = [n for n in targets if quorum.health.is_suspect(n)]
-            plan = made[shape] = ([n for n in targets if n not in suspect], suspect)
+            plan = made[sets] = make(sets)
         plans[key] = plan
     return placed, plans
 
@@ -128,18 +131,13 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
         order = quorum.health.orders()
         # Ask each key's first r replicas (healthy first); keys whose replicas failed, or
         # answered records that fail their checks, are asked of their others in a second round.
-        # Keys with the same replicas share one plan, made once (as in write_many).
-        plans: dict[str, tuple[list[str], list[str]]] = {}
-        made: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
-        readers = view.readers
-        for key in keys:
-            replicas = readers.preference(position(key))
-            plan = made.get(tuple(replicas))
-            if plan is None:
-                ordered = order(replicas)
-                first = min(p["r"], len(ordered))
-                plan = made[tuple(replicas)] = (ordered[:first], ordered[first:])
-            plans[key] = plan
+
+        def plan(sets: tuple[tuple[str, ...]]) -> tuple[list[str], list[str]]:
+            ordered = order(list(sets[0]))
+            first = min(p["r"], len(ordered))
+            return ordered[:first], ordered[first:]
+
+        _, plans = _plans(keys, [view.readers], plan)
         need = {k: len(plan[0]) for k, plan in plans.items()}
         answers, errors, epochs = rounds(
             quorum, fetch, plans, lambda k: k,
