@@ -73,8 +73,7 @@ class Hinter:
 
     def hint(self, target: str, rec: Entry, holders: list[str]) -> None:
         """Queue ``rec`` (a register, or a sequence op: an entry of a kind clients write) as a
-        hint for ``target``, to be kept by the first of ``holders``
-        that answers."""
+        hint for ``target``, to be kept by the first of ``holders`` that answers."""
         if not holders:
             return
         with self._cond:

@@ -5,11 +5,12 @@ Every entry the store writes goes through here (:meth:`storage.store.Store.put_m
 writes (``POST /v1/records``: clients' batches, migration, anti-entropy, hint replay) and
 one-record writes on the worker's pool threads, the loop's turn-end group
 (:mod:`storage.groupcommit`), and the acceptor's phases. The store's housekeeping (a ring's
-replacement, a range's deletion, purges, the hash tree's fold) takes transactions of its own. The first caller
-to arrive leads: it runs every operation queued meanwhile in one LMDB write transaction, in the
-order they were queued, and commits once (one durable commit, one pair of fsyncs, for all of
-them); only then are their callers answered. Then the lead passes to the next caller queued.
-A lone caller runs at once, as it would alone.
+replacement, a range's deletion, purges, the hash tree's fold) takes transactions of its own.
+
+The first caller to arrive leads: it runs every operation queued meanwhile in one LMDB write
+transaction, in the order they were queued, and commits once (one durable commit, one pair of
+fsyncs, for all of them); only then are their callers answered. Then the lead passes to the
+next caller queued. A lone caller runs at once, as it would alone.
 
 Each operation of a shared transaction runs in a nested transaction of its own, so one that
 fails is rolled back alone: its caller gets its error and nothing of it is stored, and the

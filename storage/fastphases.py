@@ -94,7 +94,7 @@ class Phases:
                    for i, (message, p, _) in admitted]
             try:
                 ran = acceptor.run_together(store(), ops)
-            except Exception as exc:  # noqa: BLE001  not run: the commit raised, so none was
+            except Exception as exc:  # noqa: BLE001  none known to have run: never rerun
                 ran = [(None, exc)] * len(ops)
             for (i, (_, _, began)), (answer, error) in zip(admitted, ran):
                 phase, environ = asked[i]
