@@ -23,11 +23,11 @@ from typing import Any, Iterable
 from flask import Flask, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from sdht.wire import MIGRATION_HEADER
 
 from .acceptor import count_names
+from .collectors import StoreGauges, WorkerFiles
 from .hints import node_hints
 from .http import ApiError, ring_view, store
 
@@ -103,8 +103,7 @@ class Metrics:
     def source(self) -> Any:
         """Return a collector of every worker's values (or this app's registry)."""
         if self.multiprocess_dir:
-            from prometheus_client.multiprocess import MultiProcessCollector
-            return MultiProcessCollector(None, self.multiprocess_dir)
+            return WorkerFiles(self.multiprocess_dir)
         return self.registry
 
     def figures(self) -> dict[str, Any]:
@@ -158,7 +157,7 @@ class Metrics:
     def exposition(self, stats: dict[str, Any]) -> bytes:
         """Return the Prometheus text exposition of every metric plus the store's gauges."""
         node = CollectorRegistry()
-        node.register(_StoreCollector(stats))
+        node.register(StoreGauges(stats))
         return generate_latest(self.source()) + generate_latest(node)
 
     # -- counting -------------------------------------------------------------------------------
@@ -191,52 +190,6 @@ def quantile(cumulative: dict[float, float], q: float) -> float:
         if cumulative[bound] >= q * total:
             return bound if bound != float("inf") else (finite[-1] if finite else 0.0)
     return 0.0
-
-
-class _StoreCollector:
-    """Gauges read from the node's store at scrape time."""
-
-    def __init__(self, stats: dict[str, Any]) -> None:
-        self.stats = stats
-
-    def describe(self) -> list:
-        return []
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        for name, key, doc in (("sdht_records", "records", "Records stored (tombstones too)."),
-                               ("sdht_bytes", "bytes", "Bytes of keys and records stored."),
-                               ("sdht_revision", "revision", "Writes this node has accepted."),
-                               ("sdht_ring_epoch", "epoch", "Epoch of the ring the node holds."),
-                               ("sdht_names", "names", "Unique names this node holds an "
-                                                       "accepted claim for."),
-                               ("sdht_uptime_seconds", "uptime", "Seconds since the node "
-                                                                 "started.")):
-            yield GaugeMetricFamily(name, doc, value=float(self.stats.get(key) or 0))
-        # Anti-entropy keeps its counts in the store (per node already): exported as counters.
-        # Replication backlog (issue 15): hints kept per target, and the oldest one's age.
-        pending = GaugeMetricFamily("sdht_hints_pending", "Hints this node keeps for another "
-                                    "replica, by target.", labels=["target"])
-        oldest = GaugeMetricFamily("sdht_hints_oldest_seconds", "Age of the oldest hint kept "
-                                   "for a target.", labels=["target"])
-        for target, backlog in sorted((self.stats.get("hints") or {}).items()):
-            pending.add_metric([target], backlog.count)
-            oldest.add_metric([target], backlog.oldest_age)
-        yield pending
-        yield oldest
-        if self.stats.get("location"):
-            info = GaugeMetricFamily("sdht_node_location", "The node's configured location "
-                                     "(SDHT_LOCATION), as a label; always 1.",
-                                     labels=["location"])
-            info.add_metric([str(self.stats["location"])], 1.0)
-            yield info
-        for name, key, doc in (("sdht_sync_rounds", "sync_rounds", "Anti-entropy rounds "
-                                "reported to this node."),
-                               ("sdht_sync_differences", "sync_differences", "Differing keys "
-                                "anti-entropy reported for this node."),
-                               ("sdht_tombstones_purged", "tombstones_purged", "Expired "
-                                "tombstones this node purged.")):
-            if key in self.stats:
-                yield CounterMetricFamily(name, doc, value=float(self.stats[key]))
 
 
 def current() -> Metrics:

@@ -93,3 +93,18 @@ def test_figures_are_the_nodes_across_two_workers(start_node):
                   status="201") == 12
     assert sample(text, "sdht_writes_total", outcome="stored") == 12
     assert sample(text, "sdht_records") == 12
+
+
+def test_a_worker_file_still_being_created_does_not_fail_the_figures(start_node):
+    # prometheus_client creates a worker's file before it sizes it; a scrape in between must
+    # still answer (it answered /v1/health with a 500 while a restarted node's worker began).
+    node = start_node(workers=2)
+    (node.data_dir / "prometheus" / "counter_999999.db").touch()
+    transport = Transport()
+    try:
+        transport.put_record(node.id, mint("key", 1, 3.0))
+        assert transport.health(node.id)["requests"] == 1
+    finally:
+        transport.close()
+    text = requests.get(f"{node.url}/metrics", timeout=5).text
+    assert sample(text, "sdht_writes_total", outcome="stored") == 1
