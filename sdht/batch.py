@@ -80,9 +80,11 @@ def _plans(keys: Iterable[str], placements: list[Any], make: Callable[[Any], Any
     placed: dict[str, Any] = {}
     plans: dict[str, Any] = {}
     made: dict[Any, Any] = {}
+    walks = [p.walk for p in placements]
     for key in keys:
         pos = position(key)
-        sets = placed[key] = tuple(tuple(p.preference(pos)) for p in placements)
+        sets = placed[key] = (walks[0](pos),) if len(walks) == 1 else \
+            tuple(walk(pos) for walk in walks)
         plan = made.get(sets)
         if plan is None:
             plan = made[sets] = make(sets)
@@ -139,9 +141,11 @@ def read_many(quorum: Quorum, keys: Iterable[str]) -> dict[str, Any]:
 
         _, plans = _plans(keys, [view.readers], plan)
         need = {k: len(plan[0]) for k, plan in plans.items()}
-        answers, errors, epochs = rounds(
-            quorum, fetch, plans, lambda k: k,
-            lambda k, got: sum(rec is not FAULTY for rec in got.values()) >= need[k])
+
+        def enough(key: str, got: dict[str, Any]) -> bool:
+            return len(usable(got) if faulty else got) >= need[key]
+
+        answers, errors, epochs = rounds(quorum, fetch, plans, lambda k: k, enough)
         if handle.noticed(epochs):
             continue
         errors.update(faulty)

@@ -224,14 +224,19 @@ class Placement:
         Walk successors until n distinct nodes (docs/design.md, "The ring"); a token at exactly ``pos``
         owns it.
         """
+        return list(self.walk(pos))
+
+    def walk(self, pos: int) -> tuple[str, ...]:
+        """:meth:`preference` as a tuple, the same object for every position of one token's
+        range: a batch groups its keys by it without building a list per key."""
         count = len(self.positions)
         if not count:
-            return []
+            return ()
         start = bisect.bisect_left(self.positions, pos) % count
         walk = self._walks.get(start)
         if walk is None:
             walk = self._walks[start] = tuple(self._walk(start))
-        return list(walk)
+        return walk
 
     def _walk(self, start: int) -> list[str]:
         """The first ``n`` distinct owners of the tokens from index ``start`` on, clockwise."""
@@ -270,10 +275,14 @@ class GroupPlacement(Placement):
 
     def preference(self, pos: int) -> list[str]:
         """Return every member of the group owning ring position ``pos``."""
+        return list(self.walk(pos))
+
+    def walk(self, pos: int) -> tuple[str, ...]:
+        """:meth:`preference` as a tuple."""
         if not self.positions:
-            return []
+            return ()
         i = bisect.bisect_left(self.positions, pos) % len(self.positions)
-        return list(self.groups[self.owners[i]])
+        return tuple(self.groups[self.owners[i]])
 
 
 def intervals(boundaries: list[int]) -> Iterator[tuple[int, int, int]]:
