@@ -219,11 +219,8 @@ class Placement:
         self._walks: dict[int, tuple[str, ...]] = {}
 
     def preference(self, pos: int) -> list[str]:
-        """Return the first ``n`` distinct nodes clockwise from ring position ``pos``.
-
-        Walk successors until n distinct nodes (docs/design.md, "The ring"); a token at exactly ``pos``
-        owns it.
-        """
+        """Return the first ``n`` distinct nodes clockwise from ring position ``pos``, walking
+        successors (docs/design.md, "The ring"); a token at exactly ``pos`` owns it."""
         return list(self.walk(pos))
 
     def walk(self, pos: int) -> tuple[str, ...]:
@@ -273,12 +270,8 @@ class GroupPlacement(Placement):
         self.node_ids = sorted(m.id for m in members)
         self.n = max((len(g) for g in self.groups), default=0)
 
-    def preference(self, pos: int) -> list[str]:
-        """Return every member of the group owning ring position ``pos``."""
-        return list(self.walk(pos))
-
     def walk(self, pos: int) -> tuple[str, ...]:
-        """:meth:`preference` as a tuple."""
+        """Every member of the group owning ring position ``pos`` (its preference list)."""
         if not self.positions:
             return ()
         i = bisect.bisect_left(self.positions, pos) % len(self.positions)
