@@ -1,9 +1,10 @@
 """etcd as a peer of the benchmarks: a durable, replicated store a user would pick instead.
 
-One home for starting it (``bench/bench.py`` and ``bench/names.py`` use it): a three-member
-cluster of Debian's ``etcd-server`` (``/usr/bin/etcd``) with its defaults (Raft, fsync of the
-WAL before a commit is acknowledged by a majority), each member on free 127.0.0.1 ports with a
-data directory under the bench's temporary directory, stopped by PID with the other servers.
+One home for starting it (``bench/bench.py``, ``paired.py`` and ``names.py`` use it): a
+three-member cluster of Debian's ``etcd-server`` (``/usr/bin/etcd``) with its defaults (Raft,
+fsync of the WAL before a commit is acknowledged by a majority), each member on free 127.0.0.1
+ports with a data directory under the bench's temporary directory, stopped by PID with the
+other servers.
 The client is etcd3gw (etcd's JSON gateway, one ``requests`` session per client).
 
 ::
@@ -64,6 +65,20 @@ def start_etcd(procs: Any, members: int = 3) -> list[int]:
     return [client for client, _ in ports]
 
 
+def start_client(procs: Any) -> Any:
+    """A 3-member cluster (:func:`start_etcd`) and an etcd3gw client of its first member, or
+    None (and a line saying so) when etcd or etcd3gw is not installed."""
+    try:
+        import etcd3gw
+    except ImportError:
+        print("  etcd3gw is not installed: skipped (see --install-peers)", flush=True)
+        return None
+    if shutil.which("etcd") is None:
+        print("  etcd is not installed: skipped (see --install-peers)", flush=True)
+        return None
+    return etcd3gw.client(host="127.0.0.1", port=start_etcd(procs)[0], timeout=10)
+
+
 def healthy(port: int) -> bool:
     """Whether the etcd member with client port ``port`` reports healthy."""
     try:
@@ -101,16 +116,9 @@ def bench_etcd(table: Any, procs: Any, args: Any, single_ops: Any, batched_ops: 
                make_keys: Any, value: bytes) -> None:
     """etcd's put, get, and txns of 100 puts and of 100 gets, as ``bench.py`` measures sdht
     (one client, sequential); skipped when etcd or etcd3gw is absent."""
-    try:
-        import etcd3gw
-    except ImportError:
-        print("  etcd3gw is not installed: skipped (see --install-peers)", flush=True)
+    client = start_client(procs)
+    if client is None:
         return
-    if shutil.which("etcd") is None:
-        print("  etcd is not installed: skipped (see --install-peers)", flush=True)
-        return
-    ports = start_etcd(procs)
-    client = etcd3gw.client(host="127.0.0.1", port=ports[0], timeout=10)
     single = make_keys("s", args.single_keys)
     single_ops(table, "etcd", "set", lambda i: client.put(single[i], value), len(single),
                args.runs)

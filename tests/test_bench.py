@@ -47,3 +47,19 @@ class TestBench:
         assert all(float(row.split(": ")[1].split()[0].replace(",", "")) > 0 for row in rows)
         assert all(f" {unit}/s, p50 " in row for row in rows)
         assert "| 3 |" in proc.stdout
+
+    def test_paired_runs_alternating_blocks_and_summarises_each_comparison(
+            self, tmp_path: Path) -> None:
+        out = tmp_path / "paired.json"
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "bench" / "paired.py"), "--no-peers", "--pairs", "3",
+             "--single", "20", "--keys", "50", "--json", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        assert "cpu:" in proc.stdout and "| sdht / peer | median |" in proc.stdout
+        pairs = [line for line in proc.stdout.splitlines() if line.startswith("  set sdht, ")]
+        assert [line.split(":")[0] for line in pairs] == [
+            f"  set sdht, pair {i}" for i in (1, 2, 3)]
+        [row] = json.loads(out.read_text())["rows"]
+        assert row["what"] == "set sdht" and len(row["ratios"]) == 3
+        assert row["q1"] <= row["median"] <= row["q3"] and all(r > 0 for r in row["ratios"])
