@@ -11,8 +11,10 @@ socket while another has answered.
 Everything else goes to the pool, as :meth:`sdht.quorum.Quorum.gather` runs it: all of a
 gather's requests when one of them cannot be sent so (no idle connection, a large body, a
 failed send); and, once one answer fails or needs another request (``after``) or the deadline
-passes, every request still running. A gather that has enough answers hands the requests still
-running to the pool too: their answers are read there, for the hints and the replication delay.
+passes, every request still running. A gather that has enough answers waits a moment more for
+the rest (:data:`TRAIL_SHARE`: a set's third replica is usually just behind), then hands the
+requests still running to the pool too: their answers are read there, for the hints and the
+replication delay.
 """
 from __future__ import annotations
 
@@ -29,10 +31,25 @@ _READY = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 #: Answers read per gather at most, all replicas together: every loop is bounded (a replica
 #: trickling its answer a byte per wake-up goes to the pool past it).
 MAX_WAKES = 64
+#: Once a gather has enough answers, how long it still waits here for the rest: this share of
+#: the time the answers so far took, and at most ``TRAIL_MAX`` seconds (``poll(2)`` counts
+#: whole milliseconds: a shorter wait for a silent replica lasts one). A set's third replica
+#: answers 0.2 ms after the second at the median, 0.8 ms at p99; read here, it costs the client
+#: less than a pool thread's hand-over and that thread's contest for the GIL with the caller's
+#: next call: 0.82x the client's CPU per set, the same sets/s (docs/benchmarks.md, session 9).
+TRAIL_SHARE = 0.5
+TRAIL_MAX = 0.002
 
 #: ``after(node, result)``: None when ``result`` is the call's, else the pool call ``(fn, *args)``
 #: whose result is (a write's 409, whose higher version the replica must show).
 After = Callable[[str, Any], "tuple | None"]
+
+
+def trail_deadline(began: float, now: float, deadline: float) -> float:
+    """When a gather that began at ``began`` and had enough answers at ``now`` stops waiting
+    for the rest: :data:`TRAIL_SHARE` of its time so far, at most :data:`TRAIL_MAX`, and never
+    past its ``deadline``."""
+    return min(deadline, now + min(TRAIL_MAX, TRAIL_SHARE * max(0.0, now - began)))
 
 
 class Polled:
@@ -47,6 +64,7 @@ class Polled:
         #: Requests sent here and then handed to the pool, by node.
         self.handed: dict[str, Future] = {}
         health = quorum.health
+        self.began = time.monotonic()
         begin = getattr(quorum.handle.transport, "begin", None)   # a transport that can
         for node, call in calls.items():
             sent = begin(node, call) if begin is not None else None
@@ -58,15 +76,19 @@ class Polled:
     def gather(self, met: Callable[[], bool], results: dict[str, Any], errors: dict[str, str],
                epochs: list[int]) -> None:
         """Read answers into ``results`` (errors into ``errors``, epochs into ``epochs``) until
-        ``met()`` or nothing is left here; what is left goes to the pool (:attr:`handed`)."""
+        ``met()`` and a short wait for the rest (:data:`TRAIL_SHARE`) are over, or nothing is
+        left here; what is left goes to the pool (:attr:`handed`)."""
         poller = select.poll()
         for sent, _, _ in self.sent.values():
             poller.register(sent.fileno(), select.POLLIN)
         by_fd = {sent.fileno(): node for node, (sent, _, _) in self.sent.items()}
         deadline = time.monotonic() + self.quorum.handle.transport.timeout[1]
+        trailing = False
         for _ in range(MAX_WAKES):
-            if not self.sent or met():
+            if not self.sent:
                 break
+            if not trailing and met():
+                trailing, deadline = True, trail_deadline(self.began, time.monotonic(), deadline)
             left = deadline - time.monotonic()
             events = poller.poll(max(0.0, left) * 1000.0) if left > 0 else []
             if not events:

@@ -1,11 +1,12 @@
 """Replication delay as one client sees it: from a write's acknowledgement until its last
 replica acknowledged.
 
-A write returns once ``w`` replicas acknowledged (:mod:`sdht.quorum`); its requests to the other
-replicas go on. :class:`Lag` notes when each of those ends: the delay of the write is the time
-from its return until the last one succeeded (0 when all had answered by then). A write one of
-whose replicas failed or stayed silent is counted as *hinted* instead: its delay is the hint's,
-which the holder measures (``sdht_hint_delivery_seconds``, docs/operating.md).
+A write returns once ``w`` replicas acknowledged (:mod:`sdht.quorum`) and the others had a
+moment more (:func:`sdht.fanout.trail_deadline`); its requests to those still silent go on.
+:class:`Lag` notes when each of those ends: the delay of the write is the time from its return
+until the last one succeeded (0 when all had answered by then). A write one of whose replicas
+failed or stayed silent is counted as *hinted* instead: its delay is the hint's, which the
+holder measures (``sdht_hint_delivery_seconds``, docs/operating.md).
 """
 from __future__ import annotations
 

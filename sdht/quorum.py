@@ -107,8 +107,8 @@ class Quorum:
             now_set = view.readers.for_key(rec.key)
             next_set = view.future.for_key(rec.key)
             targets = list(dict.fromkeys(now_set + next_set))
-            # Return once w of each placement answered: a stopped replica must not hold every
-            # write for a full timeout. Answers already in (a superseded one too) still count.
+            # Return once w of each placement answered, and a moment (sdht/fanout.py): a stopped
+            # replica must not hold every write for a timeout. Answers in (superseded too) count.
             calls = {node: (self.write_one, node, rec, view.params) for node in targets}
             suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
             running: dict[str, Future] = {}

@@ -7,8 +7,13 @@ import time
 
 import pytest
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from conftest import wait_for
+from sdht import fanout
 from sdht.errors import WriteConflict
+from sdht.fanout import trail_deadline
 from sdht.pow import mint
 
 KEYS = 5
@@ -52,3 +57,34 @@ def test_a_replica_holding_a_higher_version_must_show_it(cluster):
         ring.set("rented", "second")
     assert raised.value.score == pytest.approx(held.score(ring.params["decay"]), rel=1e-3)
     assert ring.get("rented") == "first"
+
+
+SETS = 40
+
+
+def test_a_set_reads_its_last_replica_in_the_callers_thread_within_the_wait(cluster,
+                                                                            monkeypatch):
+    """Once ``w`` replicas answered, a set still waits a little (:func:`trail_deadline`) for
+    the others in the caller's thread, where their answers are read. With a wait longer than
+    any of them take, every set returns with all three copies acknowledged (handed to the pool
+    at once, 4 to 12 of 40 did on this ring)."""
+    monkeypatch.setattr(fanout, "TRAIL_MAX", 10.0)
+    monkeypatch.setattr(fanout, "TRAIL_SHARE", 1e6)
+    ring, _ = cluster(3)
+    ring.set("warm", 1)
+    for i in range(SETS):
+        acked: list[str] = []
+        rec = mint(f"trail-{i}", "v", ring.params["min_work"])
+        assert ring.quorum.replicate(rec, acked) is None
+        assert len(acked) == 3, f"set {i}: only {acked} answered in the caller's thread"
+
+
+@given(began=st.floats(0, 1e6), took=st.floats(0, 100), deadline=st.floats(0, 1e6 + 200))
+def test_the_wait_for_the_last_replicas_is_short_and_bounded(began, took, deadline):
+    """The wait is a share of the time so far, at most ``TRAIL_MAX``, never past the deadline."""
+    now = began + took
+    ends = trail_deadline(began, now, deadline)
+    assert ends <= deadline
+    assert ends <= now + fanout.TRAIL_MAX
+    assert ends <= now + fanout.TRAIL_SHARE * took + 1e-9
+    assert ends >= min(now, deadline)
