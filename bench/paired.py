@@ -43,20 +43,27 @@ import sdht  # noqa: E402
 Block = Callable[[int], None]
 
 
-def single(op: Callable[[str, bytes], Any] | Callable[[str], Any], keys: list[str],
-           writes: bool) -> Block:
-    """A block of ``count`` single operations, each on the next key of ``keys`` (cycling)."""
+def single(op: Callable[[str], Any], keys: list[str]) -> Block:
+    """A block of ``count`` single operations ``op(key)``, each on the next key of ``keys``
+    (cycling)."""
     state = {"next": 0}
 
     def block(count: int) -> None:
         for _ in range(count):
-            key = keys[state["next"] % len(keys)]
+            op(keys[state["next"] % len(keys)])
             state["next"] += 1
-            if writes:
-                op(key, bench.VALUE)
-            else:
-                op(key)
     return block
+
+
+def writing(put: Callable[[str, bytes], Any]) -> Callable[[str], Any]:
+    """``put(key, value)`` as an operation of one key, writing :data:`bench.VALUE`."""
+    return lambda key: put(key, bench.VALUE)
+
+
+def filling(put_many: Callable[[dict[str, bytes]], Any]) -> Callable[[list[str]], Any]:
+    """``put_many(items)`` as an operation of a chunk of keys, each written
+    :data:`bench.VALUE`."""
+    return lambda chunk: put_many(dict.fromkeys(chunk, bench.VALUE))
 
 
 def batched(op: Callable[[list[str]], Any], keys: list[str], size: int) -> Block:
@@ -125,28 +132,24 @@ def comparisons(procs: bench.Procs, ring: sdht.Ring, args: argparse.Namespace
             ring.set(key, bench.VALUE)
             client.put(key, bench.VALUE)
         found += [
-            ("set etcd", single(ring.set, keys, True), single(client.put, keys, True),
+            ("set etcd", single(writing(ring.set), keys), single(writing(client.put), keys),
              args.single),
-            ("get etcd", single(ring.get, keys, False), single(client.get, keys, False),
-             args.single),
-            ("set_many 100 etcd",
-             batched(lambda c: ring.set_many(dict.fromkeys(c, bench.VALUE)), keys, 100),
-             batched(lambda c: etcd.put_txn(client, dict.fromkeys(c, bench.VALUE)), keys, 100),
+            ("get etcd", single(ring.get, keys), single(client.get, keys), args.single),
+            ("set_many 100 etcd", batched(filling(ring.set_many), keys, 100),
+             batched(filling(lambda items: etcd.put_txn(client, items)), keys, 100),
              args.batch)]
     memcached = None if args.no_peers else bench.start_memcached(procs)
     if memcached is not None:
         mc = memcached[0]
         mc.set_many(dict.fromkeys(keys, bench.VALUE))
         found += [
-            ("set_many 1000 memcached",
-             batched(lambda c: ring.set_many(dict.fromkeys(c, bench.VALUE)), keys, 1000),
-             batched(lambda c: mc.set_many(dict.fromkeys(c, bench.VALUE)), keys, 1000),
-             args.batch),
+            ("set_many 1000 memcached", batched(filling(ring.set_many), keys, 1000),
+             batched(filling(mc.set_many), keys, 1000), args.batch),
             ("get_many 1000 memcached", batched(ring.get_many, keys, 1000),
              batched(mc.get_many, keys, 1000), args.batch)]
     if not found:   # no peer: sdht against itself, so the script still runs end to end
-        found.append(("set sdht", single(ring.set, keys, True), single(ring.set, keys, True),
-                      args.single))
+        found.append(("set sdht", single(writing(ring.set), keys),
+                      single(writing(ring.set), keys), args.single))
     return found
 
 
