@@ -9,7 +9,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 from .errors import QuorumError
 from .kinds.register import Record, winner
-from .quorum import MAX_REROUTES, Quorum, valid, write_shortfall
+from .quorum import MAX_REROUTES, Quorum, valid
+from .replicas import write_plan, write_shortfall
 from .ring import position
 from .transport import PutOutcome
 from .wire import BATCH, SUPERSEDED, now_us
@@ -28,7 +29,7 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
         caller decides whether to re-mint them.
     :raises QuorumError: naming the keys that fewer than ``w`` replicas acknowledged.
     """
-    handle, health = quorum.handle, quorum.health
+    handle, suspect = quorum.handle, quorum.health.is_suspect
     w = handle.current().params["w"]
     for _ in range(MAX_REROUTES):
         view = handle.current()
@@ -36,13 +37,8 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
         placements = [view.readers] if view.future is view.readers else [view.readers,
                                                                          view.future]
 
-        def plan(sets: tuple[tuple[str, ...], ...]) -> tuple[list[str], list[str]]:
-            """Suspect replicas are written only in the second round, for keys still short."""
-            targets = list(dict.fromkeys(n for members in sets for n in members))
-            suspect = [n for n in targets if health.is_suspect(n)]
-            return [n for n in targets if n not in suspect], suspect
-
-        placed, plans = _plans(records, placements, plan)
+        # Suspect replicas are written only in the second round, for keys still short.
+        placed, plans = _plans(records, placements, lambda sets: write_plan(sets, suspect))
 
         def settled(key: str, got: dict[str, PutOutcome]) -> bool:
             """w of each placement acknowledged, or a replica holds a higher version."""

@@ -26,6 +26,7 @@ from .kinds.name import (ACCEPT_ROUTE, CONFLICT, OK, PREPARE_ROUTE, PROPOSER_BYT
                          ZERO, Answer, Ballot, Claim, answer_from_wire)
 from .quorum import Quorum
 from .registry import DEADLINE, new_claim
+from .replicas import replica_sets, union
 from .ring import RingView
 from .wire import MSGPACK, now_us, packb
 
@@ -168,7 +169,7 @@ class Proposer:
         body = packb({"k": key, "b": list(ballot), "e": view.epoch,
                       **({"a": value.to_wire()} if value is not None else {})})
         route = PREPARE_ROUTE if value is None else ACCEPT_ROUTE
-        nodes = list(dict.fromkeys(n for s in sets for n in s))
+        nodes = union(sets)
         slow = {n for n in nodes if self.slow(n)}   # a hung acceptor must not hold every round
         if every or any(len([n for n in s if n not in slow]) < majority(s) for s in sets):
             slow = set()
@@ -201,13 +202,6 @@ class Proposer:
         if reply.epoch > view.epoch and answer.status != STALE:
             return Answer(STALE, epoch=reply.epoch)   # it holds a newer ring: re-read it
         return answer
-
-
-def replica_sets(view: RingView, key: str) -> list[list[str]]:
-    """The acceptor sets a phase needs: the current replicas, and the future ones too while a
-    membership change is staged."""
-    now, later = view.readers.for_key(key), view.future.for_key(key)
-    return [now] if set(now) == set(later) else [now, later]
 
 
 def decided(sets: list[list[str]], answers: dict[str, Answer],

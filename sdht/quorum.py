@@ -12,7 +12,7 @@ import logging
 import queue
 import time
 from concurrent.futures import Future
-from typing import Any, Callable, Iterable, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import NodeError, QuorumError, SDHTError, TransportError
 from .answers import check_answer, valid
@@ -24,11 +24,12 @@ from .lag import Lag
 from .kinds import register
 from .kinds.register import Record, winner
 from .nodeapi import Call, PutOutcome
+from .replicas import replica_sets, write_plan, write_shortfall
 from .wire import SUPERSEDED
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-__all__ = ["MAX_REROUTES", "Quorum", "check_answer", "valid", "write_shortfall"]
+__all__ = ["MAX_REROUTES", "Quorum", "check_answer", "valid"]
 
 #: How many times an operation is re-routed after a node reports a newer ring.
 MAX_REROUTES = 3
@@ -104,18 +105,18 @@ class Quorum:
         for _ in range(MAX_REROUTES):
             view = self.handle.current()
             w = view.params["w"]
-            now_set = view.readers.for_key(rec.key)
-            next_set = view.future.for_key(rec.key)
-            targets = list(dict.fromkeys(now_set + next_set))
-            # Return once w of each placement answered, and a moment (sdht/fanout.py): a stopped
-            # replica must not hold every write for a timeout. Answers in (superseded too) count.
+            sets = replica_sets(view, rec.key)
+            first, spare = write_plan(sets, self.health.is_suspect)
+            targets = first + spare
+            # Return once w of each placement answered, and a moment (sdht/fanout.py). Answers
+            # in (superseded too) count.
             calls = {node: (self.write_one, node, rec, view.params) for node in targets}
-            suspects = {n: calls.pop(n) for n in targets if self.health.is_suspect(n)}
             running: dict[str, Future] = {}
             replies, errors, epochs = self.gather(
-                calls, len(targets), spares=suspects, running=running,
-                enough=lambda got: write_shortfall((now_set, next_set), got, w) is None,
-                split={n: self.handle.transport.put_record_call(n, rec) for n in calls},
+                {n: calls[n] for n in first}, len(targets),
+                spares={n: calls[n] for n in spare}, running=running,
+                enough=lambda got: write_shortfall(sets, got, w) is None,
+                split={n: self.handle.transport.put_record_call(n, rec) for n in first},
                 after=lambda node, got: None if got[0].status != SUPERSEDED
                 else (self.shown, node, rec, view.params, *got))
             if self.handle.noticed(epochs):
@@ -125,7 +126,7 @@ class Quorum:
             lost = [o.score for o in replies.values() if o.status == SUPERSEDED]
             if lost:
                 return max(s for s in lost if s is not None)
-            short = write_shortfall((now_set, next_set), replies, w)
+            short = write_shortfall(sets, replies, w)
             if short is not None:
                 got, need = short
                 raise QuorumError(f"write of {rec.key!r}: {got} of {need} replicas "
@@ -286,15 +287,3 @@ class Quorum:
             running.update({futures[f]: f for f in pending})
         return results, errors, epochs
 
-
-def write_shortfall(placements: Iterable[list[str]], acked: Iterable[str],
-                    w: int) -> tuple[int, int] | None:
-    """The write quorum: ``w`` acknowledgements (or all, on a smaller list) from each
-    placement, current and future (docs/design.md, "Flows", join). Returns ``(got, needed)`` of the
-    first placement short of it, or None when the write is acknowledged."""
-    acked = set(acked)
-    for members in placements:
-        got, need = sum(1 for n in members if n in acked), min(w, len(members))
-        if got < need:
-            return got, need
-    return None

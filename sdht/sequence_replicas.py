@@ -16,7 +16,8 @@ from .hashseq_op import ID_BYTES
 from .kinds.sequence import OpEntry
 from .nodeapi import MSGPACK, answer_of
 from .pow import find_nonce
-from .quorum import MAX_REROUTES, Quorum, write_shortfall
+from .quorum import MAX_REROUTES, Quorum
+from .replicas import replica_sets, write_plan, write_shortfall
 from .wire import BATCH, now_us, packb
 
 #: The node's route that returns a page of a key's ops (storage/sequence_routes.py).
@@ -47,18 +48,17 @@ def write(quorum: Quorum, key: str, entries: list[OpEntry]) -> None:
     for _ in range(MAX_REROUTES):
         view = handle.current()
         w = view.params["w"]
-        now_set = view.readers.for_key(key)
-        next_set = view.future.for_key(key)
-        targets = list(dict.fromkeys(now_set + next_set))
-        calls = {node: (_put, quorum, node, entries) for node in targets}
-        suspects = {n: calls.pop(n) for n in targets if quorum.health.is_suspect(n)}
+        sets = replica_sets(view, key)
+        first, spare = write_plan(sets, quorum.health.is_suspect)
+        targets = first + spare
         running: dict[str, Future] = {}
         replies, errors, epochs = quorum.gather(
-            calls, len(targets), spares=suspects, running=running,
-            enough=lambda got: write_shortfall((now_set, next_set), got, w) is None)
+            {n: (_put, quorum, n, entries) for n in first}, len(targets),
+            spares={n: (_put, quorum, n, entries) for n in spare}, running=running,
+            enough=lambda got: write_shortfall(sets, got, w) is None)
         if handle.noticed(epochs):
             continue
-        short = write_shortfall((now_set, next_set), replies, w)
+        short = write_shortfall(sets, replies, w)
         if short is not None:
             raise QuorumError(f"write to sequence {key!r}: {short[0]} of {short[1]} replicas "
                               "acknowledged", key, short[1], short[0], errors)

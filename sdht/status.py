@@ -15,6 +15,7 @@ from typing import Any, Iterable
 from .errors import SDHTError
 from .handle import RingHandle
 from .health import NodeHealth
+from .replicas import replica_sets, union
 from .ring import RingView, intervals, token_positions
 from .transport import Transport
 from .wire import RING_SIZE
@@ -161,7 +162,7 @@ def replicas(handle: RingHandle, key: str) -> list[dict[str, Any]]:
     :returns: one ``{"node", "holds", "digest", "deleted"}`` per node (``error`` when down).
     """
     view = handle.current()
-    nodes = list(dict.fromkeys(view.readers.for_key(key) + view.future.for_key(key)))
+    nodes = union(replica_sets(view, key))
     futures = {n: handle.transport.submit(handle.transport.get_record, n, key, view.params)
                for n in nodes}
     out = []
