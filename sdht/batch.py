@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterable, Mapping
 from .errors import QuorumError
 from .kinds.register import Record, winner
 from .quorum import MAX_REROUTES, Quorum, valid
-from .replicas import write_plan, write_shortfall
+from .replicas import placements, write_plan, write_shortfall
 from .ring import position
 from .transport import PutOutcome
 from .wire import BATCH, SUPERSEDED, now_us
@@ -33,12 +33,8 @@ def write_many(quorum: Quorum, records: Mapping[str, Record]) -> list[str]:
     w = handle.current().params["w"]
     for _ in range(MAX_REROUTES):
         view = handle.current()
-        # The current placement, and the future one while a member joins or leaves.
-        placements = [view.readers] if view.future is view.readers else [view.readers,
-                                                                         view.future]
-
         # Suspect replicas are written only in the second round, for keys still short.
-        placed, plans = _plans(records, placements, lambda sets: write_plan(sets, suspect))
+        placed, plans = _plans(records, placements(view), lambda sets: write_plan(sets, suspect))
 
         def settled(key: str, got: dict[str, PutOutcome]) -> bool:
             """w of each placement acknowledged, or a replica holds a higher version."""

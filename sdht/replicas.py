@@ -11,17 +11,19 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Sequence
 
-from .ring import RingView
+from .ring import Placement, RingView
+
+
+def placements(view: RingView) -> list[Placement]:
+    """The placements a write must satisfy: the current one, and the future one too while a
+    membership change is staged (a view without one has the same placement for both)."""
+    return [view.readers] if view.future is view.readers else [view.readers, view.future]
 
 
 def replica_sets(view: RingView, key: str) -> list[list[str]]:
-    """``key``'s replicas: the current placement, and the future one too while a membership
-    change is staged and moves the key (the same nodes twice are one set)."""
-    now = view.readers.for_key(key)
-    if view.future is view.readers:
-        return [now]
-    later = view.future.for_key(key)
-    return [now] if set(now) == set(later) else [now, later]
+    """``key``'s replicas in each of :func:`placements` (the same nodes twice are one set)."""
+    now, *later = [placement.for_key(key) for placement in placements(view)]
+    return [now] if not later or set(now) == set(later[0]) else [now, later[0]]
 
 
 def union(sets: Iterable[Sequence[str]]) -> list[str]:
